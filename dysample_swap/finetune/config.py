@@ -1,0 +1,410 @@
+"""Recipe YAML -> validated :class:`Config`, with ``--set key=value`` overrides.
+
+A recipe is a YAML file with the sections ``model``, ``swap``, ``data``, ``train`` and ``eval``
+(plus ``name``, ``description``, ``task``, ``seed``). Every key has a default here, so a recipe
+only writes what it changes. ``data`` is passed as-is to
+:func:`dysample_swap.finetune.data.build_dataset`, which checks its keys per data format;
+``swap.policy`` is passed as keyword arguments to :func:`dysample_swap.swap.swap_upsamplers`.
+
+Overrides use dotted keys and YAML-typed values (``train.lr=1e-3``, ``train.grad_clip=null``,
+``train.milestones=[0.5,0.9]``). A key that does not exist is an error naming the closest one.
+
+Example:
+    >>> cfg = build_config({"task": "segmentation"}, ["train.lr=1e-3", "train.amp=bf16"])
+    >>> cfg.train.lr, cfg.train.amp
+    (0.001, 'bf16')
+    >>> build_config({}, ["train.lrr=1"])
+    Traceback (most recent call last):
+    ...
+    dysample_swap.finetune.config.ConfigError: unknown key 'train.lrr' (did you mean 'train.lr'?)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and the fix.
+
+    Example:
+        >>> str(ConfigError("train.lr: expected a number"))
+        'train.lr: expected a number'
+    """
+
+
+@dataclass
+class ModelConfig:
+    """What network to build.
+
+    ``spec`` is a :func:`dysample_swap.model_spec.build_model` spec; the text ``{num_classes}``
+    in it is replaced by the dataset's class count (detection: including background).
+
+    Example:
+        >>> ModelConfig().spec.startswith("smp:")
+        True
+    """
+
+    spec: str = "smp:Unet:encoder_name=resnet18,encoder_weights=None,classes={num_classes}"
+
+
+@dataclass
+class SwapConfig:
+    """How to swap the upsamplers (``enabled: false`` trains the original network).
+
+    Example:
+        >>> SwapConfig().variant
+        'dysample+'
+    """
+
+    enabled: bool = True
+    variant: Literal["dysample", "dysample+", "dysample-s", "dysample-s+"] = "dysample+"
+    policy: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule, precision, budget, logging and checkpoint settings.
+
+    Budget: ``max_steps`` optimiser steps, or ``epochs`` passes over the training split (set the
+    other to null). ``milestones`` (step schedule) are fractions of the budget.
+    ``stop_after`` stops early after that many steps (with a checkpoint) while the schedule
+    still follows the full budget: an interrupted run that ``--resume`` then completes.
+
+    Example:
+        >>> TrainConfig().schedule
+        'poly'
+    """
+
+    max_steps: int | None = 1000
+    epochs: int | None = None
+    batch_size: int = 8
+    num_workers: int = 0
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 6.0e-5
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["poly", "step", "cosine", "constant"] = "poly"
+    poly_power: float = 1.0
+    milestones: list = field(default_factory=lambda: [8 / 12, 11 / 12])
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    warmup_ratio: float = 1.0e-6
+    grad_clip: float | None = None
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    dysample_lr_mult: float = 1.0
+    dysample_only_steps: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    stop_after: int | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: Literal["auto", "always", "never"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and prediction-grid settings.
+
+    Example:
+        >>> EvalConfig().num_images
+        4
+    """
+
+    batch_size: int = 8
+    num_images: int = 4
+    score_threshold: float = 0.5
+
+
+@dataclass
+class Config:
+    """A whole, validated recipe.
+
+    Example:
+        >>> Config().task
+        'segmentation'
+    """
+
+    name: str = "recipe"
+    description: str = ""
+    task: Literal["segmentation", "detection", "instance"] = "segmentation"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    swap: SwapConfig = field(default_factory=SwapConfig)
+    data: dict = field(default_factory=lambda: {"format": "synthetic"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what ``config.yaml`` in the run directory holds).
+
+        Example:
+            >>> Config().to_dict()["train"]["optimizer"]
+            'adamw'
+        """
+        return dataclasses.asdict(self)
+
+
+#: Sections whose keys are free (checked by the code that consumes them).
+_OPEN_SECTIONS = ("data", "swap.policy")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key a recipe may set.
+
+    Example:
+        >>> "train.lr" in valid_keys()
+        True
+    """
+    keys = []
+    for name, hint in _hints(cls).items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(hint):
+            keys.extend(valid_keys(hint, key + "."))
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(valid_keys())}"
+    return ConfigError(f"unknown key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotation ``hint``; return it (numbers normalised)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint_txt = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}{hint_txt}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML reads "6e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list such as [0.5, 0.9], got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, float) for i, v in enumerate(value)]
+    if hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"{key}: unsupported annotation {hint!r}")  # a bug in this module
+
+
+def _from_mapping(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}")
+    hints = _hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            raise _unknown(key)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_mapping(hint, value or {}, key + ".")
+        else:
+            values[name] = _coerce(key, value, hint)
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ``("train.lr", 0.001)``; the value is read as YAML.
+
+    Example:
+        >>> parse_override("train.milestones=[0.5, 0.75]")
+        ('train.milestones', [0.5, 0.75])
+        >>> parse_override("train.grad_clip=null")
+        ('train.grad_clip', None)
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return key.strip(), parsed
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in the nested recipe mapping ``raw`` (in place).
+
+    Keys inside ``data`` and ``swap.policy`` are free; anywhere else the key must exist.
+
+    Example:
+        >>> raw = {"train": {"lr": 1.0}}
+        >>> apply_override(raw, "train.lr", 0.5); raw
+        {'train': {'lr': 0.5}}
+    """
+    parts = key.split(".")
+    open_prefix = next((p for p in _OPEN_SECTIONS if key.startswith(p + ".")), None)
+    if open_prefix is None and key not in valid_keys():
+        raise _unknown(key)
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])} is not a section; cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(raw: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> Config:
+    """Validate a recipe mapping after applying ``KEY=VALUE`` overrides.
+
+    ``data`` given in the recipe replaces the default ``data`` mapping as a whole.
+
+    Example:
+        >>> build_config({"train": {"max_steps": 5}}, ["seed=3"]).seed
+        3
+    """
+    tree = copy.deepcopy(dict(raw or {}))
+    tree.setdefault("data", Config().data)
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    cfg = _from_mapping(Config, tree)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules a type check cannot express."""
+    t = cfg.train
+    if (t.max_steps is None) == (t.epochs is None):
+        raise ConfigError("set exactly one of train.max_steps and train.epochs (the other to null); "
+                          f"got max_steps={t.max_steps}, epochs={t.epochs}")
+    for key in ("max_steps", "epochs", "batch_size", "stop_after"):
+        value = getattr(t, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {value}")
+    for key in ("num_workers", "warmup_steps", "dysample_only_steps", "checkpoint_every",
+                "eval_every"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every must be >= 1, got {t.log_every}")
+    if t.lr <= 0 or t.dysample_lr_mult < 0:
+        raise ConfigError(f"train.lr must be > 0 and train.dysample_lr_mult >= 0; "
+                          f"got lr={t.lr}, dysample_lr_mult={t.dysample_lr_mult}")
+    if any(not 0.0 < m < 1.0 for m in t.milestones) or list(t.milestones) != sorted(t.milestones):
+        raise ConfigError(f"train.milestones must be increasing fractions of the budget in (0, 1), "
+                          f"e.g. [0.667, 0.917] for epochs 8 and 11 of 12; got {t.milestones}")
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas must be two numbers, got {t.betas}")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise ConfigError(f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
+    if "format" not in cfg.data:
+        raise ConfigError("data.format is missing; use one of synthetic, folder, voc, ade20k, coco")
+    if cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
+        raise ConfigError("eval.batch_size must be >= 1 and eval.num_images >= 0")
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for a recipe given by name: ``./recipes`` then the project's ``recipes/``.
+
+    Example:
+        >>> recipe_dirs()[0] == Path("recipes")
+        True
+    """
+    return [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """Find a recipe: an existing path, or a name (``demo`` or ``demo.yaml``) in :func:`recipe_dirs`.
+
+    Example:
+        >>> resolve_recipe("demo").name
+        'demo.yaml'
+    """
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in recipe_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError(f"recipe {str(recipe)!r} not found (not a file, not in "
+                      f"{', '.join(str(d) for d in recipe_dirs())}); known recipes: {', '.join(known)}")
+
+
+def load_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a recipe file (by path or name) and build its :class:`Config`.
+
+    Example:
+        >>> load_config("demo", ["train.max_steps=2"]).train.max_steps
+        2
+    """
+    path = resolve_recipe(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        return build_config(raw, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``config.yaml`` in a run directory).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = save_config(Config(), os.path.join(tempfile.mkdtemp(), "config.yaml"))
+        >>> build_config(yaml.safe_load(p.read_text())) == Config()
+        True
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

@@ -1,0 +1,56 @@
+"""Optimiser construction: which parameters are DySample's, and their learning-rate multiplier.
+
+DySample parameters are the parameters of modules that are instances of
+:class:`dysample_swap.dysample.DySample`. By default (as in the paper) they share the learning
+rate and weight decay of the rest; ``train.dysample_lr_mult`` scales their learning rate.
+
+Example:
+    >>> import torch
+    >>> from dysample_swap.finetune.config import TrainConfig
+    >>> opt = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(optimizer="sgd", lr=0.1))
+    >>> [g["name"] for g in opt.param_groups]
+    ['base']
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dysample_swap.dysample import DySample
+from dysample_swap.finetune.config import TrainConfig
+
+
+def dysample_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Trainable parameters that belong to DySample modules (each listed once).
+
+    Example:
+        >>> len(dysample_parameters(torch.nn.Linear(2, 2)))
+        0
+    """
+    seen: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, DySample):
+            for param in module.parameters():
+                if param.requires_grad:
+                    seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters: group ``base`` at ``lr`` and group
+    ``dysample`` at ``lr * dysample_lr_mult`` (only present when the model has DySample modules).
+
+    Example:
+        >>> opt = build_optimizer(torch.nn.Linear(2, 2), TrainConfig(lr=1e-3))
+        >>> type(opt).__name__, opt.param_groups[0]["lr"]
+        ('AdamW', 0.001)
+    """
+    special = {id(p) for p in dysample_parameters(model)}
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    extra = [p for p in model.parameters() if id(p) in special]
+    groups = [{"name": "base", "params": base, "lr": cfg.lr}]
+    if extra:
+        groups.append({"name": "dysample", "params": extra, "lr": cfg.lr * cfg.dysample_lr_mult})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
