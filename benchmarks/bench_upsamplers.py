@@ -1,0 +1,158 @@
+"""Benchmark the upsamplers on the paper's workload (Sec. 3.4): 1x256x120x120, x2, on the CPU.
+
+Prints one Markdown table: forward and forward+backward latency (median over interleaved
+rounds, so every method sees the same machine state), the ratio of each to bilinear, peak
+memory allocated during forward+backward (from the PyTorch profiler's allocation timeline),
+parameters, and GFLOPs as ``torch.utils.flop_counter`` counts them (convolutions and matrix
+products; interpolation and grid_sample count as 0 there). ``paper:`` rows are the
+straightforward implementation of the paper's formulas in ``paper_reference.py``.
+
+Usage:
+    python benchmarks/bench_upsamplers.py --threads 2 --rounds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_reference import PaperDySample  # noqa: E402
+
+from dysample_swap import VARIANTS, DySample  # noqa: E402
+from dysample_swap.variants import variant_settings  # noqa: E402
+
+
+class Interpolate(nn.Module):
+    """F.interpolate x2 as a module (no parameters)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False if self.mode == "bilinear" else None)
+
+
+def build_methods(channels: int) -> dict[str, nn.Module]:
+    """The upsamplers compared, with the paper's settings for deconv and pixel shuffle (Sec. 4)."""
+    methods: dict[str, nn.Module] = {
+        "nearest": Interpolate("nearest"),
+        "bilinear": Interpolate("bilinear"),
+        "deconv": nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1),
+        "pixelshuffle": nn.Sequential(nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2)),
+    }
+    for variant in VARIANTS:
+        methods[variant] = DySample.from_variant(variant, channels, scale=2)
+        settings = variant_settings(variant)
+        methods[f"paper:{variant}"] = PaperDySample(channels, 2, settings["style"], settings["groups"], settings["dyscope"])
+    return methods
+
+
+def peak_memory_mb(step: Callable[[], None]) -> float:
+    """Peak bytes allocated by ``step`` (inputs excluded), from the profiler's allocation timeline."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def gflops(module: nn.Module, x: Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(x)
+    return counter.get_total_flops() / 1e9
+
+
+def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, float | str]]:
+    torch.manual_seed(0)
+    methods = build_methods(channels)
+    x = torch.randn(1, channels, size, size)
+    x_grad = x.clone().requires_grad_(True)
+
+    def forward(m: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                m(x)
+        return step
+
+    def train_step(m: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            m(x_grad).sum().backward()
+        return step
+
+    fwd_times: dict[str, list[float]] = {name: [] for name in methods}
+    bwd_times: dict[str, list[float]] = {name: [] for name in methods}
+    for round_index in range(warmup + rounds):
+        for name, module in methods.items():
+            for step, store in ((forward(module), fwd_times), (train_step(module), bwd_times)):
+                start = time.perf_counter()
+                step()
+                if round_index >= warmup:
+                    store[name].append(time.perf_counter() - start)
+
+    rows = []
+    for name, module in methods.items():
+        rows.append(
+            {
+                "method": name,
+                "fwd_ms": 1e3 * statistics.median(fwd_times[name]),
+                "fwdbwd_ms": 1e3 * statistics.median(bwd_times[name]),
+                "peak_mb": peak_memory_mb(train_step(module)),
+                "params": sum(p.numel() for p in module.parameters()),
+                "gflops": gflops(module, x),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, float | str]]) -> str:
+    base = next(r for r in rows if r["method"] == "bilinear")
+    lines = [
+        "| method | fwd ms | fwd / bilinear | fwd+bwd ms | fwd+bwd / bilinear | peak MB (fwd+bwd) | params | GFLOPs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['fwd_ms']:.2f} | {r['fwd_ms'] / base['fwd_ms']:.2f}x | {r['fwdbwd_ms']:.2f} | "
+            f"{r['fwdbwd_ms'] / base['fwdbwd_ms']:.2f}x | {r['peak_mb']:.1f} | {r['params']:,} | {r['gflops']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--size", type=int, default=120, help="input height = width")
+    parser.add_argument("--rounds", type=int, default=30, help="timed interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = run(args.channels, args.size, args.rounds, args.warmup)
+    print(
+        f"input 1x{args.channels}x{args.size}x{args.size}, x2, CPU, {args.threads} threads, "
+        f"median of {args.rounds} interleaved rounds, torch {torch.__version__}"
+    )
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""DySample, the point-sampling upsampler of "Learning to Upsample by Learning to Sample" (ICCV 2023).
+
+A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample_sample`. The first five
+constructor arguments, the state-dict names (``offset.weight``, ``offset.bias``,
+``scope.weight``, ``init_pos``) and the outputs match the authors' module, so their
+checkpoints load with ``strict=True`` and give the same results. On top of it:
+
+* ``forward(x, size=...)`` / ``forward(x, scale_factor=...)`` for any output size,
+* a choice of ``anchor`` (where zero offsets sample) so a swapped network starts out
+  computing exactly what it computed before,
+* ``groups_fallback`` for channel counts that the groups do not divide,
+* float32 sampling coordinates under autocast, channels_last inputs, and export
+  through fx, ``torch.export``, ONNX (dynamic height/width) and ``torch.compile``.
+
+Example:
+    >>> import torch
+    >>> up = DySample.from_variant("dysample+", in_channels=64, scale=2)
+    >>> up(torch.randn(1, 64, 13, 13), size=(25, 25)).shape
+    torch.Size([1, 64, 25, 25])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.fx
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch import Tensor, nn
+
+from dysample_swap.sampling import check_anchor, dysample_sample
+from dysample_swap.variants import variant_name, variant_settings
+
+# The sampler shows up as one leaf call in fx graphs: its shape arithmetic runs at run time.
+torch.fx.wrap("dysample_sample")
+
+STYLES: tuple[str, ...] = ("lp", "pl")
+"""Offset generation styles: ``"lp"`` linear then pixel shuffle, ``"pl"`` pixel shuffle then linear."""
+
+
+def _largest_divisor_at_most(value: int, limit: int) -> int:
+    return max(d for d in range(1, min(value, limit) + 1) if value % d == 0)
+
+
+def resolve_groups(in_channels: int, scale: int, style: str, groups: int) -> int:
+    """The group count ``groups_fallback=True`` uses: the largest valid one not above ``groups``.
+
+    LP needs ``in_channels % groups == 0``; PL needs ``in_channels % scale**2 == 0`` (for
+    ``pixel_shuffle``) and ``(in_channels // scale**2) % groups == 0``.
+
+    Raises:
+        ValueError: when no group count can work (PL with ``in_channels % scale**2 != 0``).
+
+    Example:
+        >>> resolve_groups(30, scale=2, style="lp", groups=4)
+        3
+        >>> resolve_groups(36, scale=2, style="pl", groups=8)
+        3
+    """
+    if style == "pl":
+        if in_channels % (scale * scale):
+            raise ValueError(
+                f"DySample style 'pl' pixel-shuffles the input, so in_channels must be divisible by "
+                f"scale**2 = {scale * scale}; got in_channels={in_channels}. Use style='lp' "
+                f"(variant 'dysample' or 'dysample+') for this layer."
+            )
+        return _largest_divisor_at_most(in_channels // (scale * scale), groups)
+    return _largest_divisor_at_most(in_channels, groups)
+
+
+def _check_groups(in_channels: int, scale: int, style: str, groups: int) -> None:
+    divided = in_channels // (scale * scale) if style == "pl" else in_channels
+    if style == "pl" and in_channels % (scale * scale):
+        resolve_groups(in_channels, scale, style, groups)  # raises the pixel-shuffle error
+    if divided % groups:
+        fixed = resolve_groups(in_channels, scale, style, groups)
+        what = f"in_channels // scale**2 = {divided}" if style == "pl" else f"in_channels = {in_channels}"
+        raise ValueError(
+            f"DySample(in_channels={in_channels}, style={style!r}, groups={groups}): {what} is not divisible "
+            f"by groups={groups}. Use groups={fixed} (the largest divisor not above {groups}), or pass "
+            f"groups_fallback=True to pick it automatically."
+        )
+
+
+class DySample(nn.Module):
+    """Dynamic point-sampling upsampler (DySample, DySample+, DySample-S, DySample-S+).
+
+    Args:
+        in_channels: channels of the input (and output).
+        scale: integer sub-pixel factor ``>= 2``: offsets are generated for ``scale x scale``
+            output pixels per input pixel; the default output size is ``scale`` times the input.
+        style: ``"lp"`` (linear, then pixel shuffle) or ``"pl"`` (pixel shuffle, then linear).
+        groups: channel groups; each group has its own sampling set.
+        dyscope: dynamic scope factor ``0.5 * sigmoid(scope(x))`` instead of the static 0.25.
+        anchor: where zero offsets sample, one of ``"bilinear"`` (the paper's bilinear
+            initialisation, ``align_corners=False``), ``"bilinear_align_corners"`` or ``"nearest"``.
+        offset_init_std: std of the normal init of ``offset.weight`` (the paper: 0.001). ``0.0``
+            gives zero offsets, so the module starts out equal to ``F.interpolate`` in ``anchor`` mode.
+        groups_fallback: instead of raising for a channel count that ``groups`` does not divide,
+            use :func:`resolve_groups` (the largest valid divisor not above ``groups``).
+
+    Shapes:
+        ``x``: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``.
+
+    Example:
+        >>> import torch
+        >>> up = DySample(256, scale=2, style="lp", groups=4, dyscope=True)
+        >>> up(torch.randn(2, 256, 8, 8)).shape
+        torch.Size([2, 256, 16, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        scale: int = 2,
+        style: str = "lp",
+        groups: int = 4,
+        dyscope: bool = False,
+        *,
+        anchor: str = "bilinear",
+        offset_init_std: float = 0.001,
+        groups_fallback: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
+            raise ValueError(f"DySample scale must be an integer >= 2, got {scale!r}")
+        if style not in STYLES:
+            raise ValueError(f"DySample style must be 'lp' or 'pl', got {style!r}")
+        if in_channels < 1 or groups < 1:
+            raise ValueError(f"DySample needs in_channels >= 1 and groups >= 1, got {in_channels} and {groups}")
+        if groups_fallback:
+            groups = resolve_groups(in_channels, scale, style, groups)
+        else:
+            _check_groups(in_channels, scale, style, groups)
+        self.in_channels = in_channels
+        self.scale = scale
+        self.style = style
+        self.groups = groups
+        self.dyscope = dyscope
+        self.anchor = check_anchor(anchor)
+        self.offset_init_std = offset_init_std
+
+        conv_in = in_channels // (scale * scale) if style == "pl" else in_channels
+        conv_out = 2 * groups if style == "pl" else 2 * groups * scale * scale
+        self.offset = nn.Conv2d(conv_in, conv_out, 1)
+        if dyscope:
+            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=False)
+        self.register_buffer("init_pos", self._bilinear_init_pos())
+        self.reset_parameters()
+
+    @classmethod
+    def from_variant(cls, variant: str, in_channels: int, scale: int = 2, **kwargs: object) -> DySample:
+        """Build a named variant (``dysample``, ``dysample+``, ``dysample-s``, ``dysample-s+``).
+
+        The paper's groups (4 for LP, 8 for PL) are the default; ``kwargs`` override any
+        constructor argument (``groups``, ``anchor``, ``offset_init_std``, ``groups_fallback``).
+
+        Example:
+            >>> DySample.from_variant("dysample-s", in_channels=256).groups
+            8
+        """
+        settings = variant_settings(variant)
+        settings.update(kwargs)
+        return cls(in_channels, scale, **settings)
+
+    @property
+    def variant(self) -> str:
+        """The family member this module is: ``dysample``, ``dysample+``, ``dysample-s`` or ``dysample-s+``."""
+        return variant_name(self.style, self.dyscope)
+
+    def _bilinear_init_pos(self) -> Tensor:
+        """The spec's ``init_pos``: sub-pixel ``(i, j)`` sits at ``((j+0.5)/s - 0.5, (i+0.5)/s - 0.5)``."""
+        s = self.scale
+        sub = (torch.arange(s, dtype=torch.float32) + 0.5) / s - 0.5
+        x_pos = sub.repeat(s)  # index i*s + j -> j
+        y_pos = sub.repeat_interleave(s)  # index i*s + j -> i
+        per_axis = torch.stack([x_pos, y_pos])[:, None, :].expand(2, self.groups, s * s)
+        return per_axis.reshape(1, -1, 1, 1).clone()
+
+    def reset_parameters(self) -> None:
+        """Initialise as the paper does: ``offset.weight ~ N(0, offset_init_std)``, zero bias and scope.
+
+        Example:
+            >>> DySample(16, offset_init_std=0.0).offset.weight.abs().max().item()
+            0.0
+        """
+        if self.offset_init_std > 0:
+            nn.init.normal_(self.offset.weight, mean=0.0, std=self.offset_init_std)
+        else:
+            nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        if self.dyscope:
+            nn.init.zeros_(self.scope.weight)
+
+    def offsets(self, x: Tensor) -> Tensor:
+        """Scope-scaled displacements in input pixels, ``(N, 2*groups*scale**2, H, W)`` in spec layout.
+
+        For ``"pl"`` the 1x1 convs read ``x`` viewed as ``(N, C/s^2, s^2*H, W)``: the same numbers as
+        ``pixel_unshuffle(conv(pixel_shuffle(x)))`` without materialising the shuffled input.
+
+        Example:
+            >>> DySample(16).offsets(torch.randn(1, 16, 4, 4)).shape
+            torch.Size([1, 32, 4, 4])
+        """
+        if self.style == "pl":
+            s2 = self.scale * self.scale
+            feats = x.unflatten(1, (-1, s2)).flatten(2, 3)
+        else:
+            feats = x
+        if self.dyscope:
+            offset = self.offset(feats) * self.scope(feats).sigmoid() * 0.5
+        else:
+            offset = self.offset(feats) * 0.25
+        if self.style == "pl":
+            offset = offset.unflatten(2, (s2, -1)).flatten(1, 2)
+        return offset
+
+    def forward(
+        self,
+        x: Tensor,
+        size: Sequence[int] | None = None,
+        scale_factor: float | Sequence[float] | None = None,
+    ) -> Tensor:
+        """Upsample ``x``: by ``scale``, to ``size``, or by ``scale_factor`` (as ``F.interpolate``).
+
+        Example:
+            >>> up = DySample(8, scale=2, groups=2)
+            >>> up(torch.randn(1, 8, 13, 13), size=(25, 25)).shape
+            torch.Size([1, 8, 25, 25])
+        """
+        if not is_fx_symbolic_tracing():  # symbolic shapes cannot be checked while fx traces
+            self._check_input(x)
+        return dysample_sample(
+            x, self.offsets(x), self.scale, self.groups, size, scale_factor, self.anchor, self.init_pos
+        )
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"DySample expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"DySample was built for in_channels={self.in_channels} but got an input with "
+                f"{x.shape[1]} channels (shape {tuple(x.shape)}); build it with in_channels={x.shape[1]}."
+            )
+
+    def extra_repr(self) -> str:
+        scope = "dynamic" if self.dyscope else "static"
+        return (
+            f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
+            f"style={self.style}, scope={scope}, anchor={self.anchor}"
+        )
