@@ -1,0 +1,446 @@
+"""Runtime discovery of upsampling call sites.
+
+One eager forward on the example input runs under a :class:`torch.overrides.TorchFunctionMode`
+that sees every ``F.interpolate`` call however it was reached (``F.interpolate``,
+``F.upsample``, ``F.upsample_bilinear``, ``F.upsample_nearest``,
+``from torch.nn.functional import interpolate as resize``, ``nn.Upsample`` and its subclasses).
+Per-module forward hooks (removed afterwards) keep a stack of the modules being run, so each
+call is attributed to the innermost module:
+
+* a call made by an ``nn.Upsample``-family module is ``kind="module"`` with that module's path;
+* any other call is ``kind="function"`` with the path of the module whose forward makes it.
+
+The root module's path is written ``"<root>"``.  The forward runs once, in eval mode under
+``torch.no_grad()``; every module's ``training`` flag is restored afterwards and nothing else is
+touched.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from dysample_swap.sites import discover
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Upsample(scale_factor=2))
+    >>> found = discover(net, torch.rand(1, 3, 8, 8))
+    >>> [(s.path, s.kind, s.output_shape) for s in found.sites]
+    [('1', 'module', (1, 8, 16, 16))]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+ROOT = "<root>"
+"""How the path of the model itself is written in sites and reports."""
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_INTERPOLATE_SIG = inspect.signature(F.interpolate)
+_POOLING_NAMES = frozenset(
+    {"adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d",
+     "adaptive_max_pool2d_with_indices"}
+)
+_ALIASES = {
+    F.upsample.__code__: "F.upsample",
+    F.upsample_bilinear.__code__: "F.upsample_bilinear",
+    F.upsample_nearest.__code__: "F.upsample_nearest",
+}
+
+
+@dataclass(frozen=True)
+class UpsampleSite:
+    """One executed upsampling call, as seen on the example input.
+
+    Attributes:
+        path: qualified name of the ``nn.Upsample``-family module (``kind="module"``) or of the
+            module whose forward makes the functional call (``kind="function"``); ``"<root>"``
+            for the model itself.
+        kind: ``"module"`` or ``"function"``.
+        mode: interpolation mode (``"nearest"``, ``"bilinear"``, ...).
+        align_corners: as passed (``None`` when not given).
+        scale: ``scale_factor`` as passed, one float per spatial dim (``None`` when ``size``
+            was given).
+        size: ``size`` as passed, one int per spatial dim (``None`` when ``scale_factor`` was
+            given).  Its value is the one seen on the example input.
+        in_channels: channels of the tensor that flowed through the call.
+        input_shape / output_shape: full shapes on the example input.
+        source: ``file:line in function`` of the calling Python code (for module sites, where the
+            module was called).
+        function: the API used (``"F.interpolate"``, ``"F.upsample_bilinear"``, ``"nn.Upsample"``...).
+        owner: path of the module whose forward contains the call (the site's own path for
+            functional calls, the calling module for module sites).  Rewrites happen there.
+        owner_call: which execution of ``owner`` (0 for the first) made the call.
+        order: position of the call among the calls ``owner`` made in that execution.
+        helper: name of the helper function that made the call when it is not code of the
+            owner itself (e.g. ``"paste_mask_in_image"``), else ``None``.
+        flags: facts used by the policy: ``"final"`` (the result is an output of the model),
+            ``"pooled"`` (the input comes from adaptive pooling), ``"input"`` (runs before any
+            layer with parameters), ``"size_int"`` (``size`` passed as a single int),
+            ``"recompute"`` (``recompute_scale_factor=True``), ``"antialias"``, ``"direct"``
+            (the calling Python frame is code of ``owner`` itself, so the eager fallback can
+            route it).
+        action: ``"swap"`` or ``"skip"``.
+        reason: why, in words.
+        dysample_scale: the DySample scale this site would get: ``ceil`` of the largest
+            output/input size ratio, at least 2.
+        method: how a swapped site is rewritten: ``"fx"``, ``"eager fallback"``, or ``""``.
+        replacement: name of the DySample module (relative to ``owner``) that replaces it, or ``""``.
+
+    Example:
+        >>> site = UpsampleSite(path="up", kind="module", mode="nearest", align_corners=None,
+        ...     scale=(2.0, 2.0), size=None, in_channels=8, input_shape=(1, 8, 4, 4),
+        ...     output_shape=(1, 8, 8, 8), source="net.py:12 in forward")
+        >>> site.ratio
+        (2.0, 2.0)
+    """
+
+    path: str
+    kind: str
+    mode: str
+    align_corners: bool | None
+    scale: tuple[float, ...] | None
+    size: tuple[int, ...] | None
+    in_channels: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    source: str
+    function: str = "F.interpolate"
+    owner: str = ROOT
+    owner_call: int = 0
+    order: int = 0
+    helper: str | None = None
+    flags: frozenset[str] = field(default_factory=frozenset)
+    action: str = "skip"
+    reason: str = ""
+    dysample_scale: int = 2
+    method: str = ""
+    replacement: str = ""
+
+    @property
+    def ratio(self) -> tuple[float, ...]:
+        """Output/input size ratio per spatial dim (empty for tensors without spatial dims).
+
+        Example:
+            >>> UpsampleSite("p", "function", "nearest", None, None, (8, 8), 4, (1, 4, 2, 2),
+            ...              (1, 4, 8, 8), "x.py:1 in f").ratio
+            (4.0, 4.0)
+        """
+        return tuple(o / i if i else math.inf
+                     for i, o in zip(self.input_shape[2:], self.output_shape[2:]))
+
+    def replace(self, **changes: Any) -> UpsampleSite:
+        """Return a copy with some fields changed.
+
+        Example:
+            >>> s = UpsampleSite("p", "function", "nearest", None, None, (8, 8), 4,
+            ...                  (1, 4, 4, 4), (1, 4, 8, 8), "x.py:1 in f")
+            >>> s.replace(action="swap").action
+            'swap'
+        """
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Invocation:
+    """One execution of a module that made upsampling calls: what it got and what it returned."""
+
+    module: nn.Module
+    path: str
+    call: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: Any = None
+    sites: list[int] = field(default_factory=list)  # indices into Discovery.sites
+
+
+@dataclass
+class Discovery:
+    """The result of one discovery forward.
+
+    Attributes:
+        sites: every executed call, in execution order (``action``/``reason`` not yet decided).
+        invocations: ``(owner path, execution number) -> Invocation`` for every module
+            execution that made at least one call (arguments kept for tracing).
+        example_inputs: the inputs the forward ran on.
+        outputs: what the model returned.
+    """
+
+    sites: list[UpsampleSite]
+    invocations: dict[tuple[str, int], Invocation]
+    example_inputs: tuple[Any, ...]
+    outputs: Any
+
+
+def module_at(model: nn.Module, path: str) -> nn.Module:
+    """Return the submodule at ``path`` (``"<root>"`` is the model itself).
+
+    Example:
+        >>> net = nn.Sequential(nn.Identity())
+        >>> module_at(net, "0") is net[0], module_at(net, "<root>") is net
+        (True, True)
+    """
+    return model if path == ROOT else model.get_submodule(path)
+
+
+def join_path(parent: str, child: str) -> str:
+    """Join a module path and a relative name (``"<root>"`` aware).
+
+    Example:
+        >>> join_path("<root>", "up"), join_path("decoder", "up")
+        ('up', 'decoder.up')
+    """
+    return child if parent == ROOT else f"{parent}.{child}"
+
+
+def is_upsample_module(module: nn.Module) -> bool:
+    """True for ``nn.Upsample``, ``nn.UpsamplingBilinear2d``, ``nn.UpsamplingNearest2d`` (and subclasses).
+
+    Example:
+        >>> is_upsample_module(nn.UpsamplingNearest2d(scale_factor=2))
+        True
+    """
+    return isinstance(module, nn.Upsample)
+
+
+def _short_file(filename: str) -> str:
+    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def _is_library_frame(frame: FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    return filename.startswith(_TORCH_DIR) or filename.startswith(_PACKAGE_DIR)
+
+
+def first_user_frame(frame: FrameType | None) -> tuple[FrameType | None, str]:
+    """Walk out of torch (and this package) from ``frame``; return the first other frame and the API name.
+
+    The API name is ``"F.upsample"`` & co when one of those wrappers was on the way, else
+    ``"F.interpolate"``.
+
+    Example:
+        >>> import sys
+        >>> frame, api = first_user_frame(sys._getframe())
+        >>> api
+        'F.interpolate'
+    """
+    api = "F.interpolate"
+    while frame is not None and _is_library_frame(frame):
+        api = _ALIASES.get(frame.f_code, api)
+        frame = frame.f_back
+    return frame, api
+
+
+def _as_tuple(value: Any, ndim: int, kind: type) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, torch.Size)):
+        return tuple(kind(v) for v in value)
+    return (kind(value),) * ndim
+
+
+def _tensors(values: Any) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, torch.Tensor))
+
+
+class _Recorder(TorchFunctionMode):
+    """Records interpolate calls and marks tensors derived from adaptive pooling."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        super().__init__()
+        self.names = names
+        self.stack: list[Invocation] = []
+        self.counts: dict[str, int] = {}
+        self.invocations: dict[tuple[str, int], Invocation] = {}
+        self.sites: list[UpsampleSite] = []
+        self.outputs: list[torch.Tensor] = []
+        self.pooled: dict[int, torch.Tensor] = {}
+        self.learned_layer_ran = False
+
+    # -- module stack ---------------------------------------------------------------------
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        path = self.names.get(id(module), f"<unnamed {type(module).__name__}>")
+        call = self.counts.get(path, 0)
+        self.counts[path] = call + 1
+        self.stack.append(Invocation(module, path, call, args, dict(kwargs)))
+        if not self.learned_layer_ran and next(module.parameters(recurse=False), None) is not None:
+            self.learned_layer_ran = True
+
+    def post_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        while self.stack:
+            inv = self.stack.pop()
+            if inv.sites:
+                inv.output = output
+                self.invocations[(inv.path, inv.call)] = inv
+            if inv.module is module:
+                break
+
+    # -- torch function mode --------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is F.interpolate:
+            return self._interpolate(args, kwargs)
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in _POOLING_NAMES:
+            for t in _tensors(out if isinstance(out, tuple) else (out,)):
+                self.pooled[id(t)] = t
+        elif self.pooled and isinstance(out, torch.Tensor) and out.dim() >= 3:
+            # context stays "pooled" while it keeps the pooled spatial size (conv/BN/ReLU...)
+            for t in _tensors((*args, *kwargs.values())):
+                if id(t) in self.pooled and t.dim() >= 3 and t.shape[-2:] == out.shape[-2:]:
+                    self.pooled[id(out)] = out
+                    break
+        return out
+
+    def _interpolate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+        bound = _INTERPOLATE_SIG.bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        x: torch.Tensor = a["input"]
+        out = F.interpolate(*bound.args, **bound.kwargs)
+        self._record(a, x, out)
+        return out
+
+    def _record(self, a: dict[str, Any], x: torch.Tensor, out: torch.Tensor) -> None:
+        frame, api = first_user_frame(sys._getframe())
+        top = self.stack[-1] if self.stack else None
+        if top is not None and is_upsample_module(top.module):
+            kind, path, api = "module", top.path, f"nn.{type(top.module).__name__}"
+            owner = self.stack[-2] if len(self.stack) > 1 else top
+            if not type(top.module).__module__.startswith("torch."):
+                api = type(top.module).__name__
+        else:
+            kind = "function"
+            owner = top
+            path = top.path if top is not None else ROOT
+        helper = None
+        source = "<unknown>"
+        flags = set()
+        if frame is not None:
+            code = frame.f_code
+            source = f"{_short_file(code.co_filename)}:{frame.f_lineno} in {code.co_name}"
+            if owner is not None and frame.f_locals.get("self") is owner.module:
+                flags.add("direct")
+            elif kind == "function":
+                helper = code.co_name
+        if kind == "module":
+            source = f"{api} <- {source}"
+        ndim = max(x.dim() - 2, 1)
+        if id(x) in self.pooled:
+            flags.add("pooled")
+        if not self.learned_layer_ran:
+            flags.add("input")
+        if a["size"] is not None and not isinstance(a["size"], (list, tuple, torch.Size)):
+            flags.add("size_int")
+        if a["recompute_scale_factor"]:
+            flags.add("recompute")
+        if a["antialias"]:
+            flags.add("antialias")
+        ratio = [o / i for i, o in zip(x.shape[2:], out.shape[2:]) if i > 0]
+        site = UpsampleSite(
+            path=path, kind=kind, mode=str(a["mode"]), align_corners=a["align_corners"],
+            scale=_as_tuple(a["scale_factor"], ndim, float) if a["size"] is None else None,
+            size=_as_tuple(a["size"], ndim, int),
+            in_channels=int(x.shape[1]) if x.dim() >= 2 else 0,
+            input_shape=tuple(x.shape), output_shape=tuple(out.shape), source=source,
+            function=api, owner=owner.path if owner is not None else ROOT,
+            owner_call=owner.call if owner is not None else 0,
+            order=len(owner.sites) if owner is not None else 0, helper=helper,
+            flags=frozenset(flags),
+            dysample_scale=max(2, math.ceil(max(ratio, default=2.0) - 1e-9)),
+        )
+        if owner is not None:
+            owner.sites.append(len(self.sites))
+        self.sites.append(site)
+        self.outputs.append(out)
+
+
+@contextlib.contextmanager
+def discovery_context(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.no_grad()`` for the duration; every ``training`` flag restored after.
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout()).train()
+        >>> with discovery_context(net):
+        ...     net[0].training
+        False
+        >>> net[0].training
+        True
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _flat_tensors(value: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.data_ptr() == b.data_ptr() and a.numel() == b.numel() and a.numel() > 0)
+
+
+def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discovery:
+    """Run ``model`` once on ``example_inputs`` and record every upsampling call.
+
+    Must be called inside :func:`discovery_context` when the model should not see gradients or
+    train-mode side effects (``find_upsamplers`` does that); ``example_inputs`` is a tuple of
+    positional arguments (a single tensor is wrapped).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.UpsamplingBilinear2d(scale_factor=2))
+        >>> with discovery_context(net):
+        ...     d = discover(net, torch.rand(1, 3, 4, 4))
+        >>> d.sites[0].function, d.sites[0].align_corners
+        ('nn.UpsamplingBilinear2d', True)
+    """
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    names = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), name or ROOT)
+    recorder = _Recorder(names)
+    handles = []
+    try:
+        for module in {id(m): m for m in model.modules()}.values():
+            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(
+                recorder.post_hook, with_kwargs=True, always_call=True))
+        with recorder:
+            outputs = model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    finals = _flat_tensors(outputs)
+    sites = []
+    for site, out in zip(recorder.sites, recorder.outputs):
+        if any(_same_tensor(out, f) for f in finals):
+            site = site.replace(flags=site.flags | {"final"})
+        sites.append(site)
+    return Discovery(sites, recorder.invocations, inputs, outputs)
