@@ -14,10 +14,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +24,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from dysample_swap.dysample import DySample
+from dysample_swap.example_inputs import default_inputs, describe_inputs, native_size
 from dysample_swap.policy import SwapPolicy, anchor_for, decide, offset_init_std, selects
 from dysample_swap.rewrite import OwnerPlan, Replacement, apply_eager, apply_fx, free_name, plan_owner
 from dysample_swap.sites import (Discovery, UpsampleSite, discover, discovery_context, module_at)
@@ -36,12 +35,6 @@ logger = logging.getLogger("dysample_swap")
 REPORT_ATTRIBUTE = "dysample_swap_report"
 """Name of the attribute under which ``swap_upsamplers`` stores its :class:`SwapReport` on the model."""
 
-DEFAULT_IMAGE_SIZES = ((128, 128), (224, 224), (256, 256), (512, 512))
-"""Spatial sizes tried, in order, when ``example_inputs`` is omitted for an image model."""
-
-DEFAULT_DETECTION_IMAGE = (3, 128, 160)
-"""The single image used when ``example_inputs`` is omitted for a torchvision detector."""
-
 
 @dataclass
 class SwapReport:
@@ -51,17 +44,20 @@ class SwapReport:
         variant: the DySample variant.
         sites: every executed upsampling call with its action and reason.
         parameters_added: trainable parameters the new DySample modules add.
-        example_shapes: shapes of the tensors in the example input.
+        inputs: shapes of the example inputs (:func:`~dysample_swap.example_inputs.describe_inputs`),
+            ``None`` when they are not plain tensors or lists of tensors.
+        policy: the policy keyword arguments as given.
 
     Example:
-        >>> SwapReport("dysample+", [], 0, []).swapped
+        >>> SwapReport("dysample+", [], 0).swapped
         []
     """
 
     variant: str
     sites: list[UpsampleSite]
     parameters_added: int
-    example_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    inputs: list[dict[str, Any]] | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def swapped(self) -> list[UpsampleSite]:
@@ -149,58 +145,23 @@ def swap_report(model: nn.Module) -> SwapReport:
     return report
 
 
-def _first_conv_channels(model: nn.Module) -> int | None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return None
-
-
-def _detection_transform(model: nn.Module) -> Any:
-    from torchvision.models.detection.transform import GeneralizedRCNNTransform
-
-    transform = getattr(model, "transform", None)
-    return transform if isinstance(transform, GeneralizedRCNNTransform) else None
-
-
-@contextlib.contextmanager
-def _native_size(model: nn.Module, inputs: tuple[Any, ...]) -> Iterator[None]:
-    """For torchvision detectors, run discovery without the resize to ``min_size`` (restored after)."""
-    transform = _detection_transform(model)
-    images = inputs[0] if inputs and isinstance(inputs[0], (list, tuple)) else None
-    if transform is None or not images or not all(isinstance(i, torch.Tensor) for i in images):
-        yield
-        return
-    saved = transform.min_size, transform.max_size
-    transform.min_size = (min(min(i.shape[-2:]) for i in images),)
-    transform.max_size = max(max(i.shape[-2:]) for i in images)
-    try:
-        yield
-    finally:
-        transform.min_size, transform.max_size = saved
-
-
 def _discover(model: nn.Module, example_inputs: Any) -> Discovery:
     if example_inputs is not None:
-        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        with _native_size(model, inputs):
-            return discover(model, inputs)
-    channels = _first_conv_channels(model)
-    if _detection_transform(model) is not None:
-        inputs = ([torch.rand(*DEFAULT_DETECTION_IMAGE)],)
-        with _native_size(model, inputs):
-            return discover(model, inputs)
-    if channels is None:
-        raise ValueError(f"cannot guess an example input for {type(model).__name__} (it has no Conv2d); "
-                         "pass example_inputs=(tensor, ...) with what its forward expects")
+        candidates = [example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)]
+    else:
+        candidates = default_inputs(model)
     errors = []
-    for h, w in DEFAULT_IMAGE_SIZES:
+    for inputs in candidates:
         try:
-            return discover(model, (torch.rand(1, channels, h, w),))
-        except Exception as exc:  # noqa: BLE001 - try the next size, report all at the end
-            errors.append(f"1x{channels}x{h}x{w}: {type(exc).__name__}: {exc}")
+            with native_size(model, inputs):
+                return discover(model, inputs)
+        except Exception as exc:  # noqa: BLE001 - a default input may not fit; try the next one
+            if example_inputs is not None:
+                raise
+            shapes = [list(t.shape) for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
+            errors.append(f"{shapes}: {type(exc).__name__}: {exc}")
     raise ValueError(f"{type(model).__name__} rejected every default example input; pass "
-                     "example_inputs=(tensor, ...). Tried:\n  " + "\n  ".join(errors))
+                     "example_inputs=(...) with what its forward expects. Tried:\n  " + "\n  ".join(errors))
 
 
 def _like(model: nn.Module, owner: nn.Module) -> dict[str, Any]:
@@ -245,6 +206,16 @@ def _skip(site: UpsampleSite, reason: str) -> UpsampleSite:
     return site.replace(action="skip", reason=reason, method="", replacement="")
 
 
+def _mark_per_item(sites: list[UpsampleSite]) -> list[UpsampleSite]:
+    """Flag helper-function calls that one source line makes repeatedly with changing sizes."""
+    sizes: dict[tuple[str, str], set[tuple[int, ...]]] = {}
+    for s in sites:
+        if s.helper is not None:
+            sizes.setdefault((s.owner, s.source), set()).add(s.output_shape)
+    return [s.replace(flags=s.flags | {"per_item"})
+            if s.helper is not None and len(sizes[(s.owner, s.source)]) > 1 else s for s in sites]
+
+
 def _plan_owner(model: nn.Module, discovery: Discovery, owner: str, sites: list[UpsampleSite],
                 site_paths: set[str]) -> OwnerPlan:
     calls = sorted(c for (path, c) in discovery.invocations if path == owner)
@@ -272,7 +243,7 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
         discovery = _discover(model, example_inputs)
         check = _groups_checker(variant, policy)
         sites = []
-        for site in discovery.sites:
+        for site in _mark_per_item(discovery.sites):
             action, reason = decide(site, policy, check)
             sites.append(site.replace(action=action, reason=reason))
         site_paths = {s.path for s in sites} | {s.owner for s in sites}
@@ -314,9 +285,8 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
         if reps:
             replacements[owner] = reps
     added = sum(p.numel() for reps in replacements.values() for r in reps for p in r.module.parameters())
-    shapes = [tuple(t.shape) for t in pytree.tree_leaves(discovery.example_inputs)
-              if isinstance(t, torch.Tensor)]
-    report = SwapReport(variant, sites, added, shapes)
+    report = SwapReport(variant, sites, added, describe_inputs(discovery.example_inputs),
+                        dict(policy_kwargs))
     _warn(report, policy)
     return SwapPlan(report, owners, replacements, policy)
 

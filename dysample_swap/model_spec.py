@@ -1,0 +1,119 @@
+"""Build a model from a one-line spec (used by the CLI and by fine-tuning recipes).
+
+Spec syntax, keyword arguments separated by ``,`` (values are Python literals, else strings):
+
+* ``smp:ARCH[:k=v,...]`` - ``segmentation_models_pytorch.ARCH(**kwargs)``, with
+  ``encoder_weights=None`` unless given (e.g. ``smp:FPN:encoder_name=resnet34``);
+* ``torchvision:NAME[:k=v,...]`` - ``torchvision.models.get_model(NAME, **kwargs)`` with
+  ``weights=None`` and ``weights_backbone=None`` unless given
+  (e.g. ``torchvision:fasterrcnn_resnet50_fpn:min_size=320``);
+* ``timm:NAME[:k=v,...]`` - ``timm.create_model(NAME, pretrained=False, **kwargs)``;
+* ``package.module:function[:k=v,...]`` - any importable function returning an ``nn.Module``.
+
+Example:
+    >>> model = build_model("torchvision:lraspp_mobilenet_v3_large:num_classes=3")
+    >>> type(model).__name__
+    'LRASPP'
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+from typing import Any
+
+import torch.nn as nn
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """Split a spec into ``(source, name, kwargs)``.
+
+    Example:
+        >>> parse_spec("smp:FPN:encoder_name=resnet18,classes=3")
+        ('smp', 'FPN', {'encoder_name': 'resnet18', 'classes': 3})
+    """
+    parts = spec.strip().split(":", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"model spec {spec!r} is not SOURCE:NAME[:key=value,...]; e.g. "
+                         "'smp:FPN:encoder_name=resnet34', 'torchvision:fasterrcnn_resnet50_fpn' "
+                         "or 'my_package.models:build'")
+    kwargs: dict[str, Any] = {}
+    if len(parts) == 3 and parts[2].strip():
+        for item in parts[2].split(","):
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
+            try:
+                value: Any = ast.literal_eval(raw.strip())
+            except (ValueError, SyntaxError):
+                value = raw.strip()
+            kwargs[key.strip()] = value
+    return parts[0].strip(), parts[1].strip(), kwargs
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def _build_smp(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    archs = [a for a in dir(smp) if isinstance(getattr(smp, a), type) and issubclass(getattr(smp, a), nn.Module)]
+    if name not in archs:
+        raise ValueError(f"smp has no architecture {name!r}.{_suggest(name, archs)}")
+    kwargs.setdefault("encoder_weights", None)
+    return getattr(smp, name)(**kwargs)
+
+
+def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    names = list(torchvision.models.list_models())
+    if name not in names:
+        raise ValueError(f"torchvision has no model {name!r}.{_suggest(name, names)}")
+    params = inspect.signature(torchvision.models.get_model_builder(name)).parameters
+    kwargs.setdefault("weights", None)
+    if "weights_backbone" in params:
+        kwargs.setdefault("weights_backbone", None)
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def _build_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(name, **kwargs)
+
+
+def _build_function(module_name: str, function: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for the model spec: {exc}") from exc
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise ValueError(f"{module_name!r} has no callable {function!r}")
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{module_name}:{function} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_model(spec: str) -> nn.Module:
+    """Build the model a spec names, with random weights for smp/torchvision/timm models.
+
+    Example:
+        >>> build_model("smp:Unet:encoder_name=resnet18,classes=2").segmentation_head[0].out_channels
+        2
+    """
+    source, name, kwargs = parse_spec(spec)
+    if source == "smp":
+        return _build_smp(name, kwargs)
+    if source == "torchvision":
+        return _build_torchvision(name, kwargs)
+    if source == "timm":
+        return _build_timm(name, kwargs)
+    return _build_function(source, name, kwargs)

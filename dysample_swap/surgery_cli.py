@@ -1,0 +1,126 @@
+"""The ``inspect`` and ``swap`` sub-commands of ``dysample-swap``.
+
+Example:
+    $ dysample-swap inspect smp:FPN:encoder_name=resnet34
+    $ dysample-swap swap torchvision:fasterrcnn_resnet50_fpn --variant dysample+ --out frcnn.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dysample_swap.model_spec import build_model
+from dysample_swap.swap import plan_swap, swap_upsamplers
+from dysample_swap.swapfile import save_swapped
+from dysample_swap.variants import VARIANTS
+
+MODEL_HELP = ("smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
+              "(weights=None, weights_backbone=None unless given), timm:NAME[:k=v,...], or "
+              "package.module:function[:k=v,...] returning an nn.Module")
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 1x3x256x256") from None
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NxCxHxW (a tensor) or CxHxW (one detector image)")
+    return shape
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    parser.add_argument("--variant", default="dysample+", choices=VARIANTS, help="DySample variant (default dysample+)")
+    parser.add_argument("--input-shape", type=_shape, default=None,
+                        help="example input: NxCxHxW tensor, or CxHxW for one detector image "
+                             "(default: 1x3x128x128, or one 3x128x160 image for torchvision detectors)")
+    parser.add_argument("--include", action="append", default=None, metavar="PATH_OR_GLOB",
+                        help="only swap these sites (repeatable; a path also selects what is below it)")
+    parser.add_argument("--exclude", action="append", default=None, metavar="PATH_OR_GLOB",
+                        help="never swap these sites (repeatable)")
+    parser.add_argument("--swap-final", action="store_true", help="also swap final-logit upsampling")
+    parser.add_argument("--groups-fallback", action="store_true",
+                        help="use the largest valid group count where the variant's groups do not divide the channels")
+    parser.add_argument("--init", choices=("match", "paper"), default="match",
+                        help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail when nothing is eligible or an --include site cannot be swapped")
+
+
+def _inputs(args: argparse.Namespace) -> Any:
+    import torch
+
+    if args.input_shape is None:
+        return None
+    if len(args.input_shape) == 3:
+        return ([torch.rand(*args.input_shape)],)
+    return (torch.rand(*args.input_shape),)
+
+
+def _policy(args: argparse.Namespace) -> dict[str, Any]:
+    return {"include": args.include, "exclude": args.exclude, "swap_final": args.swap_final,
+            "groups_fallback": args.groups_fallback, "init": args.init, "strict": args.strict}
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print the site table and the parameter count the swap would add; the model is not changed.
+
+    Example:
+        >>> import argparse
+        >>> run_inspect  # doctest: +ELLIPSIS
+        <function run_inspect at ...>
+    """
+    model = build_model(args.model)
+    plan = plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args))
+    print(plan.report.table())
+    return 0
+
+
+def run_swap(args: argparse.Namespace) -> int:
+    """Swap, print the table, and write state dict + recipe to ``--out``.
+
+    Example:
+        >>> run_swap  # doctest: +ELLIPSIS
+        <function run_swap at ...>
+    """
+    model = build_model(args.model)
+    swap_upsamplers(model, args.variant, _inputs(args), verbose=True, **_policy(args))
+    save_swapped(model, args.out, args.model)
+    print(f"wrote {args.out} (rebuild with dysample_swap.load_swapped({str(args.out)!r}))")
+    return 0
+
+
+def _guarded(fn):  # noqa: ANN001, ANN202
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ValueError, TypeError) as exc:
+            print(f"dysample-swap {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``inspect`` and ``swap`` sub-commands to the ``dysample-swap`` parser.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="dysample-swap")
+        >>> register(parser.add_subparsers(dest="command"))
+        >>> parser.parse_args(["inspect", "smp:FPN"]).model
+        'smp:FPN'
+    """
+    inspect_parser = commands.add_parser(
+        "inspect", help="list a model's upsampling sites and what swapping would do",
+        description="Run MODEL once on an example input and print every upsampling call with the swap decision.")
+    _add_common(inspect_parser)
+    inspect_parser.set_defaults(run=_guarded(run_inspect))
+    swap_parser = commands.add_parser(
+        "swap", help="swap a model's upsamplers for DySample and save it",
+        description="Swap MODEL's eligible upsamplers for DySample; write the state dict and the recipe to FILE.")
+    _add_common(swap_parser)
+    swap_parser.add_argument("--out", required=True, metavar="FILE", help="where to write state dict + recipe")
+    swap_parser.set_defaults(run=_guarded(run_swap))
