@@ -1,0 +1,422 @@
+"""The training loop and evaluation: :class:`Trainer` and :func:`evaluate`.
+
+One :class:`Trainer` trains one model (one "arm") for a step budget, single-process or under
+``torchrun`` (DistributedDataParallel), with mixed precision, gradient clipping, a warm-up +
+decay schedule, an optional DySample-only phase, periodic evaluation, a JSONL metrics log and
+checkpoints that resume exactly:
+
+* data order is a pure function of ``(seed, epoch)`` (:class:`TrainSampler`), and a resumed run
+  skips the batches already read in the current epoch;
+* every data loader has its own generator, so evaluation and loader start-up never draw from the
+  global RNGs, whose state after each step is saved in the checkpoint;
+* Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes ``checkpoints/last.pt`` and raises
+  :class:`TrainingInterrupted`; a ``KeyboardInterrupt`` raised inside a step (before the optimiser
+  update) saves the state after the last completed step.
+
+Example:
+    >>> # see dysample_swap.finetune.runner for building the pieces; in short:
+    >>> # Trainer(cfg, arm, task, train_set, val_set, ctx, out_dir).fit()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dysample_swap.finetune.checkpoint import (
+    CheckpointError, check_signature, load_checkpoint, load_model_state, rng_state, save_checkpoint,
+    set_rng_state)
+from dysample_swap.finetune.config import Config
+from dysample_swap.finetune.distributed import (
+    DistContext, ShardSampler, TrainSampler, any_rank, broadcast_buffers, sum_across_ranks)
+from dysample_swap.finetune.optim import build_optimizer, dysample_parameters
+from dysample_swap.finetune.runlog import MetricsLog
+from dysample_swap.finetune.schedule import build_scheduler
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C / SIGTERM after writing a checkpoint.
+
+    Example:
+        >>> TrainingInterrupted(5, Path("run/checkpoints/last.pt")).step
+        5
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class Arm:
+    """One model to train: ``name`` ("baseline" or "dysample"), the module, its checkpoint
+    signature, and how many upsampling sites were swapped.
+
+    Example:
+        >>> Arm("baseline", torch.nn.Linear(1, 1), {"swapped": False}).swapped_sites
+        0
+    """
+
+    name: str
+    model: torch.nn.Module
+    signature: dict[str, Any]
+    swapped_sites: int = 0
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` measured.
+
+    Example:
+        >>> FitResult(steps=0, total_steps=1, completed=False).metrics
+        {}
+    """
+
+    steps: int
+    total_steps: int
+    completed: bool
+    train_time_s: float = 0.0
+    images_seen: int = 0
+    final_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    @property
+    def img_per_s(self) -> float:
+        """Training throughput (all processes together), images per second of training time.
+
+        Example:
+            >>> FitResult(1, 1, True, train_time_s=2.0, images_seen=8).img_per_s
+            4.0
+        """
+        return self.images_seen / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+def autocast(ctx: DistContext, amp: str) -> contextlib.AbstractContextManager:
+    """The autocast context for ``train.amp`` ("none", "bf16", "fp16") on this device.
+
+    Example:
+        >>> with autocast(DistContext(0, 1, 0, torch.device("cpu")), "bf16"):
+        ...     (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+        torch.bfloat16
+    """
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and ctx.device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device (GradScaler); use train.amp=bf16 on CPU")
+    return torch.autocast(device_type=ctx.device.type, dtype=_AMP_DTYPES[amp])
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator for a data loader, so loaders never draw from the global RNG.
+
+    Example:
+        >>> int(torch.randint(10, (1,), generator=seeded_generator(0)))
+        4
+    """
+    return torch.Generator().manual_seed(seed)
+
+
+def progress_enabled(mode: str, ctx: DistContext) -> bool:
+    """Whether to draw progress bars: never off rank 0; ``auto`` only on a terminal.
+
+    Example:
+        >>> progress_enabled("never", DistContext(0, 1, 0, torch.device("cpu")))
+        False
+    """
+    import sys
+
+    if not ctx.is_main or mode == "never":
+        return False
+    return mode == "always" or sys.stderr.isatty()
+
+
+def eval_loader(dataset: Dataset, task: Any, cfg: Config, ctx: DistContext) -> DataLoader:
+    """This rank's shard of ``dataset`` in order, without padding (every image scored once).
+
+    Example:
+        >>> from dysample_swap.finetune.config import Config
+        >>> ctx = DistContext(0, 1, 0, torch.device("cpu"))
+        >>> class T: collate = None
+        >>> len(eval_loader(list(range(10)), T(), Config(), ctx))
+        2
+    """
+    return DataLoader(dataset, batch_size=cfg.eval.batch_size,
+                      sampler=ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
+                      collate_fn=task.collate, num_workers=cfg.train.num_workers,
+                      generator=seeded_generator(cfg.seed))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
+             ctx: DistContext) -> dict[str, float]:
+    """Score ``model`` on ``dataset``; with several processes each scores its shard and the
+    metric states are reduced across ranks, so every rank returns the whole-set result.
+
+    Example:
+        >>> # metrics = evaluate(model, task, val_set, cfg, ctx)  ->  {"mIoU": ..., "bIoU": ...}
+    """
+    was_training = model.training
+    model.eval()
+    broadcast_buffers(model, ctx)
+    metrics = task.new_metrics(dataset)
+    loader = eval_loader(dataset, task, cfg, ctx)
+    bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
+               disable=not progress_enabled(cfg.train.progress, ctx))
+    with autocast(ctx, cfg.train.amp):
+        for batch in bar:
+            batch = task.to_device(batch, ctx.device)
+            metrics.update(task.to_cpu(task.predict(model, batch)), task.to_cpu(task.targets(batch)))
+    if ctx.distributed:
+        metrics.sync()
+    result = {k: float(v) for k, v in metrics.compute().items()}
+    model.train(was_training)
+    return result
+
+
+class Trainer:
+    """Train one :class:`Arm` according to ``cfg``; files go to ``out_dir`` (rank 0 only).
+
+    Example:
+        >>> # trainer = Trainer(cfg, arm, task, train_set, val_set, ctx, Path("runs/x"))
+        >>> # result = trainer.fit(resume=False)
+    """
+
+    def __init__(self, cfg: Config, arm: Arm, task: Any, train_set: Dataset, val_set: Dataset,
+                 ctx: DistContext, out_dir: Path) -> None:
+        self.cfg, self.arm, self.task, self.ctx, self.out_dir = cfg, arm, task, ctx, out_dir
+        self.train_set, self.val_set = train_set, val_set
+        t = cfg.train
+        autocast(ctx, t.amp)  # fail early on an impossible precision setting
+        self.model = arm.model.to(ctx.device)
+        self.dysample_params = dysample_parameters(self.model)
+        special = {id(p) for p in self.dysample_params}
+        self.other_params = [p for p in self.model.parameters() if id(p) not in special]
+        if t.dysample_only_steps and not self.dysample_params and arm.name != "baseline":
+            raise ValueError(f"train.dysample_only_steps={t.dysample_only_steps} but the model has "
+                             "no DySample modules to train; set it to 0 or enable swap")
+        self.optimizer = build_optimizer(self.model, t)
+        self.sampler = TrainSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                    seed=cfg.seed, batch_size=t.batch_size)
+        self.steps_per_epoch = len(self.sampler) // t.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training split has {len(train_set)} samples: fewer than "
+                             f"train.batch_size ({t.batch_size}) x processes ({ctx.world_size}); "
+                             "lower train.batch_size or add data")
+        self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
+        self.stop_at = min(self.total_steps, t.stop_after or self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, t)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.amp == "fp16")
+        self.loader_generator = seeded_generator(cfg.seed)
+        self.loader = DataLoader(train_set, batch_size=t.batch_size, sampler=self.sampler,
+                                 drop_last=True, collate_fn=task.collate, num_workers=t.num_workers,
+                                 generator=self.loader_generator,
+                                 pin_memory=ctx.device.type == "cuda")
+        self.net: torch.nn.Module = self.model
+        if ctx.distributed:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=task.name == "detection")
+        self.step = self.epoch = self.batches_done = 0
+        self.log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
+        self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
+        self._rng_after_step = rng_state()
+        self._stop_requested = False
+        self._updating = False
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this run is (after the last full step).
+
+        Example:
+            >>> # torch.save(trainer.state_dict(), "last.pt")
+        """
+        return {
+            "arm": self.arm.name,
+            "signature": self.arm.signature,
+            "position": {"world_size": self.ctx.world_size, "batch_size": self.cfg.train.batch_size,
+                         "seed": self.cfg.seed},
+            "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": self._rng_after_step,
+            "config": self.cfg.to_dict(),
+        }
+
+    def save(self) -> Path | None:
+        """Write ``checkpoints/last.pt`` (rank 0); returns its path.
+
+        Example:
+            >>> # trainer.save()  ->  Path("runs/x/checkpoints/last.pt")
+        """
+        if self.ctx.is_main:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        return self.checkpoint_path
+
+    def load(self, path: Path) -> None:
+        """Restore a checkpoint written by :meth:`save` (checked against this arm and position).
+
+        Example:
+            >>> # trainer.load(Path("runs/x/checkpoints/last.pt"))
+        """
+        state = load_checkpoint(path, self.arm.signature)
+        check_signature(path, state["position"], self.state_dict()["position"])
+        load_model_state(self.model, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: optimiser/scheduler state does not fit this run ({err}); "
+                                  "resume with the recipe and settings it was written with") from err
+        self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
+        self._rng_after_step = state["rng"]
+        set_rng_state(state["rng"])
+        self.log.truncate_after(self.step)
+
+    # ----------------------------------------------------------------- loop
+    def _batches(self) -> Iterator[Any]:
+        """Training batches from the current position onwards, epoch after epoch."""
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.set_start(self.batches_done)
+            self.loader_generator.manual_seed(self.cfg.seed * 100003 + self.epoch)
+            yield from self.loader
+            self.epoch += 1
+            self.batches_done = 0
+
+    def _train_step(self, batch: Any) -> float:
+        t = self.cfg.train
+        self.net.train()
+        batch = self.task.to_device(batch, self.ctx.device)
+        with autocast(self.ctx, t.amp):
+            loss = self.task.loss(self.net, batch)
+        if t.amp != "fp16" and not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr, "
+                                     "set train.grad_clip, or use train.amp=none")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.step < t.dysample_only_steps and self.dysample_params:
+            for param in self.other_params:  # no gradient: no update, no weight decay, no state
+                param.grad = None
+        if t.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           t.grad_clip)
+        self._updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.batches_done += 1
+        self._updating = False
+        self._rng_after_step = rng_state()
+        return float(loss.detach())
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        if self.ctx.is_main:
+            tqdm.write("stopping after this step (checkpoint follows); press Ctrl-C again to abort "
+                       "without one")
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = evaluate(self.model, self.task, self.val_set, self.cfg, self.ctx)
+        record = {"split": "val", "step": self.step, "epoch": self.epoch, **metrics}
+        self.log.write(record)
+        return metrics
+
+    def fit(self, resume: bool = False) -> FitResult:
+        """Train until the budget (or ``train.stop_after``) is reached; evaluate at the end.
+
+        ``resume=True`` continues from ``checkpoints/last.pt`` in ``out_dir``.
+
+        Example:
+            >>> # result = trainer.fit(); result.metrics["mIoU"], result.img_per_s
+        """
+        t = self.cfg.train
+        if resume:
+            self.load(self.checkpoint_path)
+        start_step = self.step
+        loss_sum, loss_count, train_time, images = 0.0, 0, 0.0, 0
+        last_loss: float | None = None
+        bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {self.arm.name}",
+                   dynamic_ncols=True, disable=not progress_enabled(t.progress, self.ctx))
+        batches = self._batches()
+        with self._signals(), bar:
+            try:
+                tick = time.perf_counter()
+                while self.step < self.stop_at:
+                    batch = next(batches)
+                    loss = self._train_step(batch)
+                    images += self.task.batch_size(batch) * self.ctx.world_size
+                    train_time += time.perf_counter() - tick
+                    loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                    bar.update(1)
+                    if self.step % t.log_every == 0 or self.step == self.stop_at:
+                        total, count = sum_across_ranks([loss_sum, loss_count], self.ctx)
+                        last_loss = total / count
+                        record = {"split": "train", "step": self.step, "epoch": self.epoch,
+                                  "loss": last_loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                  "img_per_s": images / train_time}
+                        self.log.write(record)
+                        bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
+                        loss_sum, loss_count = 0.0, 0
+                    if t.eval_every and self.step % t.eval_every == 0 and self.step < self.stop_at:
+                        self._evaluate()
+                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                        self.save()
+                    if any_rank(self._stop_requested, self.ctx):
+                        raise TrainingInterrupted(self.step, self.save())
+                    tick = time.perf_counter()
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt:
+                if self._updating:  # stopped inside the optimiser update: state is inconsistent
+                    raise
+                raise TrainingInterrupted(self.step, self.save()) from None
+        self.save()
+        metrics = self._evaluate()
+        return FitResult(steps=self.step - start_step, total_steps=self.total_steps,
+                         completed=self.step >= self.total_steps, train_time_s=train_time,
+                         images_seen=images, final_loss=last_loss, metrics=metrics,
+                         checkpoint=self.checkpoint_path)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameter elements.
+
+    Example:
+        >>> count_parameters(torch.nn.Linear(2, 3))
+        9
+    """
+    return sum(p.numel() for p in module.parameters())
