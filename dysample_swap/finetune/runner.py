@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dysample_swap.dysample import DySample
 from dysample_swap.finetune.checkpoint import (
     CheckpointError, check_signature, load_checkpoint, load_model_state)
 from dysample_swap.finetune.config import Config, ConfigError, save_config
@@ -123,8 +122,9 @@ def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swappe
     Example:
         >>> # arm = make_arm(cfg, base, task, val_set, swapped=True)
     """
-    from dysample_swap.swap import swap_upsamplers
+    from dysample_swap.swap import swap_report, swap_upsamplers
 
+    arm_model = model_spec(cfg, task.num_classes)
     model = copy.deepcopy(base)
     sites = 0
     if swapped:
@@ -134,7 +134,11 @@ def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swappe
         policy.setdefault("verbose", verbose)
         model = swap_upsamplers(model, cfg.swap.variant, example_inputs=task.example_inputs(val_set),
                                 **policy)
-        sites = sum(isinstance(m, DySample) for m in model.modules())
+        sites = len(swap_report(model).swapped)
+        if sites == 0:
+            raise ConfigError(f"swapping {arm_model} replaced no upsampler (see the table above), so "
+                              "there is no DySample to train; check swap.policy, pick a model "
+                              "whose decoder/FPN upsamples, or set swap.enabled=false")
     model.train()
     return Arm(DYSAMPLE if swapped else BASELINE, model,
                signature(cfg, task.num_classes, swapped), swapped_sites=sites)
@@ -260,9 +264,6 @@ def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None) -> d
     base = build_base_model(cfg, task.num_classes)
     arms = [make_arm(cfg, base, task, val_set, swapped=False),
             make_arm(cfg, base, task, val_set, swapped=True, verbose=ctx.is_main)]
-    if arms[1].swapped_sites == 0:
-        raise ConfigError(f"swapping {model_spec(cfg, task.num_classes)} replaced no upsampler, so "
-                          "both arms would be the same network; check swap.policy or the model")
     if ctx.is_main:
         save_config(cfg, out_dir / "config.yaml")
     summaries = {}
