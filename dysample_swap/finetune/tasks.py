@@ -27,7 +27,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from dysample_swap.finetune.data.common import IMAGENET_MEAN, IMAGENET_STD
 
 #: Colours for classes in pictures (class k uses entry k modulo the length).
-PALETTE = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+PALETTE = [(40, 40, 40), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
            (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0)]
 
@@ -160,17 +160,17 @@ class SegmentationTask:
         return value.cpu()
 
     def picture(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Class colours blended over the image (``uint8 [3, H, W]``); ignored pixels stay bare.
+        """Label map in class colours (``uint8 [3, H, W]``); ignored pixels are white.
 
         Example:
-            >>> SegmentationTask(2, 255, "ab").picture(torch.zeros(3, 4, 4), torch.ones(4, 4, dtype=torch.long)).dtype
-            torch.uint8
+            >>> SegmentationTask(2, 255, "ab").picture(None, torch.tensor([[1, 255]]))[:, 0, :].T.tolist()
+            [[230, 25, 75], [255, 255, 255]]
         """
-        base = self.image_uint8(image)
-        classes = torch.arange(self.num_classes, device=labels.device)
-        masks = labels.unsqueeze(0) == classes.view(-1, 1, 1)
-        colours = [PALETTE[k % len(PALETTE)] for k in range(self.num_classes)]
-        return draw_segmentation_masks(base, masks.cpu(), alpha=0.7, colors=colours)
+        palette = torch.tensor([PALETTE[k % len(PALETTE)] for k in range(self.num_classes)] +
+                               [(255, 255, 255)], dtype=torch.uint8)
+        labels = labels.cpu().long()
+        index = torch.where((labels >= 0) & (labels < self.num_classes), labels, self.num_classes)
+        return palette[index].permute(2, 0, 1).contiguous()
 
     def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """Undo the ImageNet normalisation: ``uint8 [3, H, W]``.
