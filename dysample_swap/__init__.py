@@ -10,13 +10,14 @@ Example:
 """
 
 from dysample_swap.dysample import DySample, resolve_groups
-from dysample_swap.sampling import ANCHORS, dysample_sample
+from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
 from dysample_swap.variants import VARIANTS
 
 __all__ = [
     "ANCHORS",
     "VARIANTS",
     "DySample",
+    "dysample",
     "dysample_sample",
     "resolve_groups",
 ]

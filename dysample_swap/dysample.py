@@ -1,6 +1,6 @@
 """DySample, the point-sampling upsampler of "Learning to Upsample by Learning to Sample" (ICCV 2023).
 
-A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample_sample`. The first five
+A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample`. The first five
 constructor arguments, the state-dict names (``offset.weight``, ``offset.bias``,
 ``scope.weight``, ``init_pos``) and the outputs match the authors' module, so their
 checkpoints load with ``strict=True`` and give the same results. On top of it:
@@ -26,14 +26,13 @@ from collections.abc import Sequence
 import torch
 import torch.fx
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dysample_swap.sampling import check_anchor, dysample_sample
+from dysample_swap.sampling import check_anchor, dysample
 from dysample_swap.variants import variant_name, variant_settings
 
 # The sampler shows up as one leaf call in fx graphs: its shape arithmetic runs at run time.
-torch.fx.wrap("dysample_sample")
+torch.fx.wrap("dysample")
 
 STYLES: tuple[str, ...] = ("lp", "pl")
 """Offset generation styles: ``"lp"`` linear then pixel shuffle, ``"pl"`` pixel shuffle then linear."""
@@ -193,33 +192,6 @@ class DySample(nn.Module):
         if self.dyscope:
             nn.init.zeros_(self.scope.weight)
 
-    def offsets(self, x: Tensor) -> Tensor:
-        """Scope-scaled displacements in input pixels, ``(N, 2*groups*scale**2, H, W)`` in spec layout.
-
-        For ``"pl"`` the 1x1 convs read ``x`` viewed as ``(N, C/s^2, s^2*H, W)``: the same numbers as
-        ``pixel_unshuffle(conv(pixel_shuffle(x)))`` without materialising the shuffled input.
-
-        Example:
-            >>> DySample(16).offsets(torch.randn(1, 16, 4, 4)).shape
-            torch.Size([1, 32, 4, 4])
-        """
-        if self.style == "pl":
-            s2 = self.scale * self.scale
-            feats = x.unflatten(1, (-1, s2)).flatten(2, 3)
-        else:
-            feats = x
-        if self.dyscope:
-            # One convolution reads the input once for both projections (the "+" variants' main cost).
-            weight = torch.cat([self.offset.weight, self.scope.weight])
-            bias = torch.cat([self.offset.bias, torch.zeros_like(self.offset.bias)])
-            offset, scope = F.conv2d(feats, weight, bias).chunk(2, dim=1)
-            offset = offset * scope.sigmoid() * 0.5
-        else:
-            offset = self.offset(feats) * 0.25
-        if self.style == "pl":
-            offset = offset.unflatten(2, (s2, -1)).flatten(1, 2)
-        return offset
-
     def forward(
         self,
         x: Tensor,
@@ -235,8 +207,10 @@ class DySample(nn.Module):
         """
         if not is_fx_symbolic_tracing():  # symbolic shapes cannot be checked while fx traces
             self._check_input(x)
-        return dysample_sample(
-            x, self.offsets(x), self.scale, self.groups, size, scale_factor, self.anchor, self.init_pos
+        scope_weight = self.scope.weight if self.dyscope else None
+        return dysample(
+            x, self.offset.weight, self.offset.bias, scope_weight, self.init_pos,
+            self.scale, self.style, self.groups, size, scale_factor, self.anchor,
         )
 
     def _check_input(self, x: Tensor) -> None:

@@ -92,6 +92,58 @@ def _coordinate_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def dysample(
+    x: Tensor,
+    offset_weight: Tensor,
+    offset_bias: Tensor | None,
+    scope_weight: Tensor | None,
+    init_pos: Tensor | None,
+    scale: int,
+    style: str,
+    groups: int,
+    size: Sequence[int] | None = None,
+    scale_factor: float | Sequence[float] | None = None,
+    anchor: str = "bilinear",
+) -> Tensor:
+    """The whole DySample forward as a function of the input and the module's tensors.
+
+    Offsets are ``0.25 * offset(x)`` (static scope) or ``0.5 * sigmoid(scope(x)) * offset(x)``
+    (dynamic), where ``offset`` / ``scope`` are 1x1 convolutions with ``offset_weight`` /
+    ``scope_weight`` of shape ``(2*groups*scale**2, C, 1, 1)`` for ``style="lp"``, or
+    ``(2*groups, C/scale**2, 1, 1)`` applied to ``pixel_shuffle(x)`` for ``style="pl"``.
+    PL never shuffles ``x``: ``pixel_unshuffle(conv(pixel_shuffle(x)))`` is the same convolution
+    applied to ``x`` viewed as ``(N, C/s^2, s^2*H, W)``. The dynamic scope's two projections run
+    as one convolution, so the input is read once. The convolutions are the authors' operations
+    in the authors' order, so their weights give their offsets bit for bit.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        offset_weight, offset_bias, scope_weight: the projection tensors (``scope_weight=None``:
+            static scope).
+        init_pos: the ``init_pos`` buffer (see :func:`dysample_sample`), or ``None``.
+        scale, style, groups: as in :class:`dysample_swap.DySample`.
+        size, scale_factor, anchor: as in :func:`dysample_sample`.
+
+    Example:
+        >>> x = torch.randn(1, 8, 5, 5)
+        >>> w = torch.zeros(2 * 2 * 4, 8, 1, 1)
+        >>> y = dysample(x, w, None, None, None, scale=2, style="lp", groups=2, size=(9, 9))
+        >>> torch.allclose(y, F.interpolate(x, size=(9, 9), mode="bilinear"), atol=1e-6)
+        True
+    """
+    s2 = scale * scale
+    feats = x.unflatten(1, (-1, s2)).flatten(2, 3) if style == "pl" else x
+    if scope_weight is None:
+        offset = F.conv2d(feats, offset_weight, offset_bias) * 0.25
+    else:
+        bias = None if offset_bias is None else torch.cat([offset_bias, torch.zeros_like(offset_bias)])
+        offset, scope = F.conv2d(feats, torch.cat([offset_weight, scope_weight]), bias).chunk(2, dim=1)
+        offset = offset * scope.sigmoid() * 0.5
+    if style == "pl":  # (N, 2g, s^2*H, W) -> the spec layout (N, 2g*s^2, H, W), a view
+        offset = offset.unflatten(2, (s2, -1)).flatten(1, 2)
+    return dysample_sample(x, offset, scale, groups, size, scale_factor, anchor, init_pos)
+
+
 def dysample_sample(
     x: Tensor,
     offset: Tensor,
@@ -122,6 +174,8 @@ def dysample_sample(
 
     Returns:
         ``(N, C, H_out, W_out)``.
+
+    Use it with offsets from any generator; :func:`dysample` is the full DySample forward.
 
     Example:
         >>> x = torch.randn(2, 4, 3, 3)
