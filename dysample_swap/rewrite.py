@@ -162,6 +162,19 @@ def _same(a: Any, b: Any) -> bool:
     return True
 
 
+def _restore_argument_names(graph: fx.Graph, owner: nn.Module) -> None:
+    """fx names the placeholder of a concrete argument ``name_1``; keep ``name`` so keywords work."""
+    if getattr(graph._codegen, "pytree_info", None) is not None:
+        return  # the pytree codegen's signature already uses the original names
+    params = inspect.signature(type(owner).forward).parameters
+    taken = {n.target for n in graph.nodes if n.op == "placeholder"}
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.target not in params:
+            original = str(node.target).rsplit("_", 1)[0]
+            if original in params and original not in taken:
+                node.target = original
+
+
 def _trace(owner: nn.Module, inline: frozenset[int], concrete: dict[str, Any]) -> fx.Graph:
     """Trace in train and in eval mode; the two graphs must agree."""
     modes = [(m, m.training) for m in owner.modules()]
@@ -170,6 +183,7 @@ def _trace(owner: nn.Module, inline: frozenset[int], concrete: dict[str, Any]) -
         for training in (False, True):
             owner.train(training)
             graph = _OwnerTracer(inline).trace(owner, concrete_args=dict(concrete))
+            _restore_argument_names(graph, owner)
             graphs.append(graph)
             codes.append(graph.python_code(root_module="self").src)
     finally:
@@ -219,9 +233,10 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         if name and not default_leaf(m, name)
         and not any(p == prefix + name or p.startswith(prefix + name + ".") for p in site_paths))
     error = "no recorded execution"
-    for inline_ids, fix in ((frozenset(), False), (frozenset(), True), (inline, False), (inline, True)):
-        if inline_ids is inline and not inline:
-            continue
+    attempts = [(frozenset(), False), (frozenset(), True)]
+    if inline:
+        attempts += [(inline, False), (inline, True)]
+    for inline_ids, fix in attempts:
         concrete = _concrete_args(owner, invocations[0], fix)
         if concrete is None:
             error = "its forward arguments cannot be made concrete (*args/**kwargs or opaque values)"
