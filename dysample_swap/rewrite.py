@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import linecache
@@ -194,6 +195,16 @@ def _trace(owner: nn.Module, inline: frozenset[int], concrete: dict[str, Any]) -
     return graphs[0]
 
 
+def _keep_ordered_dict_output(graph: fx.Graph, sample: Any) -> None:
+    """fx writes a returned ``OrderedDict`` as a dict literal; rebuild the OrderedDict (torchvision segmenters)."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    value = output.args[0]
+    if type(sample) is collections.OrderedDict and isinstance(value, dict):  # fx: immutable_dict
+        with graph.inserting_before(output):
+            ordered = graph.call_function(collections.OrderedDict, (value,))
+        output.args = (ordered,)
+
+
 def _check_positions(owner_path: str, owner: nn.Module, nodes: list[fx.Node],
                      sites: list[UpsampleSite]) -> None:
     if len(nodes) != len(sites):
@@ -243,6 +254,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
             break
         try:
             graph = _trace(owner, inline_ids, concrete)
+            _keep_ordered_dict_output(graph, invocations[0].output)
             nodes = _site_nodes(graph, owner)
             for inv in invocations:
                 _check_positions(owner_path, owner, nodes, [sites[i] for i in inv.sites])
