@@ -105,8 +105,8 @@ def decide(site: UpsampleSite, policy: SwapPolicy,
            groups_error: Callable[[UpsampleSite], str | None]) -> tuple[str, str]:
     """Return ``(action, reason)`` for one site; rules are checked in this order.
 
-    1. not a 4-D (N, C, H, W) input;  1b. a helper function (not a module's forward) that runs
-    once per item with changing output sizes, flag ``"per_item"`` (mask pasting, keypoint
+    1. not a 4-D (N, C, H, W) input;  1b. a helper function (not a module's forward) that one
+    line calls repeatedly to arbitrary sizes, flag ``"per_item"`` (mask pasting, keypoint
     decoding);  2. mode other than nearest/bilinear;  3. ``antialias``;
     4. resize of the network input before any learned layer (e.g. torchvision's
     ``GeneralizedRCNNTransform``);  5. 1x1 broadcast or adaptive-pooled context (PSP, ASPP,
@@ -125,7 +125,7 @@ def decide(site: UpsampleSite, policy: SwapPolicy,
     if len(site.input_shape) != 4:
         return skip, f"{len(site.input_shape)}-D input (DySample needs N, C, H, W)"
     if "per_item" in site.flags:
-        return skip, (f"post-processing helper {site.helper}() called per item with changing sizes "
+        return skip, (f"post-processing helper {site.helper}() called per item to arbitrary sizes "
                       "(e.g. per-detection mask pasting, keypoint decoding)")
     if site.mode not in ("nearest", "bilinear"):
         return skip, f"{site.mode} not supported (DySample reproduces nearest and bilinear)"

@@ -207,13 +207,22 @@ def _skip(site: UpsampleSite, reason: str) -> UpsampleSite:
 
 
 def _mark_per_item(sites: list[UpsampleSite]) -> list[UpsampleSite]:
-    """Flag helper-function calls that one source line makes repeatedly with changing sizes."""
-    sizes: dict[tuple[str, str], set[tuple[int, ...]]] = {}
+    """Flag helper-function calls that one source line makes repeatedly to arbitrary sizes.
+
+    A helper (not the owner's own code) whose calls from one line reach several different
+    output sizes, not all of them whole-number upsamplings, is per-item post-processing (mask
+    pasting, keypoint decoding); a helper called once per pyramid level (x2 each time) is not.
+    """
+    groups: dict[tuple[str, str], list[UpsampleSite]] = {}
     for s in sites:
         if s.helper is not None:
-            sizes.setdefault((s.owner, s.source), set()).add(s.output_shape)
-    return [s.replace(flags=s.flags | {"per_item"})
-            if s.helper is not None and len(sizes[(s.owner, s.source)]) > 1 else s for s in sites]
+            groups.setdefault((s.owner, s.source), []).append(s)
+    per_item = set()
+    for key, members in groups.items():
+        whole = all(r >= 1 and r == int(r) for m in members for r in m.ratio)
+        if len({m.output_shape for m in members}) > 1 and not whole:
+            per_item.add(key)
+    return [s.replace(flags=s.flags | {"per_item"}) if (s.owner, s.source) in per_item else s for s in sites]
 
 
 def _plan_owner(model: nn.Module, discovery: Discovery, owner: str, sites: list[UpsampleSite],
