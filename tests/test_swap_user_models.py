@@ -16,6 +16,8 @@ from dysample_swap.dysample import DySample
 from dysample_swap.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap, dysample_parameters
 
+pytestmark = pytest.mark.filterwarnings("ignore:`nn.functional.upsample.* is deprecated:UserWarning")
+
 
 def conv(cin: int, cout: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
@@ -218,11 +220,8 @@ CASES = [
                          ids=[c[0].__name__ for c in CASES])
 def test_user_model(cls: type[nn.Module], x: torch.Tensor, other: torch.Tensor, swapped: int, skipped: int,
                     fallback: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", message=".*upsample.* is deprecated")
-        model, report = check_swap(cls, (x,), other_inputs=(other,), train_inputs=TRAIN,
-                                   swapped=swapped, skipped=skipped, fallback=fallback)
+    model, report = check_swap(cls, (x,), other_inputs=(other,), train_inputs=TRAIN,
+                               swapped=swapped, skipped=skipped, fallback=fallback)
     if fallback == 0:  # everything went through fx: the whole model still traces
         traced = torch.fx.symbolic_trace(model)
         with torch.no_grad():
@@ -324,8 +323,8 @@ def test_strict_raises_and_lenient_warns() -> None:
 
 
 def test_swap_final_and_groups_fallback() -> None:
-    sites = find_upsamplers(SkipReasons(), X, swap_final=True)
-    final = sites[-1]
+    with pytest.warns(UserWarning, match="no upsampling site is eligible"):
+        final = find_upsamplers(SkipReasons(), X, swap_final=True)[-1]
     assert "not divisible by groups" in final.reason and "groups_fallback=True" in final.reason  # 2 channels
     final = find_upsamplers(SkipReasons(), X, swap_final=True, groups_fallback=True)[-1]
     assert final.action == "swap"
