@@ -86,7 +86,10 @@ def _check_annotations(data: dict[str, Any], path: Path) -> None:
             raise DatasetError(f"{path}: annotation {ann_id} has category_id {ann['category_id']}, "
                                f"which is not in 'categories'")
         img = images[ann["image_id"]]
+        if "bbox" not in ann:
+            raise DatasetError(f"{path}: annotation {ann_id} has no bbox; COCO needs [x, y, w, h]")
         x, y, w, h = ann["bbox"]
+        ann.setdefault("area", w * h)
         if (w < 0 or h < 0 or x < -_BOX_TOLERANCE or y < -_BOX_TOLERANCE
                 or x + w > img["width"] + _BOX_TOLERANCE or y + h > img["height"] + _BOX_TOLERANCE):
             raise DatasetError(

@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,20 @@ def require_dir(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _open(path: Path, what: str) -> Iterator[Image.Image]:
+    """Open ``path`` with PIL and decode it fully; missing or unreadable -> :class:`DatasetError`."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: {what} file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DatasetError(f"{path}: unreadable {what} ({err}); re-save it as PNG or JPEG") from err
+    with img:
+        yield img
+
+
 def load_image(path: Path) -> Image.Image:
     """Open an image file as RGB, or raise :class:`DatasetError` naming the file.
 
@@ -123,13 +138,8 @@ def load_image(path: Path) -> Image.Image:
         ...
         dysample_swap.finetune.data.common.DatasetError: /nonexistent.jpg: image file not found
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DatasetError(f"{path}: unreadable image ({err}); re-save it as PNG or JPEG") from err
+    with _open(path, "image") as img:
+        return img.convert("RGB")
 
 
 def load_index_mask(path: Path) -> np.ndarray:
@@ -144,19 +154,12 @@ def load_index_mask(path: Path) -> np.ndarray:
         ...
         dysample_swap.finetune.data.common.DatasetError: /nonexistent.png: mask file not found
     """
-    if not path.is_file():
-        raise DatasetError(f"{path}: mask file not found")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in _INDEX_MASK_MODES:
-                raise DatasetError(
-                    f"{path}: mask has PIL mode {img.mode!r}; masks must hold one class index per "
-                    f"pixel (8-bit grayscale 'L' or palette 'P' PNG), not colours")
-            return np.asarray(img, dtype=np.int64)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        if isinstance(err, DatasetError):
-            raise
-        raise DatasetError(f"{path}: unreadable mask ({err}); re-save it as PNG") from err
+    with _open(path, "mask") as img:
+        if img.mode not in _INDEX_MASK_MODES:
+            raise DatasetError(
+                f"{path}: mask has PIL mode {img.mode!r}; masks must hold one class index per "
+                f"pixel (8-bit grayscale 'L' or palette 'P' PNG), not colours")
+        return np.asarray(img, dtype=np.int64)
 
 
 def check_mask_labels(mask: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
