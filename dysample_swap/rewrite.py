@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-from dysample_swap.sites import (Invocation, UpsampleSite, first_user_frame, is_upsample_module,
-                                 join_path)
+from dysample_swap.sites import (Invocation, UpsampleSite, calling_module, first_user_frame,
+                                 is_upsample_module, join_path)
 
 _INTERPOLATE_SIG = inspect.signature(F.interpolate)
 _SCALARS = (int, float, bool, str)
@@ -182,7 +182,8 @@ def _trace(owner: nn.Module, inline: frozenset[int], concrete: dict[str, Any]) -
     codes, graphs = [], []
     try:
         for training in (False, True):
-            owner.train(training)
+            for module, _ in modes:  # flags only: an overridden train() may do more
+                module.training = training
             graph = _OwnerTracer(inline).trace(owner, concrete_args=dict(concrete))
             _restore_argument_names(graph, owner)
             graphs.append(graph)
@@ -372,8 +373,10 @@ class _EagerRouter(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.interpolate:
             return func(*args, **kwargs)
-        frame, _ = first_user_frame(sys._getframe())
-        if frame is None or frame.f_locals.get("self") is not self.owner:
+        here = sys._getframe()
+        frame, _ = first_user_frame(here)
+        if (frame is None or frame.f_locals.get("self") is not self.owner
+                or calling_module(here) is not self.owner):
             return func(*args, **kwargs)
         position = self.count
         self.count += 1

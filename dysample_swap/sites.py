@@ -249,6 +249,33 @@ def first_user_frame(frame: FrameType | None) -> tuple[FrameType | None, str]:
     return frame, api
 
 
+_CALL_IMPL_CODE = nn.Module._call_impl.__code__
+
+
+def calling_module(frame: FrameType | None) -> nn.Module | None:
+    """The innermost module being called at ``frame``, skipping ``nn.Upsample``-family modules.
+
+    This is the module a call is attributed to (the owner): the module whose forward makes a
+    functional call, or the caller of an ``nn.Upsample``.
+
+    Example:
+        >>> import sys
+        >>> class Probe(nn.Module):
+        ...     def forward(self, x):
+        ...         return calling_module(sys._getframe())
+        >>> probe = Probe()
+        >>> probe(None) is probe
+        True
+    """
+    while frame is not None:
+        if frame.f_code is _CALL_IMPL_CODE:
+            module = frame.f_locals.get("self")
+            if isinstance(module, nn.Module) and not is_upsample_module(module):
+                return module
+        frame = frame.f_back
+    return None
+
+
 def _as_tuple(value: Any, ndim: int, kind: type) -> tuple[Any, ...] | None:
     if value is None:
         return None
@@ -390,7 +417,8 @@ def discovery_context(model: nn.Module) -> Iterator[None]:
         True
     """
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    for module, _ in modes:  # not model.eval(): overridden train() methods may do more than set flags
+        module.training = False
     try:
         with torch.no_grad():
             yield

@@ -144,6 +144,23 @@ class ControlFlowOnShapes(nn.Module):
         return self.head(y)
 
 
+class FallbackWithSequentialChild(nn.Module):
+    """An eager-fallback owner whose Sequential child runs an nn.Upsample of its own (skipped):
+    the fallback must count only the owner's calls, not the child's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.side = nn.Sequential(nn.Conv2d(64, 64, 1), nn.Upsample(scale_factor=0.5))
+        self.head = nn.Conv2d(64, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f3 = self.encoder(x)[2]
+        if f3.shape[-1] > 1:
+            f3 = F.interpolate(f3, scale_factor=2.0, mode="nearest")
+        return self.head(F.interpolate(self.side(f3), scale_factor=4.0, mode="bilinear"))
+
+
 class SkipReasons(nn.Module):
     """Input resize, pooled broadcast, bicubic, antialias, 5-D, 3-D, final logits."""
 
@@ -211,6 +228,7 @@ CASES = [
     (PyramidLoop, X, torch.rand(1, 3, 37, 45), 2, 0, 0),
     (DictDecoderModel, X, torch.rand(1, 3, 36, 44), 1, 1, 0),
     (ControlFlowOnShapes, X, ODD, 2, 0, 2),
+    (FallbackWithSequentialChild, X, ODD, 2, 1, 2),
     (SharedOwner, X, ODD, 2, 0, 0),
     (SequentialDecoder, X, ODD, 2, 0, 0),
 ]

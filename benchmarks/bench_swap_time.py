@@ -1,0 +1,58 @@
+"""How long ``swap_upsamplers`` takes (one discovery forward + tracing + rewrite) on real models.
+
+Run:  .venv/bin/python benchmarks/bench_swap_time.py [--threads 2] [--repeats 3]
+
+Each repeat swaps a freshly built, randomly initialised model with the default example input
+(smp: 1x3x128x128; torchvision detectors: one 3x128x160 image, discovered without the resize to
+``min_size``); model construction is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from dysample_swap.model_spec import build_model
+from dysample_swap.swap import swap_report, swap_upsamplers
+
+MODELS = (
+    "torchvision:fasterrcnn_resnet50_fpn",
+    "smp:FPN:encoder_name=resnet34",
+    "smp:Unet:encoder_name=resnet34",
+    "smp:Segformer:encoder_name=mit_b0",
+)
+
+
+def time_swap(spec: str, repeats: int) -> tuple[float, float, int]:
+    """Median and max seconds of ``swap_upsamplers`` on fresh models, and the sites swapped."""
+    times = []
+    swapped = 0
+    for _ in range(repeats):
+        model = build_model(spec)
+        start = time.perf_counter()
+        swap_upsamplers(model, "dysample+", verbose=False)
+        times.append(time.perf_counter() - start)
+        swapped = len(swap_report(model).swapped)
+    return statistics.median(times), max(times), swapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
+    print(f"| model | swapped sites | swap_upsamplers median (s) | max (s) |  ({args.threads} threads)")
+    print("|---|---|---|---|")
+    for spec in MODELS:
+        median, worst, swapped = time_swap(spec, args.repeats)
+        print(f"| `{spec}` | {swapped} | {median:.2f} | {worst:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
