@@ -1,0 +1,29 @@
+"""``build_dataset`` dispatch and its config errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dysample_swap.finetune.data import FORMATS, build_dataset, is_detection
+
+
+def test_every_documented_format_is_registered() -> None:
+    assert set(FORMATS) == {"synthetic", "folder", "voc", "ade20k", "coco"}
+
+
+def test_unknown_or_missing_format_names_the_fix() -> None:
+    with pytest.raises(KeyError, match="did you mean 'ade20k'"):
+        build_dataset({"format": "ade20"}, "train")
+    with pytest.raises(KeyError, match="data.format: missing"):
+        build_dataset({"root": "x"}, "train")
+
+
+@pytest.mark.parametrize("fmt", ["folder", "voc", "ade20k", "coco"])
+def test_missing_root_is_named(fmt: str) -> None:
+    with pytest.raises(KeyError, match=f"data.root: required for format '{fmt}'"):
+        build_dataset({"format": fmt}, "train")
+
+
+def test_is_detection() -> None:
+    assert is_detection({"format": "coco"}) and is_detection({"format": "synthetic", "task": "detection"})
+    assert not is_detection({"format": "synthetic"}) and not is_detection({"format": "folder"})
