@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,50 @@ def test_no_detections_at_all_gives_zero_ap() -> None:
     metrics.update([empty] * len(targets), targets)
     assert metrics.compute()["bbox/AP"] == 0.0
     assert np.isfinite(metrics.compute()["bbox/AP50"])
+
+
+def _rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo processes: score a shard (rank 1 also re-sees image 0), sync, compute."""
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        ds, targets = _synthetic_instances()
+        preds = [_perfect(t) for t in targets]
+        preds[1]["boxes"][:, 1] += 4.0
+        indices = [0, 2] if rank == 0 else [1, 3, 0]
+        det = DetectionMetrics(iou_types=("bbox", "segm"), coco_gt=ds.coco)
+        det.update([preds[i] for i in indices], [targets[i] for i in indices])
+        det.sync()
+        seg = SegmentationMetrics(3)
+        pred, target = _shifted_squares()
+        seg.update(pred if rank == 0 else target, target)
+        seg.sync()
+        result = {"det": det.compute(), "seg": seg.compute()}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sync_across_two_gloo_processes_gives_the_whole_set_result(tmp_path) -> None:
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ds, targets = _synthetic_instances()
+    preds = [_perfect(t) for t in targets]
+    preds[1]["boxes"][:, 1] += 4.0
+    det = DetectionMetrics(iou_types=("bbox", "segm"), coco_gt=ds.coco)
+    det.update(preds, targets)
+    seg = SegmentationMetrics(3)
+    pred, target = _shifted_squares()
+    seg.update(torch.cat([pred, target]), torch.cat([target, target]))
+    for rank in ranks:
+        assert rank["det"] == pytest.approx(det.compute(), nan_ok=True)
+        assert rank["seg"] == pytest.approx(seg.compute(), nan_ok=True)
+    assert ranks[0]["det"]["bbox/AP"] < 0.99  # the perturbed image (rank 1's) is in rank 0's result
