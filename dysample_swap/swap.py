@@ -114,8 +114,8 @@ class SwapPlan:
 
     Example:
         >>> import torch.nn as nn
-        >>> plan = plan_swap(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2)),
-        ...                  "dysample", verbose=False)
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> plan = plan_swap(net, "dysample", verbose=False)
         >>> [r.name for reps in plan.replacements.values() for r in reps]
         ['dysample_0']
     """
@@ -134,8 +134,8 @@ def swap_report(model: nn.Module) -> SwapReport:
 
     Example:
         >>> import torch.nn as nn
-        >>> net = swap_upsamplers(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2)),
-        ...                       "dysample", verbose=False)
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2), nn.Conv2d(4, 2, 1))
+        >>> net = swap_upsamplers(net, "dysample", verbose=False)
         >>> len(swap_report(net).swapped)
         1
     """
@@ -241,10 +241,9 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
 
     Example:
         >>> import torch.nn as nn
-        >>> plan = plan_swap(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2)),
-        ...                  "dysample+")
-        >>> plan.report.parameters_added
-        1088
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> plan_swap(net, "dysample+").report.parameters_added
+        544
     """
     variant_settings(variant)
     policy = SwapPolicy.from_kwargs(**policy_kwargs)
@@ -332,7 +331,8 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
 
     Example:
         >>> import torch.nn as nn
-        >>> sites = find_upsamplers(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2)))
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> sites = find_upsamplers(net)
         >>> sites[0].path, sites[0].kind, sites[0].action
         ('1', 'module', 'swap')
     """
@@ -357,7 +357,7 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
 
     Example:
         >>> import torch, torch.nn as nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2))
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
         >>> x = torch.rand(1, 3, 8, 8)
         >>> before = net(x)
         >>> net = swap_upsamplers(net, verbose=False)
