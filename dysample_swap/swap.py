@@ -304,6 +304,9 @@ def _warn(report: SwapReport, policy: SwapPolicy) -> None:
     if not report.swapped:
         problems.append("no upsampling site is eligible for DySample "
                         f"({len(report.sites)} found, all skipped)")
+    if policy.include is not None and not any(selects(policy.include, s) for s in report.sites):
+        paths = ", ".join(dict.fromkeys(s.path for s in report.sites)) or "none"
+        problems.append(f"include={policy.include!r} selects none of the sites (their paths: {paths})")
     if policy.include is not None:
         for site in report.skipped:
             if selects(policy.include, site):

@@ -335,6 +335,8 @@ def test_strict_raises_and_lenient_warns() -> None:
     with pytest.raises(ValueError, match="requested by include= but is skipped: downsamples"):
         swap_upsamplers(EveryFunctionalSpelling(), example_inputs=X, include=lambda s: s.order == 1,
                         strict=True, verbose=False)
+    with pytest.raises(ValueError, match=r"include='decoder\.\*' selects none of the sites \(their paths: net\.3, net\.5\)"):
+        find_upsamplers(SequentialDecoder(), X, include="decoder.*", strict=True)
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):
         model = swap_upsamplers(SkipReasons(), example_inputs=X, verbose=False)
     assert not dysample_parameters(model)
