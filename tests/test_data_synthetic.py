@@ -8,7 +8,7 @@ import torch
 
 from dysample_swap.finetune.data import build_dataset, detection_collate
 from dysample_swap.finetune.data.common import IMAGENET_MEAN, IMAGENET_STD
-from dysample_swap.finetune.metrics import mask_boundary
+from dysample_swap.finetune.metrics import label_boundary
 
 
 def _cfg(**kw: object) -> dict:
@@ -76,7 +76,7 @@ def test_shapes_have_thin_parts_and_every_class_appears() -> None:
     for i in range(len(ds)):
         _, target = ds[i]
         # an instance is thin when every pixel lies within 2 px of its contour
-        band = mask_boundary(target["masks"].bool(), 2)
+        band = label_boundary(target["masks"].long(), 2) & target["masks"].bool()
         for label, mask, inner in zip(target["labels"].tolist(), target["masks"].bool(), band):
             seen.add(label)
             if torch.equal(inner, mask):

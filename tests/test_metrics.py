@@ -11,7 +11,7 @@ import torch
 
 from dysample_swap.finetune.data import build_dataset
 from dysample_swap.finetune.metrics import (
-    DetectionMetrics, SegmentationMetrics, boundary_dilation, mask_boundary)
+    DetectionMetrics, SegmentationMetrics, boundary_dilation, label_boundary)
 
 
 def _shifted_squares() -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,15 +23,34 @@ def _shifted_squares() -> tuple[torch.Tensor, torch.Tensor]:
     return pred, target
 
 
-def test_mask_boundary_is_the_inner_band_of_width_d() -> None:
-    mask = torch.zeros(1, 9, 9, dtype=torch.bool)
-    mask[0, 1:8, 1:8] = True  # 7x7 square
-    band1 = mask_boundary(mask, 1)[0]
-    band2 = mask_boundary(mask, 2)[0]
-    assert int(band1.sum()) == 49 - 25 and not band1[2:7, 2:7].any()
-    assert int(band2.sum()) == 49 - 9 and not band2[3:6, 3:6].any()
-    border = torch.ones(1, 4, 4, dtype=torch.bool)  # the image border counts as contour
-    assert int(mask_boundary(border, 1).sum()) == 16 - 4
+def _naive_class_boundary(labels: np.ndarray, c: int, d: int) -> np.ndarray:
+    """Cheng et al. by definition: mask minus its erosion by a (2d+1)^2 square, zero outside."""
+    mask = labels == c
+    padded = np.pad(mask, d, constant_values=False)
+    h, w = mask.shape
+    eroded = np.array([[padded[i:i + 2 * d + 1, j:j + 2 * d + 1].all() for j in range(w)] for i in range(h)])
+    return mask & ~eroded
+
+
+def test_label_boundary_is_the_inner_band_of_width_d() -> None:
+    square = torch.zeros(1, 9, 9, dtype=torch.long)
+    square[0, 1:8, 1:8] = 1  # 7x7 square
+    for d, interior in ((1, 25), (2, 9)):
+        band = label_boundary(square, d)[0] & (square[0] == 1)
+        assert int(band.sum()) == 49 - interior
+    border = torch.ones(1, 4, 4, dtype=torch.long)  # the image border counts as contour
+    assert int(label_boundary(border, 1).sum()) == 16 - 4
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_label_boundary_equals_per_class_erosion(d: int) -> None:
+    labels = torch.randint(0, 4, (3, 3), generator=torch.Generator().manual_seed(d))
+    labels = labels.repeat_interleave(4, 0).repeat_interleave(5, 1)[None]  # 12x15 blocks
+    labels[0, 5, 2:9] = 2  # a thin line
+    band = label_boundary(labels, d)[0]
+    for c in range(4):
+        expected = _naive_class_boundary(labels[0].numpy(), c, d)
+        assert np.array_equal((band & (labels[0] == c)).numpy(), expected), c
 
 
 def test_boundary_dilation_follows_the_image_diagonal() -> None:

@@ -42,7 +42,6 @@ from dysample_swap.finetune.data.coco_gt import build_coco, encode_masks, target
 IOU_TYPES = ("bbox", "segm")
 #: COCOeval ``stats`` positions and the names they get in :meth:`DetectionMetrics.compute`.
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_CHUNK_ELEMENTS = 1 << 24   # pixels per boundary pass, bounds memory for many-class datasets
 
 
 def boundary_dilation(height: int, width: int, ratio: float) -> int:
@@ -55,21 +54,30 @@ def boundary_dilation(height: int, width: int, ratio: float) -> int:
     return max(1, int(round(ratio * math.hypot(height, width))))
 
 
-def mask_boundary(masks: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Pixels of each boolean mask ``[B, H, W]`` within ``dilation`` px of its contour.
+def label_boundary(labels: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Pixels of a label map ``[N, H, W]`` within ``dilation`` px of a differently labelled pixel
+    or of the image border.
 
-    Erosion by a ``(2d+1)^2`` square is a max-pool over the inverted mask; outside the image
-    counts as background, so the image border is part of the contour.
+    For every class ``c``, ``(labels == c) & label_boundary(labels, d)`` is the boundary region
+    of the mask ``labels == c`` in Cheng et al.'s sense (mask minus its erosion by a
+    ``(2d+1)^2`` square, outside the image counting as background): a pixel survives the
+    erosion exactly when its whole window lies inside the image and holds its own label. So
+    one window min/max pass serves all classes at once. The square max-pool runs as a row pass
+    then a column pass.
 
     Example:
-        >>> m = torch.zeros(1, 5, 5, dtype=torch.bool); m[0, 1:4, 1:4] = True
-        >>> mask_boundary(m, 1)[0].int().tolist()[2]
-        [0, 1, 0, 1, 0]
+        >>> m = torch.zeros(1, 5, 5, dtype=torch.long); m[0, 1:4, 1:4] = 1
+        >>> label_boundary(m, 1)[0].int().tolist()[2]
+        [1, 1, 0, 1, 1]
     """
-    inverted = (~masks).unsqueeze(1).float()
-    inverted = F.pad(inverted, (dilation,) * 4, value=1.0)
-    near_background = F.max_pool2d(inverted, kernel_size=2 * dilation + 1, stride=1)[:, 0] > 0
-    return masks & near_background
+    size = 2 * dilation + 1
+    padded = F.pad(labels.unsqueeze(1).float(), (dilation,) * 4, value=-1.0)
+
+    def window_max(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.max_pool2d(x, (1, size), stride=1), (size, 1), stride=1)[:, 0]
+
+    own = labels.float()
+    return (window_max(padded) != own) | (-window_max(-padded) != own)
 
 
 def _nan_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -170,17 +178,15 @@ class SegmentationMetrics:
         n, height, width = targets.shape
         dilation = boundary_dilation(height, width, self.boundary_dilation_ratio)
         valid = targets != self.ignore_index
-        present = torch.cat([preds[valid], targets[valid]]).unique()
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, n * height * width))
-        for start in range(0, present.numel(), chunk):
-            classes = present[start:start + chunk].view(-1, 1, 1, 1)
-            k = classes.shape[0]
-            pred_b = mask_boundary((preds.unsqueeze(0) == classes).view(k * n, height, width), dilation)
-            gt_b = mask_boundary((targets.unsqueeze(0) == classes).view(k * n, height, width), dilation)
-            pred_b, gt_b = pred_b.view(k, n, height, width) & valid, gt_b.view(k, n, height, width) & valid
-            idx = classes.view(-1).cpu()
-            self.boundary_intersection[idx] += (pred_b & gt_b).sum((1, 2, 3)).cpu()
-            self.boundary_union[idx] += (pred_b | gt_b).sum((1, 2, 3)).cpu()
+        pred_band = label_boundary(preds, dilation) & valid
+        gt_band = label_boundary(targets, dilation) & valid
+        both = pred_band & gt_band & (preds == targets)
+        c = self.num_classes
+        pred_count = torch.bincount(preds[pred_band], minlength=c).cpu()
+        gt_count = torch.bincount(targets[gt_band], minlength=c).cpu()
+        intersection = torch.bincount(targets[both], minlength=c).cpu()
+        self.boundary_intersection += intersection
+        self.boundary_union += pred_count + gt_count - intersection
 
     def state_tensors(self) -> torch.Tensor:
         """All statistics as one ``int64`` vector (confusion matrix, boundary ∩, boundary ∪);
