@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 
 from dysample_swap.finetune.data.coco_gt import build_coco, target_annotations
@@ -207,8 +208,6 @@ class SyntheticSegmentation(_SyntheticBase):
     ignore_index = DEFAULT_IGNORE_INDEX
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-
         scene = self.scene(index)
         return normalize_image(Image.fromarray(scene.image)), torch.from_numpy(scene.semantic_mask())
 
@@ -249,7 +248,13 @@ class SyntheticDetection(_SyntheticBase):
 
     @cached_property
     def coco(self) -> COCO:
-        """Ground truth of the whole split (instance masks included), rendered once on first use."""
+        """Ground truth of the whole split (instance masks included), rendered once on first use.
+
+        Example:
+            >>> ds = SyntheticDetection(3, (16, 16), 2, seed=0, split="val", with_masks=False)
+            >>> ds.coco.getImgIds(), [c["name"] for c in ds.coco.loadCats(ds.coco.getCatIds())]
+            ([1, 2, 3], ['disc', 'ring'])
+        """
         height, width = self.image_size
         images, annotations = [], []
         for index in range(self.num_samples):
