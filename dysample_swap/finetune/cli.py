@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
     return "-" if value is None else str(value)

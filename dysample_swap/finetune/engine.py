@@ -366,6 +366,8 @@ class Trainer:
         t = self.cfg.train
         if resume:
             self.load(self.checkpoint_path)
+        else:
+            self.log.truncate_after(0)  # a fresh run starts a fresh log
         start_step = self.step
         loss_sum, loss_count, train_time, images = 0.0, 0, 0.0, 0
         last_loss: float | None = None

@@ -41,10 +41,8 @@ class MetricsLog:
         """
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in record.items()}
         with self.path.open("a") as handle:
-            handle.write(json.dumps(clean) + "\n")
+            handle.write(json.dumps(json_safe(record)) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after ``step`` (they are redone when a run resumes from ``step``).
@@ -73,3 +71,21 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by ``None`` (strict JSON has no NaN), recursively.
+
+    A class absent from both predictions and ground truth has IoU NaN; it is written as null.
+
+    Example:
+        >>> json_safe({"IoU/a": float("nan"), "steps": [1, float("inf")]})
+        {'IoU/a': None, 'steps': [1, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

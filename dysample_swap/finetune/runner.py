@@ -34,7 +34,7 @@ from dysample_swap.finetune.distributed import DistContext, init_distributed
 from dysample_swap.finetune.engine import Arm, FitResult, Trainer, count_parameters, evaluate
 from dysample_swap.finetune.optim import dysample_parameters
 from dysample_swap.finetune.plots import plot_curves, plot_predictions
-from dysample_swap.finetune.runlog import read_log
+from dysample_swap.finetune.runlog import json_safe, read_log
 from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask, make_task
 
 BASELINE, DYSAMPLE = "baseline", "dysample"
@@ -53,14 +53,15 @@ def seed_everything(seed: int) -> None:
 
 
 def data_config(cfg: Config) -> dict[str, Any]:
-    """The ``data:`` mapping for ``build_dataset``; synthetic data gets ``task`` from the recipe.
+    """The ``data:`` mapping for ``build_dataset``; formats that serve several tasks (synthetic,
+    coco) get ``task`` from the recipe.
 
     Example:
         >>> data_config(Config(task="detection"))["task"]
         'detection'
     """
     data = dict(cfg.data)
-    if data.get("format") == "synthetic":
+    if data.get("format") in ("synthetic", "coco"):
         if data.setdefault("task", cfg.task) != cfg.task:
             raise ConfigError(f"data.task is {data['task']!r} but task is {cfg.task!r}; "
                               "drop data.task (it follows task) or make them equal")
@@ -188,7 +189,7 @@ def arm_summary(cfg: Config, arm: Arm, result: FitResult, ctx: DistContext,
 
 def _write_json(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -268,10 +269,8 @@ def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None) -> d
         save_config(cfg, out_dir / "config.yaml")
     summaries = {}
     for arm in arms:
-        arm_dir = out_dir / arm.name
-        (arm_dir / "metrics.jsonl").unlink(missing_ok=True)
-        _, summaries[arm.name] = _train_arm(cfg, arm, task, train_set, val_set, ctx, arm_dir,
-                                            resume=False)
+        _, summaries[arm.name] = _train_arm(cfg, arm, task, train_set, val_set, ctx,
+                                            out_dir / arm.name, resume=False)
     summary: dict[str, Any] = {"recipe": cfg.name, "task": cfg.task, "arms": summaries,
                                "delta": metric_delta(summaries[BASELINE]["metrics"],
                                                      summaries[DYSAMPLE]["metrics"])}
