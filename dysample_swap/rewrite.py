@@ -14,8 +14,10 @@ recorded execution, in both train and eval mode:
    (needed when a child returns a tuple that the owner unpacks, as FPN's ``extra_blocks``).
 
 The matched ``F.interpolate`` call_function nodes / ``nn.Upsample`` call_module nodes are
-replaced by call_module nodes to new ``DySample`` children of the owner, passing the graph's
-own ``size`` (so run-time sizes stay dynamic) or ``scale_factor`` as the original call did.
+replaced by call_module nodes to new ``DySample`` children of the owner (``dysample_<k>``, or the
+``nn.Upsample``'s own name when that module runs at one call only and is replaced in place),
+passing the graph's own ``size`` (so run-time sizes stay dynamic) or ``scale_factor`` as the
+original call did.
 The generated forward is installed as the ``forward`` of a per-instance subclass of the owner's
 class: ``isinstance``, attributes, state-dict keys and ``copy.deepcopy`` keep working, and
 ``torch.fx.symbolic_trace`` of the patched model sees the DySample calls.
@@ -332,7 +334,6 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
     nodes = _site_nodes(graph, owner)
     for rep in replacements:
         node = nodes[rep.position]
-        owner.add_module(rep.name, rep.module)
         if node.op == "call_function":
             bound = _INTERPOLATE_SIG.bind(*node.args, **node.kwargs)
             x = bound.arguments["input"]
@@ -342,6 +343,7 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
             upsample = owner.get_submodule(str(node.target))
             x = node.args[0] if node.args else node.kwargs["input"]
             size, scale_factor = upsample.size, upsample.scale_factor
+        owner.add_module(rep.name, rep.module)  # may replace that nn.Upsample in place
         kwargs: dict[str, Any] = {}
         if size is not None:
             kwargs["size"] = (size, size) if rep.size_is_int else size

@@ -27,7 +27,7 @@ from dysample_swap.dysample import DySample
 from dysample_swap.example_inputs import default_inputs, describe_inputs, native_size
 from dysample_swap.policy import SwapPolicy, anchor_for, decide, offset_init_std, selects
 from dysample_swap.rewrite import OwnerPlan, Replacement, apply_eager, apply_fx, free_name, plan_owner
-from dysample_swap.sites import (Discovery, UpsampleSite, discover, discovery_context, module_at)
+from dysample_swap.sites import ROOT, Discovery, UpsampleSite, discover, discovery_context, module_at
 from dysample_swap.variants import variant_settings
 
 logger = logging.getLogger("dysample_swap")
@@ -225,6 +225,24 @@ def _mark_per_item(sites: list[UpsampleSite]) -> list[UpsampleSite]:
     return [s.replace(flags=s.flags | {"per_item"}) if (s.owner, s.source) in per_item else s for s in sites]
 
 
+def _in_place_name(owner: str, plan: OwnerPlan, members: list[UpsampleSite],
+                   sites: list[UpsampleSite]) -> str | None:
+    """The child name of an ``nn.Upsample`` that a DySample can replace in place, else ``None``.
+
+    Possible when the owner is rewritten with fx, the Upsample is the owner's direct child, and
+    it runs only at this one call position: the DySample then takes its name (state-dict keys
+    like ``decoder.up.offset.weight``; an ``nn.Sequential`` keeps its length and order).
+    """
+    path = members[0].path
+    prefix = "" if owner == ROOT else owner + "."
+    child = path[len(prefix):]
+    if (plan.method != "fx" or any(m.kind != "module" or m.path != path for m in members)
+            or not path.startswith(prefix) or "." in child
+            or sum(s.path == path for s in sites) != len(members)):
+        return None
+    return child
+
+
 def _plan_owner(model: nn.Module, discovery: Discovery, owner: str, sites: list[UpsampleSite],
                 site_paths: set[str]) -> OwnerPlan:
     calls = sorted(c for (path, c) in discovery.invocations if path == owner)
@@ -284,7 +302,7 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
                                                    "skipped or has other channels")
                 continue
             biggest = max(members, key=lambda m: m.dysample_scale)
-            name = free_name(module, position)
+            name = _in_place_name(owner, plan, members, sites) or free_name(module, position)
             dysample = _build(variant, biggest, policy).to(**_like(model, module))
             reps.append(Replacement(position, name, dysample, "size_int" in biggest.flags))
             for i in group:

@@ -121,7 +121,8 @@ def check_swap(
 
     keys = set(model.state_dict())
     assert original_keys <= keys
-    assert all(".dysample_" in k or k.startswith("dysample_") for k in keys - original_keys)
+    dysample_paths = {path for path, m in model.named_modules() if isinstance(m, DySample)}
+    assert all(any(k.startswith(p + ".") for p in dysample_paths) for k in keys - original_keys)
     for site in report.swapped:
         owner = model if site.owner == "<root>" else model.get_submodule(site.owner)
         assert isinstance(owner.get_submodule(site.replacement), DySample)

@@ -263,7 +263,7 @@ def test_one_upsample_module_at_two_channel_counts_gets_two_dysamples() -> None:
     model = swap_upsamplers(DynamicSizesAndSharedUpsample(), "dysample", X, verbose=False)
     up_sites = [s for s in swap_report(model).sites if s.path == "up"]
     assert [(s.kind, s.in_channels, s.action) for s in up_sites] == [("module", 64, "swap"), ("module", 16, "swap")]
-    assert up_sites[0].replacement != up_sites[1].replacement
+    assert [s.replacement for s in up_sites] == ["dysample_0", "dysample_1"]  # shared: not in place
     assert [model.get_submodule(s.replacement).in_channels for s in up_sites] == [64, 16]
     int_size = [s for s in swap_report(model).sites if "size_int" in s.flags]
     assert [(s.size, s.action) for s in int_size] == [((32, 32), "swap")]
@@ -384,7 +384,10 @@ def test_default_example_input_and_clear_error_without_one() -> None:
 
 def test_swapped_sequential_keeps_class_and_train_eval() -> None:
     model = swap_upsamplers(SequentialDecoder(), "dysample+", X, verbose=False)
-    assert isinstance(model.net, nn.Sequential)
+    assert isinstance(model.net, nn.Sequential) and len(model.net) == 7  # Upsamples replaced in place
+    assert isinstance(model.net[3], DySample) and isinstance(model.net[5], DySample)
+    assert {"net.3.offset.weight", "net.5.scope.weight"} <= set(model.state_dict())
+    assert [s.replacement for s in swap_report(model).swapped] == ["3", "5"]
     model.train()
     assert all(m.training for m in model.modules())
     model.eval()
