@@ -79,8 +79,8 @@ def default_inputs(model: nn.Module) -> list[tuple[Any, ...]]:
     """Candidate example inputs, in the order to try them.
 
     A torchvision detector gets a list of one ``3x128x160`` image; a model with a ``Conv2d`` gets
-    ``1xCxHxW`` tensors for the sizes in :data:`DEFAULT_IMAGE_SIZES`; on the device and in the
-    dtype of the model's first parameter.
+    ``1xCxHxW`` tensors for the sizes in :data:`DEFAULT_IMAGE_SIZES`: seeded uniform noise on the
+    device and in the dtype of the model's first parameter.
 
     Raises:
         ValueError: for other models (the message asks for ``example_inputs``).
@@ -91,13 +91,18 @@ def default_inputs(model: nn.Module) -> list[tuple[Any, ...]]:
     """
     first = next(model.parameters(), None)
     like = {"device": first.device, "dtype": first.dtype} if first is not None and first.is_floating_point() else {}
+    generator = torch.Generator().manual_seed(0)  # deterministic, and the global RNG is left alone
+
+    def noise(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(**like)
+
     if detection_transform(model) is not None:
-        return [([torch.rand(*DEFAULT_DETECTION_IMAGE, **like)],)]
+        return [([noise(*DEFAULT_DETECTION_IMAGE)],)]
     channels = first_conv_channels(model)
     if channels is None:
         raise ValueError(f"cannot guess an example input for {type(model).__name__} (it has no Conv2d); "
                          "pass example_inputs=(tensor, ...) with what its forward expects")
-    return [(torch.rand(1, channels, h, w, **like),) for h, w in DEFAULT_IMAGE_SIZES]
+    return [(noise(1, channels, h, w),) for h, w in DEFAULT_IMAGE_SIZES]
 
 
 def describe_inputs(inputs: tuple[Any, ...]) -> list[dict[str, Any]] | None:

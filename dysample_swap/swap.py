@@ -116,8 +116,8 @@ class SwapPlan:
         >>> import torch.nn as nn
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
         >>> plan = plan_swap(net, "dysample", verbose=False)
-        >>> [r.name for reps in plan.replacements.values() for r in reps]
-        ['dysample_0']
+        >>> [r.name for reps in plan.replacements.values() for r in reps]  # replaces net[1] in place
+        ['1']
     """
 
     report: SwapReport
@@ -250,6 +250,42 @@ def _plan_owner(model: nn.Module, discovery: Discovery, owner: str, sites: list[
     return plan_owner(owner, module_at(model, owner), invocations, sites, site_paths)
 
 
+def _assign(model: nn.Module, owner: str, plan: OwnerPlan, sites: list[UpsampleSite], variant: str,
+            policy: SwapPolicy) -> list[Replacement]:
+    """Build one DySample per call position of ``owner``; update ``sites`` (method, name, skips)."""
+    module = module_at(model, owner)
+    groups = _group_positions(plan)
+    routed = {i for group in groups or [] for i in group}
+    for i, site in enumerate(sites):
+        if site.owner != owner or site.action != "swap" or i in routed:
+            continue
+        if groups is None:
+            sites[i] = _skip(site, f"{owner} makes a different number of calls each time it runs")
+        else:
+            where = f"helper function {site.helper}()" if site.helper else "code outside its forward"
+            sites[i] = _skip(site, f"called from {where}, and torch.fx cannot trace {owner} "
+                                   f"({plan.why_not_fx}); left alone")
+    reps = []
+    for position, group in enumerate(groups or []):
+        members = [sites[i] for i in group]
+        if not any(m.action == "swap" for m in members):
+            continue
+        if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
+            for i in group:
+                if sites[i].action == "swap":
+                    sites[i] = _skip(sites[i], f"the same call of {owner} also runs where it is "
+                                               "skipped or has other channels")
+            continue
+        biggest = max(members, key=lambda m: m.dysample_scale)
+        name = _in_place_name(owner, plan, members, sites) or free_name(module, position)
+        dysample = _build(variant, biggest, policy).to(**_like(model, module))
+        reps.append(Replacement(position, name, dysample, "size_int" in biggest.flags))
+        for i in group:
+            sites[i] = sites[i].replace(method=plan.method, replacement=name,
+                                        dysample_scale=biggest.dysample_scale)
+    return reps
+
+
 def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
               **policy_kwargs: Any) -> SwapPlan:
     """Discover, decide and plan a swap without changing ``model``.
@@ -278,36 +314,7 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
             owners[owner] = _plan_owner(model, discovery, owner, sites, site_paths)
     replacements: dict[str, list[Replacement]] = {}
     for owner, plan in owners.items():
-        module = module_at(model, owner)
-        groups = _group_positions(plan)
-        routed = {i for group in groups or [] for i in group}
-        for i, site in enumerate(sites):
-            if site.owner != owner or site.action != "swap" or i in routed:
-                continue
-            if groups is None:
-                sites[i] = _skip(site, f"{owner} makes a different number of calls each time it runs")
-            else:
-                where = f"helper function {site.helper}()" if site.helper else "code outside its forward"
-                sites[i] = _skip(site, f"called from {where}, and torch.fx cannot trace {owner} "
-                                       f"({plan.why_not_fx}); left alone")
-        reps = []
-        for position, group in enumerate(groups or []):
-            members = [sites[i] for i in group]
-            if not any(m.action == "swap" for m in members):
-                continue
-            if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
-                for i in group:
-                    if sites[i].action == "swap":
-                        sites[i] = _skip(sites[i], f"the same call of {owner} also runs where it is "
-                                                   "skipped or has other channels")
-                continue
-            biggest = max(members, key=lambda m: m.dysample_scale)
-            name = _in_place_name(owner, plan, members, sites) or free_name(module, position)
-            dysample = _build(variant, biggest, policy).to(**_like(model, module))
-            reps.append(Replacement(position, name, dysample, "size_int" in biggest.flags))
-            for i in group:
-                sites[i] = sites[i].replace(method=plan.method, replacement=name,
-                                            dysample_scale=biggest.dysample_scale)
+        reps = _assign(model, owner, plan, sites, variant, policy)
         if reps:
             replacements[owner] = reps
     added = sum(p.numel() for reps in replacements.values() for r in reps for p in r.module.parameters())
@@ -340,7 +347,8 @@ def _warn(report: SwapReport, policy: SwapPolicy) -> None:
 def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any) -> list[UpsampleSite]:
     """List every upsampling call ``model`` makes on ``example_inputs``, with the swap decision.
 
-    Changes nothing: parameters, buffers, ``training`` flags and ``forward`` are untouched.
+    Changes nothing: parameters, buffers, ``training`` flags, ``forward`` and the CPU random
+    number generator are untouched.
 
     Args:
         model: any ``nn.Module``.
@@ -359,7 +367,8 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
     """
     variant = policy.pop("variant", "dysample+")
     policy.setdefault("verbose", False)
-    return plan_swap(model, variant, example_inputs, **policy).report.sites
+    with torch.random.fork_rng(devices=[]):  # planning builds DySample modules: keep the CPU RNG as it was
+        return plan_swap(model, variant, example_inputs, **policy).report.sites
 
 
 def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,

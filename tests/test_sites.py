@@ -67,10 +67,16 @@ def test_invocations_keep_the_owner_arguments_and_output() -> None:
 def test_discovery_changes_nothing() -> None:
     model = Outer().train()
     model.inner.eval()
-    before = snapshot(model)
+    x = torch.rand(1, 3, 4, 4)
+    before, rng = snapshot(model), torch.get_rng_state()
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):  # 4 channels, final
-        find_upsamplers(model, torch.rand(1, 3, 4, 4), variant="dysample-s")
+        find_upsamplers(model, x, variant="dysample-s")
     assert_unchanged(before, snapshot(model))
+    assert torch.equal(rng, torch.get_rng_state())
+    other = Outer()
+    rng = torch.get_rng_state()
+    find_upsamplers(other, swap_final=True, groups_fallback=True)  # builds DySamples, default input
+    assert torch.equal(rng, torch.get_rng_state())
     assert model.training and not model.inner.training
 
 
