@@ -278,7 +278,7 @@ def _assign(model: nn.Module, owner: str, plan: OwnerPlan, sites: list[UpsampleS
             continue
         biggest = max(members, key=lambda m: m.dysample_scale)
         name = _in_place_name(owner, plan, members, sites) or free_name(module, position)
-        dysample = _build(variant, biggest, policy).to(**_like(model, module))
+        dysample = _build(variant, biggest, policy).to(**_like(model, module)).train(module.training)
         reps.append(Replacement(position, name, dysample, "size_int" in biggest.flags))
         for i in group:
             sites[i] = sites[i].replace(method=plan.method, replacement=name,

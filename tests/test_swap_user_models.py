@@ -383,7 +383,8 @@ def test_default_example_input_and_clear_error_without_one() -> None:
 
 
 def test_swapped_sequential_keeps_class_and_train_eval() -> None:
-    model = swap_upsamplers(SequentialDecoder(), "dysample+", X, verbose=False)
+    model = swap_upsamplers(SequentialDecoder().eval(), "dysample+", X, verbose=False)
+    assert not any(m.training for m in model.modules())  # the new modules follow their owner's mode
     assert isinstance(model.net, nn.Sequential) and len(model.net) == 7  # Upsamples replaced in place
     assert isinstance(model.net[3], DySample) and isinstance(model.net[5], DySample)
     assert {"net.3.offset.weight", "net.5.scope.weight"} <= set(model.state_dict())
