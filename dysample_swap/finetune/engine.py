@@ -14,8 +14,22 @@ checkpoints that resume exactly:
   update) saves the state after the last completed step.
 
 Example:
-    >>> # see dysample_swap.finetune.runner for building the pieces; in short:
-    >>> # Trainer(cfg, arm, task, train_set, val_set, ctx, out_dir).fit()
+    >>> import tempfile
+    >>> from dysample_swap.finetune.config import load_config
+    >>> from dysample_swap.finetune.runner import build_base_model, load_datasets, make_arm
+    >>> from dysample_swap.finetune.tasks import make_task
+    >>> cfg = load_config("demo", ["data.image_size=32", "data.num_samples=8",
+    ...     "data.num_val_samples=2", "train.batch_size=4", "train.max_steps=2",
+    ...     "train.progress=never", "swap.policy.verbose=false"])
+    >>> train_set, val_set = load_datasets(cfg)
+    >>> task = make_task(cfg.task, train_set)
+    >>> arm = make_arm(cfg, build_base_model(cfg, task.num_classes), task, val_set, swapped=True)
+    >>> ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    >>> result = Trainer(cfg, arm, task, train_set, val_set, ctx, Path(tempfile.mkdtemp())).fit()
+    >>> result.steps, result.completed, 0.0 <= result.metrics["mIoU"] <= 1.0
+    (2, True, True)
+    >>> evaluate(arm.model, task, val_set, cfg, ctx)["mIoU"] == result.metrics["mIoU"]
+    True
 """
 
 from __future__ import annotations
@@ -168,7 +182,7 @@ def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
     metric states are reduced across ranks, so every rank returns the whole-set result.
 
     Example:
-        >>> # metrics = evaluate(model, task, val_set, cfg, ctx)  ->  {"mIoU": ..., "bIoU": ...}
+        >>> # see the module example: evaluate(arm.model, task, val_set, cfg, ctx)["mIoU"]
     """
     was_training = model.training
     model.eval()
@@ -192,8 +206,7 @@ class Trainer:
     """Train one :class:`Arm` according to ``cfg``; files go to ``out_dir`` (rank 0 only).
 
     Example:
-        >>> # trainer = Trainer(cfg, arm, task, train_set, val_set, ctx, Path("runs/x"))
-        >>> # result = trainer.fit(resume=False)
+        >>> # see the module example: Trainer(cfg, arm, task, train_set, val_set, ctx, out).fit()
     """
 
     def __init__(self, cfg: Config, arm: Arm, task: Any, train_set: Dataset, val_set: Dataset,

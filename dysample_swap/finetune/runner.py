@@ -9,9 +9,20 @@ only) writes ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``curves.png`
 the same seed, data order and budget, so the only difference between the arms is the upsamplers.
 
 Example:
+    >>> import tempfile
     >>> from dysample_swap.finetune.config import load_config
-    >>> cfg = load_config("demo", ["train.max_steps=2", "data.num_samples=8", "data.image_size=32"])
-    >>> # summary = run_compare(cfg, Path("runs/tiny"))
+    >>> cfg = load_config("demo", ["data.image_size=32", "data.num_samples=8",
+    ...     "data.num_val_samples=2", "train.batch_size=4", "train.max_steps=1",
+    ...     "train.progress=never", "eval.num_images=1", "swap.policy.verbose=false"])
+    >>> out = Path(tempfile.mkdtemp())
+    >>> summary = run_compare(cfg, out)
+    >>> sorted(summary["arms"]), summary["arms"]["dysample"]["swapped_sites"]  # 1x1 -> 2x2 skipped
+    (['baseline', 'dysample'], 4)
+    >>> sorted(p.name for p in out.iterdir())
+    ['baseline', 'config.yaml', 'curves.png', 'dysample', 'predictions.png', 'summary.json']
+    >>> ckpt = out / "dysample" / "checkpoints" / "last.pt"
+    >>> run_evaluate(cfg, ckpt)["metrics"]["bIoU"] == summary["arms"]["dysample"]["metrics"]["bIoU"]
+    True
 """
 
 from __future__ import annotations
