@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from dysample_swap.example_inputs import default_inputs, native_size
 from dysample_swap.model_spec import build_model
 from dysample_swap.swap import swap_report, swap_upsamplers
 
@@ -25,6 +26,17 @@ MODELS = (
     "smp:Unet:encoder_name=resnet34",
     "smp:Segformer:encoder_name=mit_b0",
 )
+
+
+def time_forward(spec: str) -> float:
+    """Seconds of one plain eval forward on the same default example input (the floor for a swap)."""
+    model = build_model(spec).eval()
+    inputs = default_inputs(model)[0]
+    with torch.no_grad(), native_size(model, inputs):
+        model(*inputs)  # warm-up
+        start = time.perf_counter()
+        model(*inputs)
+        return time.perf_counter() - start
 
 
 def time_swap(spec: str, repeats: int) -> tuple[float, float, int]:
@@ -47,11 +59,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"| model | swapped sites | swap_upsamplers median (s) | max (s) |  ({args.threads} threads)")
-    print("|---|---|---|---|")
+    print(f"| model | swapped sites | one plain forward (s) | swap_upsamplers median (s) | max (s) | "
+          f"median / forward |  ({args.threads} threads)")
+    print("|---|---|---|---|---|---|")
     for spec in MODELS:
+        forward = time_forward(spec)
         median, worst, swapped = time_swap(spec, args.repeats)
-        print(f"| `{spec}` | {swapped} | {median:.2f} | {worst:.2f} |")
+        print(f"| `{spec}` | {swapped} | {forward:.2f} | {median:.2f} | {worst:.2f} | {median / forward:.1f} |")
 
 
 if __name__ == "__main__":
