@@ -43,7 +43,7 @@ import itertools
 import linecache
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -90,7 +90,6 @@ class OwnerPlan:
     positions: list[list[int]]
     graph: fx.Graph | None = None
     why_not_fx: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 class _OwnerTracer(fx.Tracer):
@@ -250,11 +249,15 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
     attempts = [(frozenset(), False), (frozenset(), True)]
     if inline:
         attempts += [(inline, False), (inline, True)]
+    tried = []
     for inline_ids, fix in attempts:
         concrete = _concrete_args(owner, invocations[0], fix)
         if concrete is None:
             error = "its forward arguments cannot be made concrete (*args/**kwargs or opaque values)"
             break
+        if (inline_ids, concrete.keys()) in tried:
+            continue  # no scalar arguments: fixing them changes nothing
+        tried.append((inline_ids, concrete.keys()))
         try:
             graph = _trace(owner, inline_ids, concrete)
             _keep_ordered_dict_output(graph, invocations[0].output)
