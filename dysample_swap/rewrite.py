@@ -24,9 +24,10 @@ class: ``isinstance``, attributes, state-dict keys and ``copy.deepcopy`` keep wo
 
 When no trace works (smp's ``SegformerDecoder``), the **eager fallback** installs a forward that
 runs the original one under a :class:`torch.overrides.TorchFunctionMode` routing the k-th
-interpolate call made *directly by the owner's code* to the k-th DySample.  Limits: it is
-invisible to torch.fx / export / ONNX, it relies on every forward making its direct calls in
-the same order as on the example input, and calls made from helper functions are not routed.
+interpolate call made *directly by the owner's code* to the k-th DySample.  Limits: torch.fx
+symbolic tracing cannot see it (``torch.export`` can: the mode is captured), it relies on every
+forward making its direct calls in the same order as on the example input, and calls made from
+helper functions are not routed.
 
 Example:
     >>> import torch, torch.nn as nn

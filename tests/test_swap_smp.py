@@ -9,6 +9,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.fx
 
+from dysample_swap.dysample import DySample
 from dysample_swap.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap
 
@@ -125,3 +126,20 @@ def test_swapped_unet_still_traces_with_fx() -> None:
     x = torch.rand(1, 3, 96, 64)
     with torch.no_grad():
         assert torch.allclose(traced(x), model(x), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "encoder"), [("FPN", CNN), ("Segformer", MIT)], ids=["fx-rewrite", "eager-fallback"])
+def test_swapped_model_exports_with_torch_export(arch: str, encoder: str) -> None:
+    model = getattr(smp, arch)(encoder_name=encoder, encoder_weights=None).eval()
+    swap_upsamplers(model, "dysample+", torch.rand(1, 3, 64, 64), verbose=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():  # move the offsets so the DySample calls matter to the output
+        at_swap_time = model(x)
+        for module in model.modules():
+            if isinstance(module, DySample):
+                module.offset.bias.fill_(0.3)
+        assert not torch.allclose(model(x), at_swap_time, atol=1e-3)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x), atol=1e-5)
