@@ -65,7 +65,13 @@ _SOURCE_IDS = itertools.count()
 
 @dataclass
 class Replacement:
-    """One DySample that replaces one call (graph node, or k-th routed eager call) of an owner."""
+    """One DySample that replaces one call (graph node, or k-th routed eager call) of an owner.
+
+    Example:
+        >>> from dysample_swap.dysample import DySample
+        >>> Replacement(0, "dysample_0", DySample(8)).name
+        'dysample_0'
+    """
 
     position: int
     name: str
@@ -84,6 +90,10 @@ class OwnerPlan:
             them (graph order for fx; direct calls only for the eager fallback).
         graph: the validated graph (fx only).
         why_not_fx: the error of the last fx attempt (eager fallback only).
+
+    Example:
+        >>> OwnerPlan("decoder", "eager fallback", [[0, 1]], why_not_fx="TraceError: ...").method
+        'eager fallback'
     """
 
     path: str

@@ -154,7 +154,15 @@ class UpsampleSite:
 
 @dataclass
 class Invocation:
-    """One execution of a module that made upsampling calls: what it got and what it returned."""
+    """One execution of a module that made upsampling calls: what it got and what it returned.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2))
+        >>> with discovery_context(net):
+        ...     inv = discover(net, torch.rand(1, 3, 2, 2)).invocations[("<root>", 0)]
+        >>> inv.sites, inv.output.shape
+        ([0], torch.Size([1, 4, 4, 4]))
+    """
 
     module: nn.Module
     path: str
@@ -175,6 +183,13 @@ class Discovery:
             execution that made at least one call (arguments kept for tracing).
         example_inputs: the inputs the forward ran on.
         outputs: what the model returned.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2))
+        >>> with discovery_context(net):
+        ...     found = discover(net, torch.rand(1, 3, 2, 2))
+        >>> len(found.sites), found.outputs.shape
+        (1, torch.Size([1, 4, 4, 4]))
     """
 
     sites: list[UpsampleSite]

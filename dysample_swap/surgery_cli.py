@@ -69,9 +69,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Print the site table and the parameter count the swap would add; the model is not changed.
 
     Example:
-        >>> import argparse
-        >>> run_inspect  # doctest: +ELLIPSIS
-        <function run_inspect at ...>
+        >>> args = argparse.Namespace(
+        ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
+        ...     input_shape=None, include=None, exclude=None, swap_final=False,
+        ...     groups_fallback=False, init="match", strict=False)
+        >>> run_inspect(args)  # doctest: +ELLIPSIS
+        path ...
+        1 swapped, 1 skipped; variant dysample adds 4,128 parameters
+        0
     """
     model = build_model(args.model)
     plan = plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args))
@@ -83,8 +88,16 @@ def run_swap(args: argparse.Namespace) -> int:
     """Swap, print the table, and write state dict + recipe to ``--out``.
 
     Example:
-        >>> run_swap  # doctest: +ELLIPSIS
-        <function run_swap at ...>
+        >>> import os, tempfile
+        >>> args = argparse.Namespace(
+        ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
+        ...     input_shape=None, include=None, exclude=None, swap_final=False,
+        ...     groups_fallback=False, init="match", strict=False,
+        ...     out=os.path.join(tempfile.mkdtemp(), "lraspp.pt"))
+        >>> run_swap(args)  # doctest: +ELLIPSIS
+        path ...
+        wrote ...lraspp.pt (rebuild with dysample_swap.load_swapped(...))
+        0
     """
     model = build_model(args.model)
     swap_upsamplers(model, args.variant, _inputs(args), verbose=True, **_policy(args))

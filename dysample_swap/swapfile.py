@@ -73,8 +73,10 @@ def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str
     """Write ``model``'s state dict and the recipe to rebuild it.
 
     Example:
-        >>> save_swapped  # doctest: +ELLIPSIS
-        <function save_swapped at ...>
+        >>> import os, tempfile
+        >>> spec = "torchvision:lraspp_mobilenet_v3_large:num_classes=4"
+        >>> model = swap_upsamplers(build_model(spec), "dysample", verbose=False)
+        >>> save_swapped(model, os.path.join(tempfile.mkdtemp(), "lraspp.pt"), spec)
     """
     torch.save({"format": FORMAT, "recipe": recipe_of(model, model_spec),
                 "state_dict": model.state_dict()}, file)
@@ -88,8 +90,12 @@ def load_swapped(file: str | os.PathLike[str]) -> nn.Module:
             not fit the rebuilt model.
 
     Example:
-        >>> load_swapped  # doctest: +ELLIPSIS
-        <function load_swapped at ...>
+        >>> import os, tempfile
+        >>> spec = "torchvision:lraspp_mobilenet_v3_large:num_classes=4"
+        >>> path = os.path.join(tempfile.mkdtemp(), "lraspp.pt")
+        >>> save_swapped(swap_upsamplers(build_model(spec), "dysample", verbose=False), path, spec)
+        >>> type(load_swapped(path).classifier.dysample_0).__name__
+        'DySample'
     """
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
