@@ -128,3 +128,13 @@ def test_flags_for_input_resize_int_size_and_recompute() -> None:
 def test_module_at_and_unnamed_root() -> None:
     model = Outer()
     assert module_at(model, "<root>") is model and module_at(model, "inner.up") is model.inner.up
+
+
+def test_upsample_subclass_with_its_own_forward_is_a_functional_site() -> None:
+    class UpThenScale(nn.Upsample):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2  # replacing the whole call by DySample would drop the * 2
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), UpThenScale(scale_factor=2), nn.Conv2d(4, 4, 1))
+    (site,) = _discover(model, torch.rand(1, 3, 4, 4)).sites
+    assert (site.kind, site.path, site.owner) == ("function", "1", "1")

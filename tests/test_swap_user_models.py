@@ -218,6 +218,23 @@ class SequentialDecoder(nn.Module):
         return self.net(x)
 
 
+class UpThenScale(nn.Upsample):
+    """An nn.Upsample subclass with its own forward: its call is rewritten inside it, keeping the * 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class UpsampleSubclassModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(conv(3, 8), nn.MaxPool2d(2), UpThenScale(scale_factor=2, mode="nearest"),
+                                 nn.Conv2d(8, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 X = torch.rand(1, 3, 32, 32)
 ODD = torch.rand(1, 3, 36, 44)
 TRAIN = (torch.rand(2, 3, 64, 64),)
@@ -231,6 +248,7 @@ CASES = [
     (FallbackWithSequentialChild, X, ODD, 2, 1, 2),
     (SharedOwner, X, ODD, 2, 0, 0),
     (SequentialDecoder, X, ODD, 2, 0, 0),
+    (UpsampleSubclassModel, X, ODD, 1, 0, 0),
 ]
 
 
