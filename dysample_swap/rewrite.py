@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import copy
 import inspect
 import itertools
 import linecache
@@ -305,11 +306,29 @@ def compile_forward(graph: fx.Graph, name: str) -> Callable[..., Any]:
     return namespace["forward"]
 
 
+def _refuse_pickle(self: nn.Module, protocol: int) -> Any:
+    raise TypeError(
+        f"this {type(self).__name__} was rewritten by swap_upsamplers (its forward is generated per "
+        "instance), so the model cannot be pickled whole; save model.state_dict() or use "
+        "dysample_swap.save_swapped(model, file, spec), and rebuild with swap_upsamplers / load_swapped")
+
+
+def _deepcopy(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    new = type(self).__new__(type(self))
+    memo[id(self)] = new
+    new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+    return new
+
+
 def _install(owner: nn.Module, forward: Callable[..., Any], extra: dict[str, Any]) -> None:
-    """Give ``owner`` its own subclass of its class whose ``forward`` is ``forward``."""
+    """Give ``owner`` its own subclass of its class whose ``forward`` is ``forward``.
+
+    ``copy.deepcopy`` works; pickling the instance raises a ``TypeError`` that says what to do.
+    """
     cls = type(owner)
     namespace = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                 "__doc__": cls.__doc__, **extra}
+                 "__doc__": cls.__doc__, "__reduce_ex__": _refuse_pickle, "__deepcopy__": _deepcopy,
+                 **extra}
     owner.__class__ = type(cls.__name__, (cls,), namespace)
 
 

@@ -411,3 +411,12 @@ def test_swapped_sequential_keeps_class_and_train_eval() -> None:
     assert all(m.training for m in model.modules())
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_pickling_a_patched_model_says_what_to_do_instead(tmp_path) -> None:  # noqa: ANN001
+    model = swap_upsamplers(SequentialDecoder(), "dysample", X, verbose=False)
+    with pytest.raises(TypeError, match="cannot be pickled whole; save model.state_dict"):
+        torch.save(model, tmp_path / "whole.pt")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    fresh = swap_upsamplers(SequentialDecoder(), "dysample", X, verbose=False)
+    fresh.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True), strict=True)
