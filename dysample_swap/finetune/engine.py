@@ -93,7 +93,8 @@ class Arm:
 
 @dataclass
 class FitResult:
-    """What :meth:`Trainer.fit` measured.
+    """What :meth:`Trainer.fit` measured: ``steps`` is the step the run reached (resumed runs
+    count from the start), throughput and time cover this session only.
 
     Example:
         >>> FitResult(steps=0, total_steps=1, completed=False).metrics
@@ -381,7 +382,6 @@ class Trainer:
             self.load(self.checkpoint_path)
         else:
             self.log.truncate_after(0)  # a fresh run starts a fresh log
-        start_step = self.step
         loss_sum, loss_count, train_time, images = 0.0, 0, 0.0, 0
         last_loss: float | None = None
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {self.arm.name}",
@@ -421,7 +421,7 @@ class Trainer:
                 raise TrainingInterrupted(self.step, self.save()) from None
         self.save()
         metrics = self._evaluate()
-        return FitResult(steps=self.step - start_step, total_steps=self.total_steps,
+        return FitResult(steps=self.step, total_steps=self.total_steps,
                          completed=self.step >= self.total_steps, train_time_s=train_time,
                          images_seen=images, final_loss=last_loss, metrics=metrics,
                          checkpoint=self.checkpoint_path)
