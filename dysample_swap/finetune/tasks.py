@@ -330,6 +330,8 @@ class DetectionTask:
         if self.with_masks and "masks" in target and keep.any():
             masks = target["masks"].cpu()[keep].bool()
             picture = draw_segmentation_masks(picture, masks, alpha=0.5, colors=colours)
+        if not labels:
+            return picture
         names = [self.class_names[int(k)] if int(k) < len(self.class_names) else str(k) for k in labels]
         return draw_bounding_boxes(picture, target["boxes"].cpu()[keep], labels=names,
                                    colors=colours, width=1)
