@@ -1,6 +1,8 @@
 """dysample_swap: upgrade existing PyTorch dense-prediction networks with DySample.
 
-The public API lives here; nothing else needs importing.
+The public API lives here; nothing else needs importing. The module and the model surgery
+load eagerly; the fine-tuning names (datasets, metrics, recipes) load on first use, so that
+``import dysample_swap`` does not pay for torchmetrics, pycocotools and matplotlib.
 
 Example:
     >>> import torch
@@ -9,16 +11,58 @@ Example:
     torch.Size([1, 32, 16, 16])
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dysample_swap.dysample import DySample, resolve_groups
+from dysample_swap.model_spec import build_model
+from dysample_swap.policy import SwapPolicy
 from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
+from dysample_swap.sites import UpsampleSite
+from dysample_swap.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers
+from dysample_swap.swapfile import load_swapped, save_swapped
 from dysample_swap.variants import VARIANTS
+
+_LAZY = {
+    "build_dataset": "dysample_swap.finetune.data",
+    "detection_collate": "dysample_swap.finetune.data",
+    "DatasetError": "dysample_swap.finetune.data",
+    "SegmentationMetrics": "dysample_swap.finetune.metrics",
+    "DetectionMetrics": "dysample_swap.finetune.metrics",
+    "load_config": "dysample_swap.finetune.config",
+    "ConfigError": "dysample_swap.finetune.config",
+    "run_finetune": "dysample_swap.finetune.runner",
+    "run_compare": "dysample_swap.finetune.runner",
+    "run_evaluate": "dysample_swap.finetune.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a fine-tuning name on first access (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dysample_swap' has no attribute {name!r}")
+
 
 __all__ = [
     "ANCHORS",
     "VARIANTS",
     "DySample",
+    "SwapPolicy",
+    "SwapReport",
+    "UpsampleSite",
+    "build_model",
     "dysample",
     "dysample_sample",
+    "find_upsamplers",
+    "load_swapped",
+    "plan_swap",
     "resolve_groups",
+    "save_swapped",
+    "swap_report",
+    "swap_upsamplers",
+    *_LAZY,
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,29 @@
+"""The public surface: everything a user needs is importable from ``dysample_swap`` itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import dysample_swap
+
+
+@pytest.mark.parametrize("name", dysample_swap.__all__)
+def test_every_public_name_resolves(name: str) -> None:
+    assert getattr(dysample_swap, name) is not None
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'swap_everything'"):
+        dysample_swap.swap_everything  # noqa: B018
+
+
+def test_importing_the_package_does_not_load_the_training_stack() -> None:
+    code = "import sys, dysample_swap; print(sorted(m for m in ('torchmetrics', 'pycocotools', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import sys, dysample_swap; dysample_swap.SegmentationMetrics; print('torchmetrics' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
