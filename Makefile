@@ -19,7 +19,7 @@ demo: venv
 	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --out runs/demo
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 bench: venv
 	$(PY) benchmarks/bench_upsamplers.py --threads 2
