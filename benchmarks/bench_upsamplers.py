@@ -1,7 +1,8 @@
 """Benchmark the upsamplers on the paper's workload (Sec. 3.4): 1x256x120x120, x2, on the CPU.
 
 Prints one Markdown table: forward and forward+backward latency (median over interleaved
-rounds, so every method sees the same machine state), the ratio of each to bilinear, peak
+rounds in a shuffled order, so every method sees the same machine state and none always
+follows the heavy ones), the ratio of each to bilinear, peak
 memory allocated during forward+backward (from the PyTorch profiler's allocation timeline),
 parameters, and GFLOPs as ``torch.utils.flop_counter`` counts them (convolutions and matrix
 products; interpolation and grid_sample count as 0 there). ``paper:`` rows are the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -100,8 +102,12 @@ def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, fl
 
     fwd_times: dict[str, list[float]] = {name: [] for name in methods}
     bwd_times: dict[str, list[float]] = {name: [] for name in methods}
+    order = list(methods)
     for round_index in range(warmup + rounds):
-        for name, module in methods.items():
+        # a fresh order every round: no method always runs right after the heavy ones (cold caches)
+        random.Random(round_index).shuffle(order)
+        for name in order:
+            module = methods[name]
             for step, store in ((forward(module), fwd_times), (train_step(module), bwd_times)):
                 start = time.perf_counter()
                 step()
