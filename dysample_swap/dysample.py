@@ -69,11 +69,9 @@ def resolve_groups(in_channels: int, scale: int, style: str, groups: int) -> int
 
 
 def _check_groups(in_channels: int, scale: int, style: str, groups: int) -> None:
-    divided = in_channels // (scale * scale) if style == "pl" else in_channels
-    if style == "pl" and in_channels % (scale * scale):
-        resolve_groups(in_channels, scale, style, groups)  # raises the pixel-shuffle error
-    if divided % groups:
-        fixed = resolve_groups(in_channels, scale, style, groups)
+    fixed = resolve_groups(in_channels, scale, style, groups)  # raises when no group count can work
+    if fixed != groups:  # the largest valid divisor not above `groups` is `groups` itself iff it divides
+        divided = in_channels // (scale * scale) if style == "pl" else in_channels
         what = f"in_channels // scale**2 = {divided}" if style == "pl" else f"in_channels = {in_channels}"
         raise ValueError(
             f"DySample(in_channels={in_channels}, style={style!r}, groups={groups}): {what} is not divisible "
