@@ -96,6 +96,10 @@ class DySample(nn.Module):
             gives zero offsets, so the module starts out equal to ``F.interpolate`` in ``anchor`` mode.
         groups_fallback: instead of raising for a channel count that ``groups`` does not divide,
             use :func:`resolve_groups` (the largest valid divisor not above ``groups``).
+        size, scale_factor: the output size or factor used when ``forward`` gets neither, as
+            ``nn.Upsample(size=...)`` / ``nn.Upsample(scale_factor=...)`` would (at most one of
+            them; default: ``scale`` times the input). This makes a DySample a drop-in for an
+            ``nn.Upsample`` layer that a framework calls as ``layer(x)``.
 
     Shapes:
         ``x``: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``.
@@ -118,12 +122,16 @@ class DySample(nn.Module):
         anchor: str = "bilinear",
         offset_init_std: float = 0.001,
         groups_fallback: bool = False,
+        size: int | Sequence[int] | None = None,
+        scale_factor: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
             raise ValueError(f"DySample scale must be an integer >= 2, got {scale!r}")
         if style not in STYLES:
             raise ValueError(f"DySample style must be 'lp' or 'pl', got {style!r}")
+        if size is not None and scale_factor is not None:
+            raise ValueError("DySample takes a default size or a default scale_factor, not both")
         if in_channels < 1 or groups < 1:
             raise ValueError(f"DySample needs in_channels >= 1 and groups >= 1, got {in_channels} and {groups}")
         if groups_fallback:
@@ -137,6 +145,8 @@ class DySample(nn.Module):
         self.dyscope = dyscope
         self.anchor = check_anchor(anchor)
         self.offset_init_std = offset_init_std
+        self.size = size
+        self.scale_factor = scale_factor
 
         conv_in = in_channels // (scale * scale) if style == "pl" else in_channels
         conv_out = 2 * groups if style == "pl" else 2 * groups * scale * scale
@@ -196,13 +206,20 @@ class DySample(nn.Module):
         size: Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
     ) -> Tensor:
-        """Upsample ``x``: by ``scale``, to ``size``, or by ``scale_factor`` (as ``F.interpolate``).
+        """Upsample ``x``: to ``size``, by ``scale_factor`` (as ``F.interpolate``), else by the defaults.
+
+        With neither argument the module's own ``size`` / ``scale_factor`` apply, and without
+        those the output is ``scale`` times the input.
 
         Example:
             >>> up = DySample(8, scale=2, groups=2)
             >>> up(torch.randn(1, 8, 13, 13), size=(25, 25)).shape
             torch.Size([1, 8, 25, 25])
+            >>> DySample(8, scale=2, groups=2, size=(9, 11))(torch.randn(1, 8, 5, 5)).shape
+            torch.Size([1, 8, 9, 11])
         """
+        if size is None and scale_factor is None:
+            size, scale_factor = self.size, self.scale_factor
         if not is_fx_symbolic_tracing():  # symbolic shapes cannot be checked while fx traces
             self._check_input(x)
         scope_weight = self.scope.weight if self.dyscope else None
@@ -225,4 +242,5 @@ class DySample(nn.Module):
         return (
             f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
             f"style={self.style}, scope={scope}, anchor={self.anchor}"
-        )
+        ) + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
+                    if v is not None)
