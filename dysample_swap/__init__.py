@@ -23,6 +23,21 @@ from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
 from dysample_swap.sites import UpsampleSite
 from dysample_swap.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers
 from dysample_swap.swapfile import load_swapped, save_swapped
+from dysample_swap.upsamplers import (
+    INITS,
+    UPSAMPLERS,
+    CARAFEPack,
+    DeconvUpsampler,
+    InterpolateUpsampler,
+    PixelShuffleUpsampler,
+    UpsamplerChain,
+    UpsamplerCost,
+    carafe,
+    create_upsampler,
+    exact_at_swap,
+    module_cost,
+    upsampler_cost,
+)
 from dysample_swap.variants import VARIANTS
 
 _LAZY = {
@@ -49,20 +64,33 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ANCHORS",
     "VARIANTS",
+    "INITS",
+    "UPSAMPLERS",
+    "CARAFEPack",
+    "DeconvUpsampler",
     "DySample",
+    "InterpolateUpsampler",
+    "PixelShuffleUpsampler",
     "SwapPolicy",
     "SwapReport",
     "UpsampleSite",
+    "UpsamplerChain",
+    "UpsamplerCost",
     "build_model",
+    "carafe",
+    "create_upsampler",
     "dysample",
     "dysample_sample",
+    "exact_at_swap",
     "find_upsamplers",
     "load_swapped",
+    "module_cost",
     "plan_swap",
     "resolve_groups",
     "save_swapped",
     "swap_report",
     "swap_upsamplers",
+    "upsampler_cost",
     *_LAZY,
 ]
 __version__ = "0.1.0"

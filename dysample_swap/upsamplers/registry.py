@@ -1,0 +1,229 @@
+"""Upsamplers by name: ``create_upsampler("carafe", channels, scale)``, and which ones change the function at swap time.
+
+=================  ==================================================  ================================
+name               module                                              exact at swap (``init="match"``)
+=================  ==================================================  ================================
+``dysample``       :class:`~dysample_swap.DySample` LP, static scope   every anchor, any size
+``dysample+``      DySample LP, dynamic scope                          every anchor, any size
+``dysample-s``     DySample PL, static scope                           every anchor, any size
+``dysample-s+``    DySample PL, dynamic scope                          every anchor, any size
+``carafe``         :class:`~dysample_swap.CARAFEPack` (mmcv defaults)  never (softmax kernels, zero pad)
+``deconv``         :class:`~dysample_swap.DeconvUpsampler`             bilinear at ``scale`` x input; nearest at any size
+``pixelshuffle``   :class:`~dysample_swap.PixelShuffleUpsampler`       bilinear at ``scale`` x input; nearest at any size
+``bilinear``       :class:`~dysample_swap.InterpolateUpsampler`        always: the replaced call itself
+=================  ==================================================  ================================
+
+``anchor`` is the interpolation being replaced (``"bilinear"``, ``"bilinear_align_corners"``,
+``"nearest"``). ``init="match"`` starts each upsampler as close to it as it can (DySample: zero
+offsets, ``offset_init_std=0.0``); ``init="paper"`` is the paper's initialisation (DySample: the
+bilinear anchor and ``N(0, 0.001)`` offsets; deconv and pixel shuffle: the paper's layers with
+PyTorch's default init; CARAFE has only mmcv's). "Exact" means equal to the replaced
+``F.interpolate`` call up to float rounding (float64: ``<= 1e-10``). ``bilinear_align_corners`` is
+not a fixed stencil at an integer scale, so only DySample and the no-op arm reproduce it.
+
+**Chains.** With ``chain=True`` a power-of-two ``scale`` above 2 becomes an
+:class:`~dysample_swap.UpsamplerChain` of ``log2(scale)`` x2 stages, as the paper does for
+SegFormer-B1 (x8, x4, x2 -> 3 + 2 + 1 stages); ``chain=False`` builds one module at that scale.
+Other scales (3, 6, ...) are always one module; the no-op arm is never chained (it is the original
+call). At swap time a chain of nearest x2 stages equals one nearest interpolation; a chain of
+bilinear x2 stages does not equal one bilinear x4 / x8, so a chained bilinear site changes the
+function even for DySample at zero offsets.
+
+Example:
+    >>> import torch
+    >>> up = create_upsampler("carafe", 64, 2)
+    >>> up(torch.randn(1, 64, 13, 13), size=(25, 25)).shape
+    torch.Size([1, 64, 25, 25])
+    >>> type(create_upsampler("dysample", 64, 8)).__name__, len(create_upsampler("dysample", 64, 8))
+    ('UpsamplerChain', 3)
+    >>> exact_at_swap("carafe", "bilinear"), exact_at_swap("deconv", "nearest"), exact_at_swap("dysample", "bilinear", scale=8)
+    (False, True, False)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from dysample_swap.dysample import DySample
+from dysample_swap.sampling import ANCHORS, check_anchor
+from dysample_swap.upsamplers.carafe import CARAFEPack
+from dysample_swap.upsamplers.chain import UpsamplerChain
+from dysample_swap.upsamplers.deconv import DeconvUpsampler
+from dysample_swap.upsamplers.interpolate import InterpolateUpsampler
+from dysample_swap.upsamplers.options import check_defaults, check_init, check_scale
+from dysample_swap.upsamplers.pixelshuffle import PixelShuffleUpsampler
+from dysample_swap.upsamplers.sizing import Factor, Size
+from dysample_swap.variants import VARIANTS
+
+Builder = Callable[..., nn.Module]
+"""``build(channels, scale, *, anchor, init, groups_fallback, size, scale_factor) -> module``."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Builder
+    learned: bool  # False: the no-op arm, exact whatever the init
+    chainable: bool
+    exact_native: frozenset[str]  # anchors reproduced at scale x input, one stage, init="match"
+    exact_resized: frozenset[str]  # anchors reproduced at every other output size too
+
+
+def _dysample_builder(variant: str) -> Builder:
+    def build(
+        channels: int, scale: int, *, anchor: str, init: str, groups_fallback: bool,
+        size: Size | None, scale_factor: Factor | None,
+    ) -> nn.Module:
+        match = init == "match"
+        return DySample.from_variant(
+            variant, channels, scale, anchor=anchor if match else "bilinear", offset_init_std=0.0 if match else 0.001,
+            groups_fallback=groups_fallback, size=size, scale_factor=scale_factor,
+        )
+
+    return build
+
+
+def _carafe(channels: int, scale: int, *, size: Size | None, scale_factor: Factor | None, **_: object) -> nn.Module:
+    return CARAFEPack(channels, scale, size=size, output_scale_factor=scale_factor)
+
+
+def _deconv(channels: int, scale: int, *, anchor: str, init: str, size: Size | None, scale_factor: Factor | None,
+            **_: object) -> nn.Module:
+    return DeconvUpsampler(channels, scale, anchor=anchor, init=init, size=size, scale_factor=scale_factor)
+
+
+def _pixelshuffle(channels: int, scale: int, *, anchor: str, init: str, size: Size | None,
+                  scale_factor: Factor | None, **_: object) -> nn.Module:
+    return PixelShuffleUpsampler(channels, scale, anchor=anchor, init=init, size=size, scale_factor=scale_factor)
+
+
+def _interpolate(channels: int, scale: int, *, anchor: str, size: Size | None, scale_factor: Factor | None,
+                 **_: object) -> nn.Module:
+    return InterpolateUpsampler(scale, anchor=anchor, size=size, scale_factor=scale_factor)
+
+
+_EVERY = frozenset(ANCHORS)
+_STENCIL = frozenset({"bilinear", "nearest"})
+_NEAREST = frozenset({"nearest"})
+_ENTRIES: dict[str, _Entry] = {
+    **{v: _Entry(_dysample_builder(v), True, True, _EVERY, _EVERY) for v in VARIANTS},
+    "carafe": _Entry(_carafe, True, True, frozenset(), frozenset()),
+    "deconv": _Entry(_deconv, True, True, _STENCIL, _NEAREST),
+    "pixelshuffle": _Entry(_pixelshuffle, True, True, _STENCIL, _NEAREST),
+    "bilinear": _Entry(_interpolate, False, False, _EVERY, _EVERY),
+}
+
+UPSAMPLERS: tuple[str, ...] = tuple(_ENTRIES)
+"""The names :func:`create_upsampler` knows, DySample's four variants first."""
+
+
+def _entry(name: str) -> _Entry:
+    key = name.strip().lower()
+    if key not in _ENTRIES:
+        close = difflib.get_close_matches(key, UPSAMPLERS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown upsampler {name!r}; choose one of {', '.join(UPSAMPLERS)}.{hint}")
+    return _ENTRIES[key]
+
+
+def _stages(entry: _Entry, scale: int, chain: bool) -> int:
+    if chain and entry.chainable and scale > 2 and scale & (scale - 1) == 0:
+        return scale.bit_length() - 1
+    return 1
+
+
+def create_upsampler(
+    name: str,
+    channels: int,
+    scale: int,
+    *,
+    size: Size | None = None,
+    scale_factor: Factor | None = None,
+    anchor: str = "bilinear",
+    init: str = "match",
+    groups_fallback: bool = True,
+    chain: bool = True,
+) -> nn.Module:
+    """Build the upsampler ``name`` for ``channels`` channels and integer ``scale`` (see the module docstring).
+
+    The module's ``forward(x, size=None, scale_factor=None)`` works as DySample's: explicit arguments
+    win, else the ``size`` / ``scale_factor`` given here, else ``scale`` times the input.
+
+    Args:
+        name: one of :data:`UPSAMPLERS` (case and surrounding spaces ignored).
+        channels: channels of the input (and output).
+        scale: integer factor ``>= 2`` of the native output.
+        size, scale_factor: the module's default output (at most one).
+        anchor: the interpolation being replaced.
+        init: ``"match"`` or ``"paper"``.
+        groups_fallback: DySample only: use the largest valid group count for channel counts the
+            variant's groups do not divide (:func:`dysample_swap.resolve_groups`).
+        chain: build a power-of-two ``scale > 2`` as x2 stages.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid names and the closest one), an
+            unknown anchor or init, a bad scale, or channels the upsampler cannot take.
+
+    Example:
+        >>> import torch
+        >>> create_upsampler("pixelshuffle", 8, 2, size=(25, 25))(torch.randn(1, 8, 13, 13)).shape
+        torch.Size([1, 8, 25, 25])
+        >>> create_upsampler("dysample+", 256, 4)[0].offset.weight.abs().max().item()   # zero offsets
+        0.0
+        >>> create_upsampler("dysampel", 8, 2)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown upsampler 'dysampel'; choose one of dysample, dysample+, dysample-s, dysample-s+, carafe, deconv, pixelshuffle, bilinear. Did you mean 'dysample'?
+    """
+    entry = _entry(name)
+    check_anchor(anchor)
+    check_init(init)
+    check_scale(scale, f"upsampler {name!r}")
+    check_defaults(size, scale_factor, "create_upsampler")
+    options = {"anchor": anchor, "init": init, "groups_fallback": groups_fallback}
+    stages = _stages(entry, scale, chain)
+    if stages == 1:
+        return entry.build(channels, scale, size=size, scale_factor=scale_factor, **options)
+    return UpsamplerChain(
+        [entry.build(channels, 2, size=None, scale_factor=None, **options) for _ in range(stages)],
+        size=size, scale_factor=scale_factor,
+    )
+
+
+def exact_at_swap(
+    name: str,
+    anchor: str = "bilinear",
+    *,
+    scale: int = 2,
+    init: str = "match",
+    chain: bool = True,
+    native: bool = True,
+) -> bool:
+    """Whether ``create_upsampler(name, C, scale, anchor=anchor, init=init, chain=chain)`` starts as the replaced call.
+
+    ``native``: the call's output is exactly ``scale`` times its input (``False``: any other size,
+    e.g. an odd FPN lateral 13 -> 25). ``True`` means equal up to float rounding; ``False`` means the
+    swap changes what the network computes before any training (CARAFE always does).
+
+    Example:
+        >>> exact_at_swap("pixelshuffle", "bilinear"), exact_at_swap("pixelshuffle", "bilinear", native=False)
+        (True, False)
+        >>> exact_at_swap("dysample", "nearest", scale=8), exact_at_swap("dysample", "bilinear", scale=8, chain=False)
+        (True, True)
+        >>> exact_at_swap("dysample", init="paper"), exact_at_swap("bilinear", init="paper")
+        (False, True)
+    """
+    entry = _entry(name)
+    check_anchor(anchor)
+    check_init(init)
+    if not entry.learned:
+        return True
+    if init == "paper":
+        return False
+    exact = entry.exact_native if native else entry.exact_resized
+    if _stages(entry, scale, chain) > 1:
+        return anchor == "nearest" and anchor in exact
+    return anchor in exact
