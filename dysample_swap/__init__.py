@@ -18,11 +18,11 @@ from typing import Any
 
 from dysample_swap.dysample import DySample, resolve_groups
 from dysample_swap.model_spec import build_model
-from dysample_swap.policy import SwapPolicy
+from dysample_swap.policy import SiteDecision, SwapPolicy
 from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
 from dysample_swap.sites import UpsampleSite
-from dysample_swap.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers
-from dysample_swap.swapfile import load_swapped, save_swapped
+from dysample_swap.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers, unswap
+from dysample_swap.swapfile import from_pretrained, load_swapped, save_swapped
 from dysample_swap.upsamplers import (
     INITS,
     UPSAMPLERS,
@@ -71,6 +71,7 @@ __all__ = [
     "DySample",
     "InterpolateUpsampler",
     "PixelShuffleUpsampler",
+    "SiteDecision",
     "SwapPolicy",
     "SwapReport",
     "UpsampleSite",
@@ -83,6 +84,7 @@ __all__ = [
     "dysample_sample",
     "exact_at_swap",
     "find_upsamplers",
+    "from_pretrained",
     "load_swapped",
     "module_cost",
     "plan_swap",
@@ -91,6 +93,7 @@ __all__ = [
     "swap_report",
     "swap_upsamplers",
     "upsampler_cost",
+    "unswap",
     *_LAZY,
 ]
 __version__ = "0.1.0"

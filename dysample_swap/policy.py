@@ -12,12 +12,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
+from dysample_swap.dysample import resolve_groups
 from dysample_swap.sites import UpsampleSite
+from dysample_swap.variants import parameter_count, variant_settings
 
 Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
 """A path (``"decoder.p4"`` also selects everything under it), an ``fnmatch`` glob
@@ -37,7 +41,8 @@ class SwapPolicy:
         swap_final: also swap upsampling whose result is an output of the model (final
             logits).  Default ``False``, as in the paper.
         groups_fallback: when the variant's ``groups`` do not divide a site's channels, use the
-            largest valid group count instead of skipping the site.
+            largest valid group count (the default; the table says which) instead of skipping
+            the site.
         init: ``"match"`` (default): each DySample anchors on exactly the interpolation it
             replaces (nearest, bilinear, or bilinear with ``align_corners=True``) with zero
             initial offsets, so the swapped model computes what the original did until trained.
@@ -55,7 +60,7 @@ class SwapPolicy:
     include: Selector | None = None
     exclude: Selector | None = None
     swap_final: bool = False
-    groups_fallback: bool = False
+    groups_fallback: bool = True
     init: str = "match"
     strict: bool = False
     verbose: bool = True
@@ -97,65 +102,243 @@ def selects(selector: Selector | None, site: UpsampleSite) -> bool:
     return any(selects(item, site) for item in selector)
 
 
+@dataclass(frozen=True)
+class SiteDecision:
+    """What the surgery decided for one observed :class:`~dysample_swap.sites.UpsampleSite`.
+
+    The observation's fields (``path``, ``kind``, ``mode``, ``in_channels``, shapes, ``source``
+    ...) read through: ``decision.path is decision.site.path``.
+
+    Attributes:
+        site: what discovery observed.
+        action: ``"swap"`` or ``"skip"``.
+        reason: why, in words.
+        upsampler_scale: the integer scale of the replacement: ``ceil`` of the largest
+            output/input ratio, at least 2.
+        groups: channel groups of the replacement (``None`` when skipped).
+        groups_note: set when ``groups_fallback`` changed the variant's groups (e.g. ``"groups 4 -> 3"``).
+        method: how a swapped site is rewritten: ``"in place"`` (an ``nn.Upsample`` layer replaced
+            by the new module under its own name), ``"fx"``, ``"eager fallback"``, or ``""``.
+        replacement: name of the new module relative to ``site.owner`` (``""`` when skipped).
+        fx_error: for the eager fallback, why torch.fx was not used.
+        parameters: trainable parameters the replacement adds (computed, nothing is built); for
+            calls that share one replacement, counted on the first of them only.
+
+    Example:
+        >>> site = UpsampleSite("up", "module", "nearest", None, (2.0, 2.0), None, 8,
+        ...                     (1, 8, 4, 4), (1, 8, 8, 8), "net.py:3 in forward")
+        >>> d = SiteDecision(site, "swap", "x2 DySample, anchor nearest", 2, groups=4)
+        >>> d.path, d.action, d.replace(action="skip").action
+        ('up', 'swap', 'skip')
+    """
+
+    site: UpsampleSite
+    action: str = "skip"
+    reason: str = ""
+    upsampler_scale: int = 2
+    groups: int | None = None
+    groups_note: str = ""
+    method: str = ""
+    replacement: str = ""
+    fx_error: str = ""
+    parameters: int = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "site":
+            raise AttributeError(name)
+        return getattr(self.site, name)
+
+    def replace(self, **changes: Any) -> SiteDecision:
+        """A copy with some decided fields changed.
+
+        Example:
+            >>> site = UpsampleSite("up", "module", "nearest", None, (2.0, 2.0), None, 8,
+            ...                     (1, 8, 4, 4), (1, 8, 8, 8), "net.py:3 in forward")
+            >>> SiteDecision(site).replace(reason="excluded").reason
+            'excluded'
+        """
+        return dataclasses.replace(self, **changes)
+
+    def skip(self, reason: str) -> SiteDecision:
+        """This decision turned into a skip with ``reason`` (nothing built, nothing counted).
+
+        Example:
+            >>> site = UpsampleSite("up", "module", "nearest", None, (2.0, 2.0), None, 8,
+            ...                     (1, 8, 4, 4), (1, 8, 8, 8), "net.py:3 in forward")
+            >>> SiteDecision(site, "swap", groups=4).skip("shared").groups is None
+            True
+        """
+        return self.replace(action="skip", reason=reason, groups=None, groups_note="", method="",
+                            replacement="", parameters=0)
+
+
+def upsampler_scale(site: UpsampleSite) -> int:
+    """The integer scale a replacement needs: ``ceil`` of the largest output/input ratio, at least 2.
+
+    Example:
+        >>> upsampler_scale(UpsampleSite("p", "function", "bilinear", None, None, (20, 20), 4,
+        ...                              (1, 4, 13, 13), (1, 4, 20, 20), "x.py:1 in f"))
+        2
+    """
+    ratio = [r for r in site.ratio if math.isfinite(r)]
+    return max(2, math.ceil(max(ratio, default=2.0) - 1e-9))
+
+
+def fit_groups(variant: str, in_channels: int, scale: int, fallback: bool) -> tuple[int | None, str, str]:
+    """The groups a DySample variant gets at ``in_channels``: ``(groups, note, error)``.
+
+    ``note`` says when ``fallback`` reduced the variant's groups; ``error`` (with ``groups``
+    ``None``) says why no group count works or, without ``fallback``, what to pass.
+
+    Example:
+        >>> fit_groups("dysample+", 30, 2, fallback=True)
+        (3, 'groups 4 -> 3 (30 channels)', '')
+        >>> fit_groups("dysample+", 30, 2, fallback=False)[2].startswith("30 channels are not divisible")
+        True
+    """
+    settings = variant_settings(variant)
+    style, groups = str(settings["style"]), int(settings["groups"])  # type: ignore[call-overload]
+    try:
+        fitted = resolve_groups(in_channels, scale, style, groups)
+    except ValueError as exc:
+        return None, "", str(exc)
+    if fitted == groups:
+        return groups, "", ""
+    divided = in_channels // (scale * scale) if style == "pl" else in_channels
+    what = f"{in_channels} channels" if style == "lp" else f"{in_channels} channels / scale**2 = {divided}"
+    if not fallback:
+        return None, "", (f"{what} are not divisible by groups={groups} of {variant}; groups_fallback=True "
+                          f"(the default) would use groups={fitted}")
+    return fitted, f"groups {groups} -> {fitted} ({in_channels} channels)", ""
+
+
+def mark_per_item(sites: list[UpsampleSite]) -> list[UpsampleSite]:
+    """Flag helper-function calls that one source line makes repeatedly to arbitrary sizes.
+
+    A helper (not the owner's own code) whose calls from one line reach several different
+    output sizes, not all of them whole-number upsamplings, is per-item post-processing (mask
+    pasting, keypoint decoding); a helper called once per pyramid level (x2 each time) is not.
+
+    Example:
+        >>> mark_per_item([])
+        []
+    """
+    groups: dict[tuple[str, str], list[UpsampleSite]] = {}
+    for s in sites:
+        if s.helper is not None:
+            groups.setdefault((s.owner, s.source), []).append(s)
+    per_item = set()
+    for key, members in groups.items():
+        whole = all(r >= 1 and r == int(r) for m in members for r in m.ratio)
+        if len({m.output_shape for m in members}) > 1 and not whole:
+            per_item.add(key)
+    return [s.replace(flags=s.flags | {"per_item"}) if (s.owner, s.source) in per_item else s for s in sites]
+
+
 def _hw(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape[2:])
 
 
-def decide(site: UpsampleSite, policy: SwapPolicy,
-           groups_error: Callable[[UpsampleSite], str | None]) -> tuple[str, str]:
-    """Return ``(action, reason)`` for one site; rules are checked in this order.
+def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
+    if len(site.input_shape) != 4:
+        return f"{len(site.input_shape)}-D input (DySample needs N, C, H, W)"
+    if "per_item" in site.flags:
+        return (f"post-processing helper {site.helper}() called per item to arbitrary sizes "
+                "(e.g. per-detection mask pasting, keypoint decoding)")
+    if site.mode not in ("nearest", "bilinear"):
+        return f"{site.mode} not supported (DySample reproduces nearest and bilinear)"
+    if "antialias" in site.flags:
+        return "antialias=True is not reproduced by DySample"
+    if "input" in site.flags:
+        return (f"resizes the network input ({_hw(site.input_shape)} -> "
+                f"{_hw(site.output_shape)}) before any learned layer")
+    if site.input_shape[2:] == (1, 1) and site.output_shape[2:] != (1, 1):
+        return f"1x1 -> {_hw(site.output_shape)} broadcast of pooled context"
+    if "pooled" in site.flags:
+        return f"adaptive-pooled context {_hw(site.input_shape)} -> {_hw(site.output_shape)} (pyramid pooling)"
+    ratio = site.ratio
+    if any(r < 1 for r in ratio):
+        return f"downsamples {_hw(site.input_shape)}->{_hw(site.output_shape)}"
+    if all(r == 1 for r in ratio):
+        return f"same-size no-op ({_hw(site.input_shape)} -> {_hw(site.output_shape)})"
+    if "recompute" in site.flags and site.scale is not None and any(s != int(s) for s in site.scale):
+        return "recompute_scale_factor=True with a non-integer scale_factor"
+    if "final" in site.flags and not policy.swap_final:
+        return "final logits of the network (pass swap_final=True to swap)"
+    if selects(policy.exclude, site):
+        return "excluded by exclude="
+    if policy.include is not None and not selects(policy.include, site):
+        return "not selected by include="
+    return None
+
+
+def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -> SiteDecision:
+    """Decide one site; the rules are checked in this order (the first that applies skips it).
 
     1. not a 4-D (N, C, H, W) input;  1b. a helper function (not a module's forward) that one
-    line calls repeatedly to arbitrary sizes, flag ``"per_item"`` (mask pasting, keypoint
-    decoding);  2. mode other than nearest/bilinear;  3. ``antialias``;
+    line calls repeatedly to arbitrary sizes, flag ``"per_item"`` (:func:`mark_per_item`: mask
+    pasting, keypoint decoding);  2. mode other than nearest/bilinear;  3. ``antialias``;
     4. resize of the network input before any learned layer (e.g. torchvision's
     ``GeneralizedRCNNTransform``);  5. 1x1 broadcast or adaptive-pooled context (PSP, ASPP,
     PAN);  6. downsampling in any dim;  7. same-size no-op;
     8. ``recompute_scale_factor=True`` with a non-integer factor;  9. final logits (unless
     ``swap_final``);  10. ``exclude`` / ``include``;  11. channels the variant's groups cannot
-    divide (``groups_error`` returns the message, or ``None`` when fine).
+    divide (:func:`fit_groups`; with ``groups_fallback``, the default, only PL sites whose
+    channels ``scale**2`` does not divide).
 
     Example:
         >>> s = UpsampleSite("up", "module", "bicubic", False, (2.0, 2.0), None, 8,
         ...                  (1, 8, 4, 4), (1, 8, 8, 8), "f.py:1 in forward")
-        >>> decide(s, SwapPolicy(), lambda site: None)
-        ('skip', 'bicubic not supported (DySample reproduces nearest and bilinear)')
+        >>> decide(s, SwapPolicy()).reason
+        'bicubic not supported (DySample reproduces nearest and bilinear)'
     """
-    skip = "skip"
-    if len(site.input_shape) != 4:
-        return skip, f"{len(site.input_shape)}-D input (DySample needs N, C, H, W)"
-    if "per_item" in site.flags:
-        return skip, (f"post-processing helper {site.helper}() called per item to arbitrary sizes "
-                      "(e.g. per-detection mask pasting, keypoint decoding)")
-    if site.mode not in ("nearest", "bilinear"):
-        return skip, f"{site.mode} not supported (DySample reproduces nearest and bilinear)"
-    if "antialias" in site.flags:
-        return skip, "antialias=True is not reproduced by DySample"
-    if "input" in site.flags:
-        return skip, (f"resizes the network input ({_hw(site.input_shape)} -> "
-                      f"{_hw(site.output_shape)}) before any learned layer")
-    if site.input_shape[2:] == (1, 1) and site.output_shape[2:] != (1, 1):
-        return skip, f"1x1 -> {_hw(site.output_shape)} broadcast of pooled context"
-    if "pooled" in site.flags:
-        return skip, (f"adaptive-pooled context {_hw(site.input_shape)} -> "
-                      f"{_hw(site.output_shape)} (pyramid pooling)")
-    ratio = site.ratio
-    if any(r < 1 for r in ratio):
-        return skip, f"downsamples {_hw(site.input_shape)}->{_hw(site.output_shape)}"
-    if all(r == 1 for r in ratio):
-        return skip, f"same-size no-op ({_hw(site.input_shape)} -> {_hw(site.output_shape)})"
-    if "recompute" in site.flags and site.scale is not None and any(s != int(s) for s in site.scale):
-        return skip, "recompute_scale_factor=True with a non-integer scale_factor"
-    if "final" in site.flags and not policy.swap_final:
-        return skip, "final logits of the network (pass swap_final=True to swap)"
-    if selects(policy.exclude, site):
-        return skip, "excluded by exclude="
-    if policy.include is not None and not selects(policy.include, site):
-        return skip, "not selected by include="
-    message = groups_error(site)
-    if message:
-        return skip, message
-    return "swap", f"x{site.dysample_scale} DySample, anchor {anchor_for(site, policy)}"
+    scale = upsampler_scale(site)
+    reason = _skip_reason(site, policy)
+    if reason is not None:
+        return SiteDecision(site, "skip", reason, scale)
+    groups, note, error = fit_groups(variant, site.in_channels, scale, policy.groups_fallback)
+    if groups is None:
+        return SiteDecision(site, "skip", error, scale)
+    reason = f"x{scale} {variant}, anchor {anchor_for(site, policy)}" + (f", {note}" if note else "")
+    return SiteDecision(site, "swap", reason, scale, groups, note,
+                        parameters=parameter_count(variant, site.in_channels, scale, groups))
+
+
+def decide_all(sites: list[UpsampleSite], policy: SwapPolicy, variant: str) -> list[SiteDecision]:
+    """Decide every site of one discovery (marks per-item helpers first).
+
+    Example:
+        >>> s = UpsampleSite("up", "module", "nearest", None, (2.0, 2.0), None, 30,
+        ...                  (1, 30, 4, 4), (1, 30, 8, 8), "f.py:1 in forward")
+        >>> [d.groups_note for d in decide_all([s], SwapPolicy(), "dysample")]
+        ['groups 4 -> 3 (30 channels)']
+    """
+    return [decide(site, policy, variant) for site in mark_per_item(sites)]
+
+
+def unroutable_reason(decision: SiteDecision, owner: str, why_not_fx: str, varying_calls: bool) -> str:
+    """Why a swappable call cannot be rewritten where it is (the rewrite found no place for it).
+
+    Example:
+        >>> s = UpsampleSite("<root>", "function", "nearest", None, (2.0, 2.0), None, 8,
+        ...                  (1, 8, 4, 4), (1, 8, 8, 8), "f.py:1 in up", helper="up")
+        >>> unroutable_reason(SiteDecision(s, "swap"), "<root>", "TraceError: x", False)
+        'called from helper function up(), and torch.fx cannot trace <root> (TraceError: x); left alone'
+    """
+    if varying_calls:
+        return f"{owner} makes a different number of calls each time it runs"
+    where = f"helper function {decision.helper}()" if decision.helper else "code outside its forward"
+    return f"called from {where}, and torch.fx cannot trace {owner} ({why_not_fx}); left alone"
+
+
+def shared_call_reason(owner: str) -> str:
+    """Why one call position of ``owner`` that runs with differing channels or decisions is left alone.
+
+    Example:
+        >>> shared_call_reason("decoder")[:31]
+        'the same call of decoder also r'
+    """
+    return f"the same call of {owner} also runs where it is skipped or has other channels"
 
 
 def anchor_for(site: UpsampleSite, policy: SwapPolicy) -> str:

@@ -20,7 +20,10 @@ passing the graph's own ``size`` (so run-time sizes stay dynamic) or ``scale_fac
 original call did.
 The generated forward is installed as the ``forward`` of a per-instance subclass of the owner's
 class: ``isinstance``, attributes, state-dict keys and ``copy.deepcopy`` keep working, and
-``torch.fx.symbolic_trace`` of the patched model sees the DySample calls.
+``torch.fx.symbolic_trace`` of the patched model sees the DySample calls.  As with fx's own
+``GraphModule``, the generated code travels in ``__reduce_ex__`` (source text plus the modules and
+objects it refers to, by name) and the subclass is rebuilt on load, so ``pickle``, ``torch.save``
+of the whole model, ``copy.copy`` and a fresh interpreter all work.  :func:`restore` undoes it.
 
 When no trace works (smp's ``SegformerDecoder``), the **eager fallback** installs a forward that
 runs the original one under a :class:`torch.overrides.TorchFunctionMode` routing the k-th
@@ -39,13 +42,15 @@ Example:
 from __future__ import annotations
 
 import collections
-import copy
+import importlib
 import inspect
 import itertools
 import linecache
+import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -53,10 +58,13 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
 
+from dysample_swap import _torch_compat
 from dysample_swap.sites import (Invocation, UpsampleSite, calling_module, first_user_frame,
                                  is_upsample_module, join_path)
+
+logger = logging.getLogger("dysample_swap")
+pytree = _torch_compat.pytree()
 
 _INTERPOLATE_SIG = inspect.signature(F.interpolate)
 _SCALARS = (int, float, bool, str)
@@ -91,6 +99,7 @@ class OwnerPlan:
             them (graph order for fx; direct calls only for the eager fallback).
         graph: the validated graph (fx only).
         why_not_fx: the error of the last fx attempt (eager fallback only).
+        in_place: paths of ``nn.Upsample`` layers replaced in place (not rewritten here).
 
     Example:
         >>> OwnerPlan("decoder", "eager fallback", [[0, 1]], why_not_fx="TraceError: ...").method
@@ -102,6 +111,7 @@ class OwnerPlan:
     positions: list[list[int]]
     graph: fx.Graph | None = None
     why_not_fx: str = ""
+    in_place: frozenset[str] = frozenset()
 
 
 class _OwnerTracer(fx.Tracer):
@@ -145,12 +155,15 @@ def _concrete_args(module: nn.Module, inv: Invocation, fix_scalars: bool) -> dic
     return concrete
 
 
-def _site_nodes(graph: fx.Graph, owner: nn.Module) -> list[fx.Node]:
+def _site_nodes(graph: fx.Graph, owner: nn.Module, owner_path: str,
+                exclude: frozenset[str] = frozenset()) -> list[fx.Node]:
+    """The graph's upsampling calls, leaving out ``nn.Upsample`` layers replaced in place (``exclude``)."""
     nodes = []
     for node in graph.nodes:
         if node.op == "call_function" and node.target is F.interpolate:
             nodes.append(node)
-        elif node.op == "call_module" and is_upsample_module(owner.get_submodule(node.target)):
+        elif (node.op == "call_module" and is_upsample_module(owner.get_submodule(node.target))
+              and join_path(owner_path, str(node.target)) not in exclude):
             nodes.append(node)
     return nodes
 
@@ -178,7 +191,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _restore_argument_names(graph: fx.Graph, owner: nn.Module) -> None:
     """fx names the placeholder of a concrete argument ``name_1``; keep ``name`` so keywords work."""
-    if getattr(graph._codegen, "pytree_info", None) is not None:
+    if _torch_compat.pytree_info(graph) is not None:
         return  # the pytree codegen's signature already uses the original names
     params = inspect.signature(type(owner).forward).parameters
     taken = {n.target for n in graph.nodes if n.op == "placeholder"}
@@ -233,12 +246,15 @@ def _check_positions(owner_path: str, owner: nn.Module, nodes: list[fx.Node],
 
 
 def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
-               sites: list[UpsampleSite], site_paths: set[str]) -> OwnerPlan:
+               sites: list[UpsampleSite], site_paths: set[str],
+               in_place: frozenset[str] = frozenset()) -> OwnerPlan:
     """Find how to rewrite ``owner``; changes nothing.
 
     ``invocations`` are the owner's recorded executions (their ``sites`` index into ``sites``);
     ``site_paths`` holds the path and owner of every discovered site in the model (children
-    containing one are never traced through).
+    containing one are never traced through); ``in_place`` holds the paths of ``nn.Upsample``
+    layers that are replaced in place (their calls need no rewrite, so they are not positions).
+    Every failed fx attempt is logged at DEBUG level with its error.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -250,7 +266,10 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         >>> plan.method, plan.positions
         ('fx', [[0]])
     """
-    positions = [list(inv.sites) for inv in invocations]
+    def routed(inv: Invocation) -> list[int]:
+        return [i for i in inv.sites if not (sites[i].kind == "module" and sites[i].path in in_place)]
+
+    positions = [routed(inv) for inv in invocations]
     prefix = "" if owner_path == "<root>" else owner_path + "."
     default_leaf = fx.Tracer().is_leaf_module
     inline = frozenset(
@@ -273,19 +292,22 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         try:
             graph = _trace(owner, inline_ids, concrete)
             _keep_ordered_dict_output(graph, invocations[0].output)
-            nodes = _site_nodes(graph, owner)
+            nodes = _site_nodes(graph, owner, owner_path, in_place)
             for inv in invocations:
-                _check_positions(owner_path, owner, nodes, [sites[i] for i in inv.sites])
+                _check_positions(owner_path, owner, nodes, [sites[i] for i in routed(inv)])
             module = fx.GraphModule(owner, graph)
             for inv in invocations[:_MAX_VALIDATED_CALLS]:
                 if not _same(module(*inv.args, **inv.kwargs), inv.output):
                     raise RuntimeError("the traced graph does not reproduce the recorded output")
         except Exception as exc:  # noqa: BLE001 - any tracing failure means "try the next way"
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            logger.debug("fx trace of %s failed (children traced through: %d, scalars fixed: %s): %s",
+                         owner_path, len(inline_ids), fix, error, exc_info=True)
             continue
-        return OwnerPlan(owner_path, "fx", positions, graph=graph)
-    direct = [[i for i in inv.sites if "direct" in sites[i].flags] for inv in invocations]
-    return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error)
+        return OwnerPlan(owner_path, "fx", positions, graph=graph, in_place=in_place)
+    logger.debug("%s uses the eager fallback: %s", owner_path, error)
+    direct = [[i for i in routed(inv) if "direct" in sites[i].flags] for inv in invocations]
+    return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error, in_place=in_place)
 
 
 def compile_forward(graph: fx.Graph, name: str) -> Callable[..., Any]:
@@ -299,37 +321,120 @@ def compile_forward(graph: fx.Graph, name: str) -> Callable[..., Any]:
         'forward'
     """
     code = graph.python_code(root_module="self")
+    return _exec_forward(code.src, dict(code.globals), name)
+
+
+def _exec_forward(source: str, namespace: dict[str, Any], name: str) -> Callable[..., Any]:
     filename = f"<dysample_swap generated forward of {name} #{next(_SOURCE_IDS)}>"
-    linecache.cache[filename] = (len(code.src), None, code.src.splitlines(True), filename)
-    namespace = dict(code.globals)
-    exec(compile(code.src, filename, "exec"), namespace)  # noqa: S102 - fx-generated code
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - fx-generated code
     return namespace["forward"]
 
 
-def _refuse_pickle(self: nn.Module, protocol: int) -> Any:
-    raise TypeError(
-        f"this {type(self).__name__} was rewritten by swap_upsamplers (its forward is generated per "
-        "instance), so the model cannot be pickled whole; save model.state_dict() or use "
-        "dysample_swap.save_swapped(model, file, spec), and rebuild with swap_upsamplers / load_swapped")
+def _portable_globals(namespace: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The generated code's globals, modules by name (objects pickle by reference themselves)."""
+    return {name: ("module", value.__name__) if isinstance(value, ModuleType) else ("object", value)
+            for name, value in namespace.items() if name != "__builtins__"}
 
 
-def _deepcopy(self: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    new = type(self).__new__(type(self))
-    memo[id(self)] = new
-    new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-    return new
+def _resolve_globals(portable: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    return {name: importlib.import_module(value) if kind == "module" else value
+            for name, (kind, value) in portable.items()}
 
 
-def _install(owner: nn.Module, forward: Callable[..., Any], extra: dict[str, Any]) -> None:
-    """Give ``owner`` its own subclass of its class whose ``forward`` is ``forward``.
+@dataclass
+class Rewrite:
+    """How an owner's forward was replaced; enough to rebuild it in a fresh interpreter.
 
-    ``copy.deepcopy`` works; pickling the instance raises a ``TypeError`` that says what to do.
+    ``kind`` is ``"fx"`` (``source`` and ``globals`` of the generated forward, the pytree
+    signature as ``treespec_dumps`` strings) or ``"eager fallback"`` (``routes``: the k-th direct
+    interpolate call -> ``(DySample child name, size passed as one int)``, and the ``inner``
+    rewrite whose forward it wraps when the owner was already rewritten by an earlier swap).
+
+    Example:
+        >>> Rewrite("eager fallback", routes={0: ("dysample_0", False)}).kind
+        'eager fallback'
+    """
+
+    kind: str
+    source: str = ""
+    globals: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    specs: dict[str, str] = field(default_factory=dict)
+    routes: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    inner: Rewrite | None = None
+
+    def forward(self, base: type) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The forward function this rewrite installs on a subclass of ``base``, and extra class attributes.
+
+        Example:
+            >>> fn, extra = Rewrite("eager fallback", routes={}).forward(nn.Identity)
+            >>> fn.__name__, extra
+            ('forward', {})
+        """
+        if self.kind == "eager fallback":
+            original, extra = self.inner.forward(base) if self.inner is not None else (base.forward, {})
+            return _eager_forward(original, self.routes), extra
+        forward = _exec_forward(self.source, _resolve_globals(self.globals), base.__name__)
+        return forward, {name: pytree.treespec_loads(spec) for name, spec in self.specs.items()}
+
+
+def _rebuild(base: type, rewrite: Rewrite) -> nn.Module:
+    """Unpickling: a bare instance of ``base`` with the rewrite installed (its state is set after)."""
+    module = base.__new__(base)
+    _install(module, rewrite)
+    return module
+
+
+def _reduce_ex(self: nn.Module, protocol: int) -> Any:
+    cls = type(self)
+    return _rebuild, (cls._dysample_swap_base, cls._dysample_swap_rewrite), self.__getstate__()
+
+
+def _install(owner: nn.Module, rewrite: Rewrite) -> None:
+    """Give ``owner`` its own subclass of its class whose ``forward`` is the rewritten one.
+
+    The subclass keeps the class name, module and docstring (``isinstance`` holds), pickles
+    through :class:`Rewrite`, and remembers its base for :func:`restore`.
     """
     cls = type(owner)
+    if is_rewritten(owner):  # swapped before: build on the original class (fx code already holds the old rewrite)
+        if rewrite.kind == "eager fallback":
+            rewrite.inner = cls._dysample_swap_rewrite
+        cls = cls._dysample_swap_base
+    forward, extra = rewrite.forward(cls)
     namespace = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                 "__doc__": cls.__doc__, "__reduce_ex__": _refuse_pickle, "__deepcopy__": _deepcopy,
-                 **extra}
+                 "__doc__": cls.__doc__, "__reduce_ex__": _reduce_ex, "_dysample_swap_base": cls,
+                 "_dysample_swap_rewrite": rewrite, **extra}
     owner.__class__ = type(cls.__name__, (cls,), namespace)
+
+
+def is_rewritten(module: nn.Module) -> bool:
+    """True when ``module``'s forward was replaced by :func:`apply_fx` or :func:`apply_eager`.
+
+    Example:
+        >>> is_rewritten(nn.ReLU())
+        False
+    """
+    return "_dysample_swap_base" in type(module).__dict__
+
+
+def restore(owner: nn.Module) -> None:
+    """Give a rewritten ``owner`` its original class (and so its original forward) back.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> class Up(nn.Module):
+        ...     def forward(self, x):
+        ...         return F.interpolate(x, scale_factor=2.0)
+        >>> up = Up()
+        >>> apply_eager(up, [])
+        >>> restore(up)
+        >>> type(up) is Up
+        True
+    """
+    if not is_rewritten(owner):
+        raise ValueError(f"{type(owner).__name__} was not rewritten by dysample_swap")
+    owner.__class__ = type(owner).__dict__["_dysample_swap_base"]
 
 
 def free_name(owner: nn.Module, position: int) -> str:
@@ -364,7 +469,7 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
     if graph is None:
         raise ValueError(f"{plan.path}: plan has no graph (method {plan.method!r})")
     graph.owning_module = owner  # validation had attached a temporary GraphModule
-    nodes = _site_nodes(graph, owner)
+    nodes = _site_nodes(graph, owner, plan.path, plan.in_place)
     for rep in replacements:
         node = nodes[rep.position]
         if node.op == "call_function":
@@ -387,12 +492,12 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
         node.replace_all_uses_with(new)
         graph.erase_node(node)
     graph.lint()
-    codegen = graph._codegen
-    info = getattr(codegen, "pytree_info", None)
-    extra = {}
+    code = graph.python_code(root_module="self")
+    info = _torch_compat.pytree_info(graph)
+    specs = {}
     if info is not None:
-        extra = {"_in_spec": info.in_spec, "_out_spec": info.out_spec}
-    _install(owner, compile_forward(graph, type(owner).__name__), extra)
+        specs = {"_in_spec": pytree.treespec_dumps(info.in_spec), "_out_spec": pytree.treespec_dumps(info.out_spec)}
+    _install(owner, Rewrite("fx", code.src, _portable_globals(code.globals), specs))
 
 
 class _EagerRouter(TorchFunctionMode):
@@ -453,4 +558,4 @@ def apply_eager(owner: nn.Module, replacements: list[Replacement]) -> None:
     for rep in replacements:
         owner.add_module(rep.name, rep.module)
         routes[rep.position] = (rep.name, rep.size_is_int)
-    _install(owner, _eager_forward(type(owner).forward, routes), {})
+    _install(owner, Rewrite("eager fallback", routes=routes))

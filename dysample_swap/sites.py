@@ -90,13 +90,10 @@ class UpsampleSite:
             layer with parameters), ``"size_int"`` (``size`` passed as a single int),
             ``"recompute"`` (``recompute_scale_factor=True``), ``"antialias"``, ``"direct"``
             (the calling Python frame is code of ``owner`` itself, so the eager fallback can
-            route it).
-        action: ``"swap"`` or ``"skip"``.
-        reason: why, in words.
-        dysample_scale: the DySample scale this site would get: ``ceil`` of the largest
-            output/input size ratio, at least 2.
-        method: how a swapped site is rewritten: ``"fx"``, ``"eager fallback"``, or ``""``.
-        replacement: name of the DySample module (relative to ``owner``) that replaces it, or ``""``.
+            route it), ``"per_item"`` (set by the policy's :func:`~dysample_swap.policy.mark_per_item`).
+
+    Observations only: what was decided for a site (action, reason, scale, replacement) is a
+    :class:`~dysample_swap.policy.SiteDecision`.
 
     Example:
         >>> site = UpsampleSite(path="up", kind="module", mode="nearest", align_corners=None,
@@ -122,11 +119,6 @@ class UpsampleSite:
     order: int = 0
     helper: str | None = None
     flags: frozenset[str] = field(default_factory=frozenset)
-    action: str = "skip"
-    reason: str = ""
-    dysample_scale: int = 2
-    method: str = ""
-    replacement: str = ""
 
     @property
     def ratio(self) -> tuple[float, ...]:
@@ -146,8 +138,8 @@ class UpsampleSite:
         Example:
             >>> s = UpsampleSite("p", "function", "nearest", None, None, (8, 8), 4,
             ...                  (1, 4, 4, 4), (1, 4, 8, 8), "x.py:1 in f")
-            >>> s.replace(action="swap").action
-            'swap'
+            >>> s.replace(in_channels=8).in_channels
+            8
         """
         return dataclasses.replace(self, **changes)
 
@@ -178,7 +170,7 @@ class Discovery:
     """The result of one discovery forward.
 
     Attributes:
-        sites: every executed call, in execution order (``action``/``reason`` not yet decided).
+        sites: every executed call, in execution order.
         invocations: ``(owner path, execution number) -> Invocation`` for every module
             execution that made at least one call (arguments kept for tracing).
         example_inputs: the inputs the forward ran on.
@@ -402,7 +394,6 @@ class _Recorder(TorchFunctionMode):
             flags.add("recompute")
         if a["antialias"]:
             flags.add("antialias")
-        ratio = [o / i for i, o in zip(x.shape[2:], out.shape[2:]) if i > 0]
         site = UpsampleSite(
             path=path, kind=kind, mode=str(a["mode"]), align_corners=a["align_corners"],
             scale=_as_tuple(a["scale_factor"], ndim, float) if a["size"] is None else None,
@@ -413,7 +404,6 @@ class _Recorder(TorchFunctionMode):
             owner_call=owner.call if owner is not None else 0,
             order=len(owner.sites) if owner is not None else 0, helper=helper,
             flags=frozenset(flags),
-            dysample_scale=max(2, math.ceil(max(ratio, default=2.0) - 1e-9)),
         )
         if owner is not None:
             owner.sites.append(len(self.sites))

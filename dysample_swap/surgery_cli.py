@@ -42,8 +42,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude", action="append", default=None, metavar="PATH_OR_GLOB",
                         help="never swap these sites (repeatable)")
     parser.add_argument("--swap-final", action="store_true", help="also swap final-logit upsampling")
-    parser.add_argument("--groups-fallback", action="store_true",
-                        help="use the largest valid group count where the variant's groups do not divide the channels")
+    parser.add_argument("--groups-fallback", action=argparse.BooleanOptionalAction, default=True,
+                        help="use the largest valid group count where the variant's groups do not divide the "
+                             "channels (default; --no-groups-fallback skips those sites)")
     parser.add_argument("--init", choices=("match", "paper"), default="match",
                         help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)")
     parser.add_argument("--strict", action="store_true",
@@ -79,8 +80,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         0
     """
     model = build_model(args.model)
-    plan = plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args))
-    print(plan.report.table())
+    print(plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args)).table())
     return 0
 
 

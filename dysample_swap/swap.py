@@ -21,19 +21,31 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 
+from dysample_swap import _torch_compat
 from dysample_swap.dysample import DySample
 from dysample_swap.example_inputs import default_inputs, describe_inputs, native_size
-from dysample_swap.policy import SwapPolicy, anchor_for, decide, offset_init_std, selects
-from dysample_swap.rewrite import OwnerPlan, Replacement, apply_eager, apply_fx, free_name, plan_owner
-from dysample_swap.sites import ROOT, Discovery, UpsampleSite, discover, discovery_context, module_at
-from dysample_swap.variants import variant_settings
+from dysample_swap.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, fit_groups,
+                                  offset_init_std, selects, shared_call_reason, unroutable_reason)
+from dysample_swap.rewrite import (OwnerPlan, Replacement, apply_eager, apply_fx, free_name, is_rewritten,
+                                   plan_owner, restore)
+from dysample_swap.sites import ROOT, Discovery, discover, discovery_context, join_path, module_at
+from dysample_swap.variants import parameter_count, variant_settings
 
 logger = logging.getLogger("dysample_swap")
+pytree = _torch_compat.pytree()
 
 REPORT_ATTRIBUTE = "dysample_swap_report"
 """Name of the attribute under which ``swap_upsamplers`` stores its :class:`SwapReport` on the model."""
+
+
+def _portable(value: Any) -> Any:
+    """A policy value that pickles: predicates become their description."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_portable(v) for v in value)
+    if callable(value):
+        return f"<predicate {getattr(value, '__qualname__', repr(value))}>"
+    return value
 
 
 @dataclass
@@ -41,12 +53,15 @@ class SwapReport:
     """What ``swap_upsamplers`` did (or, from :func:`plan_swap`, would do).
 
     Attributes:
-        variant: the DySample variant.
-        sites: every executed upsampling call with its action and reason.
-        parameters_added: trainable parameters the new DySample modules add.
+        variant: the upsampler variant.
+        sites: one :class:`~dysample_swap.policy.SiteDecision` per executed upsampling call
+            (its observation is ``.site``; its fields read through).
+        parameters_added: trainable parameters the new modules add.
         inputs: shapes of the example inputs (:func:`~dysample_swap.example_inputs.describe_inputs`),
             ``None`` when they are not plain tensors or lists of tensors.
         policy: the policy keyword arguments as given.
+        originals: the ``nn.Upsample`` layers replaced in place, by path (kept for :func:`unswap`).
+        previous: the report of an earlier swap of the same model (:func:`unswap` undoes both).
 
     Example:
         >>> SwapReport("dysample+", [], 0).swapped
@@ -54,14 +69,16 @@ class SwapReport:
     """
 
     variant: str
-    sites: list[UpsampleSite]
+    sites: list[SiteDecision]
     parameters_added: int
     inputs: list[dict[str, Any]] | None = None
     policy: dict[str, Any] = field(default_factory=dict)
+    originals: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+    previous: SwapReport | None = field(default=None, repr=False)
 
     @property
-    def swapped(self) -> list[UpsampleSite]:
-        """Sites replaced by a DySample.
+    def swapped(self) -> list[SiteDecision]:
+        """Sites replaced by a new module.
 
         Example:
             >>> SwapReport("dysample", [], 0).swapped
@@ -70,7 +87,7 @@ class SwapReport:
         return [s for s in self.sites if s.action == "swap"]
 
     @property
-    def skipped(self) -> list[UpsampleSite]:
+    def skipped(self) -> list[SiteDecision]:
         """Sites left alone.
 
         Example:
@@ -80,13 +97,16 @@ class SwapReport:
         return [s for s in self.sites if s.action == "skip"]
 
     def table(self) -> str:
-        """The site table: path, kind, mode, channels, in -> out, scale/size, action, reason.
+        """The site table: path, kind, mode, channels, in -> out, scale/size, action, how, reason.
+
+        ``how`` is ``in place``, ``fx`` or ``eager fallback``; an eager-fallback reason ends with
+        why torch.fx was not used.
 
         Example:
             >>> print(SwapReport("dysample", [], 0).table().splitlines()[-1])
             0 swapped, 0 skipped; variant dysample adds 0 parameters
         """
-        header = ("path", "kind", "mode", "channels", "in -> out", "scale/size", "action", "reason")
+        header = ("path", "kind", "mode", "channels", "in -> out", "scale/size", "action", "how", "reason")
         rows = [header]
         for s in self.sites:
             mode = s.mode + (" ac" if s.align_corners else "")
@@ -95,8 +115,10 @@ class SwapReport:
                 how = "size=" + "x".join(map(str, s.size))
             else:
                 how = "scale=" + "x".join(f"{v:g}" for v in s.scale or ())
-            reason = s.reason + (" [eager fallback]" if s.method == "eager fallback" else "")
-            rows.append((s.path, s.kind, mode, str(s.in_channels), spatial, how, s.action, reason))
+            reason = s.reason
+            if s.method == "eager fallback":
+                reason += f" [eager fallback: fx failed: {s.fx_error}]"
+            rows.append((s.path, s.kind, mode, str(s.in_channels), spatial, how, s.action, s.method or "-", reason))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
@@ -107,24 +129,30 @@ class SwapReport:
     def __str__(self) -> str:
         return self.table()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["policy"] = {k: _portable(v) for k, v in self.policy.items()}
+        return state
+
 
 @dataclass
-class SwapPlan:
-    """Everything needed to perform a swap: decided sites, owner plans and the new modules.
+class _InPlace:
+    """An ``nn.Upsample`` layer that one new module replaces under its own name."""
 
-    Example:
-        >>> import torch.nn as nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
-        >>> plan = plan_swap(net, "dysample", verbose=False)
-        >>> [r.name for reps in plan.replacements.values() for r in reps]  # replaces net[1] in place
-        ['1']
-    """
+    path: str
+    members: list[int]  # decision indices
+
+
+@dataclass
+class _Plan:
+    """Internal: the decided report plus where each new module goes (nothing built yet)."""
 
     report: SwapReport
-    owners: dict[str, OwnerPlan]
-    replacements: dict[str, list[Replacement]]
     policy: SwapPolicy
-
+    discovery: Discovery
+    in_place: list[_InPlace]
+    owners: dict[str, OwnerPlan]
+    replacements: dict[str, list[tuple[Replacement, int]]]  # owner -> (replacement w/o module, decision index)
 
 def swap_report(model: nn.Module) -> SwapReport:
     """The :class:`SwapReport` that ``swap_upsamplers`` attached to ``model``.
@@ -145,19 +173,34 @@ def swap_report(model: nn.Module) -> SwapReport:
     return report
 
 
+def _bad_inputs(model: nn.Module, example_inputs: Any, exc: Exception) -> ValueError:
+    from dysample_swap.example_inputs import first_conv_channels
+
+    described = describe_inputs(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+    shown = described if described is not None else type(example_inputs).__name__
+    channels = first_conv_channels(model)
+    hint = (f"a tuple of the positional arguments of one forward, e.g. (torch.rand(1, {channels}, 128, 128),) "
+            f"(its first convolution takes {channels} channels)" if channels else
+            "a tuple of the positional arguments of one forward")
+    return ValueError(f"discovery runs {type(model).__name__} once on example_inputs to find its upsampling "
+                      f"calls, and it raised on {shown}: {type(exc).__name__}: {exc}. Pass {hint}, or omit "
+                      "example_inputs to try the defaults.")
+
+
 def _discover(model: nn.Module, example_inputs: Any) -> Discovery:
     if example_inputs is not None:
-        candidates = [example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)]
-    else:
-        candidates = default_inputs(model)
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        try:
+            with native_size(model, inputs):
+                return discover(model, inputs)
+        except Exception as exc:  # noqa: BLE001 - re-raised with what to pass instead
+            raise _bad_inputs(model, example_inputs, exc) from exc
     errors = []
-    for inputs in candidates:
+    for inputs in default_inputs(model):
         try:
             with native_size(model, inputs):
                 return discover(model, inputs)
         except Exception as exc:  # noqa: BLE001 - a default input may not fit; try the next one
-            if example_inputs is not None:
-                raise
             shapes = [list(t.shape) for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
             errors.append(f"{shapes}: {type(exc).__name__}: {exc}")
     raise ValueError(f"{type(model).__name__} rejected every default example input; pass "
@@ -171,29 +214,6 @@ def _like(model: nn.Module, owner: nn.Module) -> dict[str, Any]:
     return {}
 
 
-def _build(variant: str, site: UpsampleSite, policy: SwapPolicy) -> DySample:
-    return DySample.from_variant(
-        variant, site.in_channels, site.dysample_scale, anchor=anchor_for(site, policy),
-        offset_init_std=offset_init_std(policy), groups_fallback=policy.groups_fallback)
-
-
-def _groups_checker(variant: str, policy: SwapPolicy):  # noqa: ANN202
-    cache: dict[tuple[int, int], str | None] = {}
-
-    def check(site: UpsampleSite) -> str | None:
-        key = (site.in_channels, site.dysample_scale)
-        if key not in cache:
-            try:
-                _build(variant, site, policy)
-                cache[key] = None
-            except ValueError as exc:
-                hint = "" if policy.groups_fallback else " (pass groups_fallback=True)"
-                cache[key] = f"{exc}{hint}"
-        return cache[key]
-
-    return check
-
-
 def _group_positions(plan: OwnerPlan) -> list[list[int]] | None:
     """Per call position in the owner's code, the sites it made in every execution (or None)."""
     lengths = {len(p) for p in plan.positions}
@@ -202,126 +222,130 @@ def _group_positions(plan: OwnerPlan) -> list[list[int]] | None:
     return [list(group) for group in zip(*plan.positions)]
 
 
-def _skip(site: UpsampleSite, reason: str) -> UpsampleSite:
-    return site.replace(action="skip", reason=reason, method="", replacement="")
+def _in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[_InPlace]:
+    """``nn.Upsample`` layers one new module can replace under their own name.
 
-
-def _mark_per_item(sites: list[UpsampleSite]) -> list[UpsampleSite]:
-    """Flag helper-function calls that one source line makes repeatedly to arbitrary sizes.
-
-    A helper (not the owner's own code) whose calls from one line reach several different
-    output sizes, not all of them whole-number upsamplings, is per-item post-processing (mask
-    pasting, keypoint decoding); a helper called once per pyramid level (x2 each time) is not.
+    A layer qualifies when every call of it is swapped, with one channel count, from one source
+    line, at most once per execution of its caller, and it is registered once, below its caller:
+    the caller's code (``self.up(x)``, or a framework's own loop over its layers) then runs the
+    new module without being rewritten.
     """
-    groups: dict[tuple[str, str], list[UpsampleSite]] = {}
-    for s in sites:
-        if s.helper is not None:
-            groups.setdefault((s.owner, s.source), []).append(s)
-    per_item = set()
-    for key, members in groups.items():
-        whole = all(r >= 1 and r == int(r) for m in members for r in m.ratio)
-        if len({m.output_shape for m in members}) > 1 and not whole:
-            per_item.add(key)
-    return [s.replace(flags=s.flags | {"per_item"}) if (s.owner, s.source) in per_item else s for s in sites]
+    by_path: dict[str, list[int]] = {}
+    for i, d in enumerate(decisions):
+        if d.kind == "module":
+            by_path.setdefault(d.path, []).append(i)
+    registered: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        registered[id(module)] = registered.get(id(module), 0) + 1
+    groups = []
+    for path, members in by_path.items():
+        ds = [decisions[i] for i in members]
+        owners = {d.owner for d in ds}
+        owner = next(iter(owners))
+        under = owner == ROOT or path.startswith(owner + ".")
+        if (all(d.action == "swap" for d in ds) and len({d.in_channels for d in ds}) == 1
+                and len({d.source for d in ds}) == 1 and len(owners) == 1 and under and path != ROOT
+                and len({d.owner_call for d in ds}) == len(ds)
+                and registered.get(id(module_at(model, path)), 0) == 1):
+            groups.append(_InPlace(path, members))
+    return groups
 
 
-def _in_place_name(owner: str, plan: OwnerPlan, members: list[UpsampleSite],
-                   sites: list[UpsampleSite]) -> str | None:
-    """The child name of an ``nn.Upsample`` that a DySample can replace in place, else ``None``.
-
-    Possible when the owner is rewritten with fx, the Upsample is the owner's direct child, and
-    it runs only at this one call position: the DySample then takes its name (state-dict keys
-    like ``decoder.up.offset.weight``; an ``nn.Sequential`` keeps its length and order).
-    """
-    path = members[0].path
-    prefix = "" if owner == ROOT else owner + "."
-    child = path[len(prefix):]
-    if (plan.method != "fx" or any(m.kind != "module" or m.path != path for m in members)
-            or not path.startswith(prefix) or "." in child
-            or sum(s.path == path for s in sites) != len(members)):
-        return None
-    return child
-
-
-def _plan_owner(model: nn.Module, discovery: Discovery, owner: str, sites: list[UpsampleSite],
-                site_paths: set[str]) -> OwnerPlan:
-    calls = sorted(c for (path, c) in discovery.invocations if path == owner)
-    invocations = [discovery.invocations[(owner, c)] for c in calls]
-    return plan_owner(owner, module_at(model, owner), invocations, sites, site_paths)
-
-
-def _assign(model: nn.Module, owner: str, plan: OwnerPlan, sites: list[UpsampleSite], variant: str,
-            policy: SwapPolicy) -> list[Replacement]:
-    """Build one DySample per call position of ``owner``; update ``sites`` (method, name, skips)."""
-    module = module_at(model, owner)
+def _assign(owner: str, plan: OwnerPlan, decisions: list[SiteDecision], module: nn.Module,
+            ) -> list[tuple[Replacement, int]]:
+    """One new module per call position of ``owner``; updates ``decisions`` (method, name, skips)."""
     groups = _group_positions(plan)
     routed = {i for group in groups or [] for i in group}
-    for i, site in enumerate(sites):
-        if site.owner != owner or site.action != "swap" or i in routed:
-            continue
-        if groups is None:
-            sites[i] = _skip(site, f"{owner} makes a different number of calls each time it runs")
-        else:
-            where = f"helper function {site.helper}()" if site.helper else "code outside its forward"
-            sites[i] = _skip(site, f"called from {where}, and torch.fx cannot trace {owner} "
-                                   f"({plan.why_not_fx}); left alone")
+    for i, d in enumerate(decisions):
+        if d.owner == owner and d.action == "swap" and d.method == "" and i not in routed:
+            decisions[i] = d.skip(unroutable_reason(d, owner, plan.why_not_fx, groups is None))
     reps = []
     for position, group in enumerate(groups or []):
-        members = [sites[i] for i in group]
+        members = [decisions[i] for i in group]
         if not any(m.action == "swap" for m in members):
             continue
         if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
             for i in group:
-                if sites[i].action == "swap":
-                    sites[i] = _skip(sites[i], f"the same call of {owner} also runs where it is "
-                                               "skipped or has other channels")
+                if decisions[i].action == "swap":
+                    decisions[i] = decisions[i].skip(shared_call_reason(owner))
             continue
-        biggest = max(members, key=lambda m: m.dysample_scale)
-        name = _in_place_name(owner, plan, members, sites) or free_name(module, position)
-        dysample = _build(variant, biggest, policy).to(**_like(model, module)).train(module.training)
-        reps.append(Replacement(position, name, dysample, "size_int" in biggest.flags))
+        first = max(group, key=lambda i: decisions[i].upsampler_scale)
+        name = free_name(module, position)
+        while any(r.name == name for r, _ in reps):
+            name += "_"
+        reps.append((Replacement(position, name, nn.Identity(), "size_int" in decisions[first].flags), first))
         for i in group:
-            sites[i] = sites[i].replace(method=plan.method, replacement=name,
-                                        dysample_scale=biggest.dysample_scale)
+            decisions[i] = decisions[i].replace(method=plan.method, replacement=name, fx_error=plan.why_not_fx)
     return reps
 
 
-def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
-              **policy_kwargs: Any) -> SwapPlan:
-    """Discover, decide and plan a swap without changing ``model``.
+def _share(decisions: list[SiteDecision], members: list[int], variant: str, policy: SwapPolicy) -> None:
+    """Give every call that one new module serves that module's scale and groups; count it once."""
+    scale = max(decisions[i].upsampler_scale for i in members)
+    groups, note, error = fit_groups(variant, decisions[members[0]].in_channels, scale, policy.groups_fallback)
+    for k, i in enumerate(members):
+        d = decisions[i]
+        if groups is None:
+            decisions[i] = d.skip(error)
+            continue
+        params = parameter_count(variant, d.in_channels, scale, groups) if k == 0 else 0
+        decisions[i] = d.replace(upsampler_scale=scale, groups=groups, groups_note=note, parameters=params)
 
-    Arguments as :func:`swap_upsamplers`.  The returned plan's ``report`` holds the decided sites
-    and the parameter count the swap would add.
+
+def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: dict[str, Any]) -> _Plan:
+    variant_settings(variant)
+    policy = SwapPolicy.from_kwargs(**policy_kwargs)
+    _torch_compat.require()
+    with discovery_context(model):
+        discovery = _discover(model, example_inputs)
+        decisions = decide_all(discovery.sites, policy, variant)
+        in_place = _in_place_groups(model, decisions)
+        for group in in_place:
+            owner = decisions[group.members[0]].owner
+            name = group.path if owner == ROOT else group.path[len(owner) + 1:]
+            for i in group.members:
+                decisions[i] = decisions[i].replace(method="in place", replacement=name)
+        in_place_paths = frozenset(g.path for g in in_place)
+        site_paths = {s.path for s in discovery.sites} | {s.owner for s in discovery.sites}
+        owners: dict[str, OwnerPlan] = {}
+        for owner in dict.fromkeys(d.owner for d in decisions if d.action == "swap" and d.method == ""):
+            calls = sorted(c for (path, c) in discovery.invocations if path == owner)
+            invocations = [discovery.invocations[(owner, c)] for c in calls]
+            owners[owner] = plan_owner(owner, module_at(model, owner), invocations, discovery.sites,
+                                       site_paths, in_place_paths)
+    replacements = {}
+    for owner, plan in owners.items():
+        reps = _assign(owner, plan, decisions, module_at(model, owner))
+        if reps:
+            replacements[owner] = reps
+    for group in in_place:
+        _share(decisions, group.members, variant, policy)
+    for owner, reps in replacements.items():
+        for rep, _ in reps:
+            members = [i for i, d in enumerate(decisions) if d.owner == owner and d.replacement == rep.name
+                       and d.method == owners[owner].method]
+            _share(decisions, members, variant, policy)
+    added = sum(d.parameters for d in decisions if d.action == "swap")
+    report = SwapReport(variant, decisions, added, describe_inputs(discovery.example_inputs), dict(policy_kwargs))
+    _warn(report, policy)
+    return _Plan(report, policy, discovery, in_place, owners, replacements)
+
+
+def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
+              **policy_kwargs: Any) -> SwapReport:
+    """Discover and decide a swap without changing ``model`` or building any module.
+
+    Arguments as :func:`swap_upsamplers`. The report holds every decided site (with the method
+    and name each new module would get) and the parameter count the swap would add, computed.
 
     Example:
         >>> import torch.nn as nn
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
-        >>> plan_swap(net, "dysample+").report.parameters_added
-        544
+        >>> report = plan_swap(net, "dysample+")
+        >>> report.parameters_added, report.swapped[0].method
+        (544, 'in place')
     """
-    variant_settings(variant)
-    policy = SwapPolicy.from_kwargs(**policy_kwargs)
-    with discovery_context(model):
-        discovery = _discover(model, example_inputs)
-        check = _groups_checker(variant, policy)
-        sites = []
-        for site in _mark_per_item(discovery.sites):
-            action, reason = decide(site, policy, check)
-            sites.append(site.replace(action=action, reason=reason))
-        site_paths = {s.path for s in sites} | {s.owner for s in sites}
-        owners: dict[str, OwnerPlan] = {}
-        for owner in dict.fromkeys(s.owner for s in sites if s.action == "swap"):
-            owners[owner] = _plan_owner(model, discovery, owner, sites, site_paths)
-    replacements: dict[str, list[Replacement]] = {}
-    for owner, plan in owners.items():
-        reps = _assign(model, owner, plan, sites, variant, policy)
-        if reps:
-            replacements[owner] = reps
-    added = sum(p.numel() for reps in replacements.values() for r in reps for p in r.module.parameters())
-    report = SwapReport(variant, sites, added, describe_inputs(discovery.example_inputs),
-                        dict(policy_kwargs))
-    _warn(report, policy)
-    return SwapPlan(report, owners, replacements, policy)
+    return _plan(model, variant, example_inputs, policy_kwargs).report
 
 
 def _warn(report: SwapReport, policy: SwapPolicy) -> None:
@@ -329,13 +353,13 @@ def _warn(report: SwapReport, policy: SwapPolicy) -> None:
     if not report.swapped:
         problems.append("no upsampling site is eligible for DySample "
                         f"({len(report.sites)} found, all skipped)")
-    if policy.include is not None and not any(selects(policy.include, s) for s in report.sites):
+    if policy.include is not None and not any(selects(policy.include, s.site) for s in report.sites):
         paths = ", ".join(dict.fromkeys(s.path for s in report.sites)) or "none"
         problems.append(f"include={policy.include!r} selects none of the sites (their paths: {paths})")
     if policy.include is not None:
-        for site in report.skipped:
-            if selects(policy.include, site):
-                problems.append(f"{site.path} was requested by include= but is skipped: {site.reason}")
+        for d in report.skipped:
+            if selects(policy.include, d.site):
+                problems.append(f"{d.path} was requested by include= but is skipped: {d.reason}")
     if not problems:
         return
     if policy.strict:
@@ -344,11 +368,11 @@ def _warn(report: SwapReport, policy: SwapPolicy) -> None:
         warnings.warn(problem, stacklevel=3)
 
 
-def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any) -> list[UpsampleSite]:
+def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any) -> list[SiteDecision]:
     """List every upsampling call ``model`` makes on ``example_inputs``, with the swap decision.
 
-    Changes nothing: parameters, buffers, ``training`` flags, ``forward`` and the CPU random
-    number generator are untouched.
+    Changes nothing and builds nothing: parameters, buffers, ``training`` flags, ``forward`` and
+    the random number generators are untouched.
 
     Args:
         model: any ``nn.Module``.
@@ -357,6 +381,10 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
             224, 256, 512), a list of one ``3x128x160`` image for torchvision detectors.
         **policy: ``variant`` (default ``"dysample+"``, decides which channel counts fit) and
             the :class:`~dysample_swap.policy.SwapPolicy` options.
+
+    Returns:
+        One :class:`~dysample_swap.policy.SiteDecision` per executed call; what discovery
+        observed is its ``.site`` (whose fields it also reads through: ``.path``, ``.mode``...).
 
     Example:
         >>> import torch.nn as nn
@@ -367,16 +395,71 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
     """
     variant = policy.pop("variant", "dysample+")
     policy.setdefault("verbose", False)
-    with torch.random.fork_rng(devices=[]):  # planning builds DySample modules: keep the CPU RNG as it was
-        return plan_swap(model, variant, example_inputs, **policy).report.sites
+    return plan_swap(model, variant, example_inputs, **policy).sites
+
+
+def _build(variant: str, decision: SiteDecision, policy: SwapPolicy, **defaults: Any) -> DySample:
+    return DySample.from_variant(
+        variant, decision.in_channels, decision.upsampler_scale, groups=decision.groups,
+        anchor=anchor_for(decision.site, policy), offset_init_std=offset_init_std(policy), **defaults)
+
+
+_UPSAMPLE_STATE = frozenset(nn.Upsample(scale_factor=2.0).__dict__)
+
+
+def _replace_in_place(model: nn.Module, group: _InPlace, decisions: list[SiteDecision], variant: str,
+                      policy: SwapPolicy) -> nn.Module:
+    """Put a new module where the ``nn.Upsample`` at ``group.path`` is; returns the original layer.
+
+    The new module takes the layer's ``size``/``scale_factor`` as its defaults, its training
+    mode, and every attribute a framework set on the layer (ultralytics' ``i``, ``f``, ``type``,
+    ``np``), so the framework's own code runs it as it ran the layer.
+    """
+    parent_path, _, child = group.path.rpartition(".")
+    parent = model if not parent_path else model.get_submodule(parent_path)
+    upsample = getattr(parent, child)
+    new = _build(variant, decisions[group.members[0]], policy, size=upsample.size,
+                 scale_factor=upsample.scale_factor)
+    new = new.to(**_like(model, parent)).train(upsample.training)
+    for key, value in upsample.__dict__.items():
+        if key not in _UPSAMPLE_STATE:
+            setattr(new, key, value)
+    setattr(parent, child, new)
+    return upsample
+
+
+def _self_check(model: nn.Module, plan: _Plan) -> None:
+    """Re-run the example input and raise if an eager-fallback DySample was not reached."""
+    routed = {join_path(d.owner, d.replacement) for d in plan.report.swapped if d.method == "eager fallback"}
+    if not routed:
+        return
+    reached: set[str] = set()
+    handles = [module_at(model, path).register_forward_hook(lambda m, i, o, p=path: reached.add(p))
+               for path in routed]
+    try:
+        with discovery_context(model), native_size(model, plan.discovery.example_inputs):
+            model(*plan.discovery.example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = sorted(routed - reached)
+    if missing:
+        unswap(model)
+        raise RuntimeError(f"the eager fallback routed calls to {', '.join(missing)}, but re-running the example "
+                           "input did not reach them (the owner's calls changed order?); the swap was undone. "
+                           "Exclude those sites (exclude=...) or report the model.\n" + plan.report.table())
 
 
 def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
                     **policy: Any) -> nn.Module:
     """Replace ``model``'s eligible upsampling calls by DySample, in place; returns ``model``.
 
+    ``model`` may also be an ultralytics ``YOLO`` object: its network is swapped and its own
+    ``train()`` keeps the swap (:func:`~dysample_swap.integrations.ultralytics.swap_yolo`).
+
     The table of what happened is printed (``verbose=True``, the default) and logged; it stays on
-    the model: ``swap_report(model)`` (also ``model.dysample_swap_report``).
+    the model: ``swap_report(model)`` (also ``model.dysample_swap_report``). :func:`unswap`
+    undoes it.
 
     Args:
         model: the network (rewritten in place).
@@ -394,15 +477,75 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
         >>> torch.allclose(net(x), before, atol=1e-6)
         True
     """
-    plan = plan_swap(model, variant, example_inputs, **policy)
+    from dysample_swap import integrations
+
+    if integrations.is_ultralytics_model(model):
+        from dysample_swap.integrations.ultralytics import swap_yolo
+
+        return swap_yolo(model, variant, example_inputs, **policy)
+    plan = _plan(model, variant, example_inputs, policy)
+    report = plan.report
+    previous = getattr(model, REPORT_ATTRIBUTE, None)
+    report.previous = previous if isinstance(previous, SwapReport) else None
+    decisions = plan.report.sites
+    for group in plan.in_place:
+        report.originals[group.path] = _replace_in_place(model, group, decisions, variant, plan.policy)
     for owner, reps in plan.replacements.items():
         module = module_at(model, owner)
+        built = []
+        for rep, first in reps:
+            new = _build(variant, decisions[first], plan.policy).to(**_like(model, module)).train(module.training)
+            built.append(Replacement(rep.position, rep.name, new, rep.size_is_int))
         if plan.owners[owner].method == "fx":
-            apply_fx(module, plan.owners[owner], reps)
+            apply_fx(module, plan.owners[owner], built)
         else:
-            apply_eager(module, reps)
-    setattr(model, REPORT_ATTRIBUTE, plan.report)
-    logger.info("swap_upsamplers(%s):\n%s", type(model).__name__, plan.report.table())
+            apply_eager(module, built)
+    setattr(model, REPORT_ATTRIBUTE, report)
+    _self_check(model, plan)
+    integrations.record_swap(model, report)
+    logger.info("swap_upsamplers(%s):\n%s", type(model).__name__, report.table())
     if plan.policy.verbose:
-        print(plan.report.table())
+        print(report.table())
     return model
+
+
+def unswap(model: nn.Module) -> dict[str, nn.Module]:
+    """Undo :func:`swap_upsamplers`: the original layers and forwards come back; returns what was removed.
+
+    ``nn.Upsample`` layers replaced in place are put back, rewritten modules get their original
+    class (so their original forward) back, and the new modules are deleted. The returned dict
+    maps each removed module's path to it (its trained weights stay usable).
+
+    Raises:
+        ValueError: when ``model`` was not swapped (nothing to undo).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> x = torch.rand(1, 3, 8, 8)
+        >>> before = net(x)
+        >>> removed = unswap(swap_upsamplers(net, verbose=False))
+        >>> list(removed), type(net[1]).__name__, torch.equal(net(x), before)
+        (['1'], 'Upsample', True)
+    """
+    from dysample_swap import integrations
+
+    report: SwapReport | None = swap_report(model)
+    removed: dict[str, nn.Module] = {}
+    while report is not None:  # the latest swap first
+        for path, original in report.originals.items():
+            parent_path, _, child = path.rpartition(".")
+            parent = model if not parent_path else model.get_submodule(parent_path)
+            removed[path] = getattr(parent, child)
+            setattr(parent, child, original)
+        for d in report.swapped:
+            if d.method in ("fx", "eager fallback"):
+                owner = module_at(model, d.owner)
+                if is_rewritten(owner):
+                    restore(owner)
+                if d.replacement in owner._modules:
+                    removed[join_path(d.owner, d.replacement)] = owner._modules.pop(d.replacement)
+        report = report.previous
+    delattr(model, REPORT_ATTRIBUTE)
+    integrations.forget_swaps(model)
+    return removed

@@ -55,3 +55,22 @@ def variant_name(style: str, dyscope: bool) -> str:
         'dysample-s'
     """
     return ("dysample-s" if style == "pl" else "dysample") + ("+" if dyscope else "")
+
+
+def parameter_count(variant: str, in_channels: int, scale: int, groups: int) -> int:
+    """Trainable parameters of a DySample variant, computed without building it.
+
+    LP: a ``C -> 2*groups*scale**2`` 1x1 convolution with bias (plus the same without bias for
+    the dynamic scope); PL: ``C/scale**2 -> 2*groups``.
+
+    Example:
+        >>> parameter_count("dysample", 256, 2, 4), parameter_count("dysample-s+", 256, 2, 8)
+        (8224, 2064)
+    """
+    settings = variant_settings(variant)
+    if settings["style"] == "pl":
+        conv_in, conv_out = in_channels // (scale * scale), 2 * groups
+    else:
+        conv_in, conv_out = in_channels, 2 * groups * scale * scale
+    weights = conv_in * conv_out
+    return weights + conv_out + (weights if settings["dyscope"] else 0)

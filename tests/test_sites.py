@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dysample_swap.policy import upsampler_scale
 from dysample_swap.sites import ROOT, discover, discovery_context, module_at
 from dysample_swap.swap import find_upsamplers
 from swap_checks import assert_unchanged, snapshot
@@ -48,7 +49,7 @@ def test_module_and_function_sites_are_attributed() -> None:
     assert (fn.path, fn.kind, fn.function, fn.owner) == (ROOT, "function", "F.interpolate", ROOT)
     assert up.input_shape == (2, 4, 5, 7) and up.output_shape == (2, 4, 10, 14) and up.in_channels == 4
     assert fn.scale == (1.5, 1.5) and fn.size is None and fn.output_shape == (2, 4, 15, 21)
-    assert fn.dysample_scale == 2 and fn.ratio == (1.5, 1.5)
+    assert upsampler_scale(fn) == 2 and fn.ratio == (1.5, 1.5)
     assert fn.source.startswith("tests/test_sites.py:") and fn.source.endswith("in forward")
     assert up.source.startswith("nn.UpsamplingNearest2d <- tests/test_sites.py:")
     assert "final" in up.flags  # returned as "mid"
@@ -70,12 +71,12 @@ def test_discovery_changes_nothing() -> None:
     x = torch.rand(1, 3, 4, 4)
     before, rng = snapshot(model), torch.get_rng_state()
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):  # 4 channels, final
-        find_upsamplers(model, x, variant="dysample-s")
+        find_upsamplers(model, x, variant="dysample-s", groups_fallback=False)
     assert_unchanged(before, snapshot(model))
     assert torch.equal(rng, torch.get_rng_state())
     other = Outer()
     rng = torch.get_rng_state()
-    find_upsamplers(other, swap_final=True, groups_fallback=True)  # builds DySamples, default input
+    find_upsamplers(other, swap_final=True)  # swappable sites, default input
     assert torch.equal(rng, torch.get_rng_state())
     assert model.training and not model.inner.training
 
