@@ -38,6 +38,7 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from dysample_swap.finetune.data.coco_gt import build_coco, encode_masks, target_annotations
+from dysample_swap.finetune.stats import nanmean
 
 IOU_TYPES = ("bbox", "segm")
 #: COCOeval ``stats`` positions and the names they get in :meth:`DetectionMetrics.compute`.
@@ -78,11 +79,6 @@ def label_boundary(labels: torch.Tensor, dilation: int) -> torch.Tensor:
 
     own = labels.float()
     return (window_max(padded) != own) | (-window_max(-padded) != own)
-
-
-def _nan_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    num, den = num.double(), den.double()
-    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
 
 
 def _world(process_group: Any) -> int:
@@ -137,6 +133,7 @@ class SegmentationMetrics:
         self.confusion = torch.zeros(c, c, dtype=torch.int64)   # rows: target, cols: prediction
         self.boundary_intersection = torch.zeros(c, dtype=torch.int64)
         self.boundary_union = torch.zeros(c, dtype=torch.int64)
+        self._per_image: list[torch.Tensor] = []
         self._synced = False
 
     def _check(self, preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,21 +169,31 @@ class SegmentationMetrics:
         self.confusion += multiclass_confusion_matrix(
             preds.reshape(-1), targets.reshape(-1), self.num_classes,
             ignore_index=self.ignore_index, validate_args=False).cpu()
-        self._update_boundary(preds, targets)
+        counts = self._image_counts(preds, targets)
+        c = self.num_classes
+        self.boundary_intersection += counts[:, 3 * c:4 * c].sum(0)
+        self.boundary_union += counts[:, 4 * c:].sum(0)
+        self._per_image.append(counts)
 
-    def _update_boundary(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+    def _image_counts(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per image ``[N, 5C]``: true positives, predicted, ground-truth, boundary intersection
+        and boundary union pixel counts per class (the layout of :meth:`per_image_counts`)."""
         n, height, width = targets.shape
+        c = self.num_classes
         dilation = boundary_dilation(height, width, self.boundary_dilation_ratio)
         valid = targets != self.ignore_index
         pred_band = label_boundary(preds, dilation) & valid
         gt_band = label_boundary(targets, dilation) & valid
-        both = pred_band & gt_band & (preds == targets)
-        c = self.num_classes
-        pred_count = torch.bincount(preds[pred_band], minlength=c).cpu()
-        gt_count = torch.bincount(targets[gt_band], minlength=c).cpu()
-        intersection = torch.bincount(targets[both], minlength=c).cpu()
-        self.boundary_intersection += intersection
-        self.boundary_union += pred_count + gt_count - intersection
+        correct = valid & (preds == targets)
+        image = torch.arange(n, device=targets.device).view(n, 1, 1).expand_as(targets) * c
+
+        def count(labels: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+            return torch.bincount((image + labels)[where], minlength=n * c).view(n, c).cpu()
+
+        b_pred, b_gt = count(preds, pred_band), count(targets, gt_band)
+        b_inter = count(targets, pred_band & gt_band & correct)
+        return torch.cat([count(targets, correct), count(preds, valid), count(targets, valid),
+                          b_inter, b_pred + b_gt - b_inter], dim=1)
 
     def state_tensors(self) -> torch.Tensor:
         """All statistics as one ``int64`` vector (confusion matrix, boundary ∩, boundary ∪);
@@ -201,6 +208,8 @@ class SegmentationMetrics:
     def load_state_tensors(self, state: torch.Tensor) -> None:
         """Replace the statistics with ``state`` (e.g. the sum of every shard's :meth:`state_tensors`).
 
+        Per-image counts are not part of this state; :meth:`per_image_counts` is then empty.
+
         Example:
             >>> a = SegmentationMetrics(2); a.load_state_tensors(torch.arange(8)); a.confusion.tolist()
             [[0, 1], [2, 3]]
@@ -212,9 +221,32 @@ class SegmentationMetrics:
         self.confusion = state[:c * c].reshape(c, c).clone()
         self.boundary_intersection = state[c * c:c * c + c].clone()
         self.boundary_union = state[c * c + c:].clone()
+        self._per_image = []
+
+    def per_image_counts(self) -> np.ndarray:
+        """Sufficient statistics of every image seen, ``int64 [images, 5 * num_classes]``.
+
+        Per class, in blocks of ``num_classes`` columns: true positives, predicted pixels,
+        ground-truth pixels (all over non-ignored pixels), boundary intersection, boundary union.
+        Any subset (or multiset) of rows, summed and passed to :meth:`scores`, gives that subset's
+        dataset-level metrics: what a bootstrap over images needs. Rows are in :meth:`update`
+        order; after :meth:`sync` they are in dataset order for shards dealt out as
+        :class:`~dysample_swap.finetune.distributed.ShardSampler` does (image ``i`` on rank
+        ``i % world_size``).
+
+        Example:
+            >>> m = SegmentationMetrics(2)
+            >>> m.update(torch.tensor([[[0, 1]]]), torch.tensor([[[1, 1]]]))
+            >>> m.per_image_counts().tolist()   # tp, pred, gt, boundary ∩, boundary ∪
+            [[0, 1, 1, 1, 0, 2, 0, 1, 1, 2]]
+        """
+        if not self._per_image:
+            return np.zeros((0, 5 * self.num_classes), dtype=np.int64)
+        return torch.cat(self._per_image).numpy()
 
     def sync(self, process_group: Any = None) -> None:
-        """Sum the statistics over all ranks of ``process_group`` (no-op in a single process).
+        """Sum the statistics over all ranks of ``process_group`` (no-op in a single process)
+        and gather the per-image counts.
 
         Call once, after the last :meth:`update` and before :meth:`compute`; a second call
         raises instead of double counting.
@@ -224,13 +256,47 @@ class SegmentationMetrics:
         """
         if self._synced:
             raise RuntimeError("sync() called twice; the statistics are already summed over ranks")
-        if _world(process_group) > 1:
+        world = _world(process_group)
+        if world > 1:
             state = self.state_tensors()
             if dist.get_backend(process_group) == "nccl":
                 state = state.cuda()
             dist.all_reduce(state, op=dist.ReduceOp.SUM, group=process_group)
+            shards: list[Any] = [None] * world
+            dist.all_gather_object(shards, self.per_image_counts(), group=process_group)
             self.load_state_tensors(state)
+            rows = [shards[i % world][i // world] for i in range(sum(len(s) for s in shards))]
+            self._per_image = [torch.from_numpy(np.stack(rows))] if rows else []
         self._synced = True
+
+    def scores(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Metrics from summed :meth:`per_image_counts` rows ``[..., 5C]``, vectorised over the
+        leading dimensions: ``mIoU``, ``bIoU``, ``pixel_acc``, ``IoU/<name>``, ``bIoU/<name>``.
+
+        A class with no pixel in prediction or ground truth gets NaN and is left out of the means.
+
+        Example:
+            >>> m = SegmentationMetrics(2, class_names=["bg", "fg"])
+            >>> r = m.scores(np.array([1, 2, 1, 3, 2, 2, 1, 1, 1, 2]))  # tp, pred, gt, b∩, b∪
+            >>> float(r["IoU/bg"]), round(float(r["mIoU"]), 4), float(r["pixel_acc"])
+            (0.5, 0.5833, 0.75)
+        """
+        c = self.num_classes
+        counts = np.asarray(counts, dtype=np.float64)
+        tp, pred, gt = counts[..., :c], counts[..., c:2 * c], counts[..., 2 * c:3 * c]
+        b_inter, b_union = counts[..., 3 * c:4 * c], counts[..., 4 * c:]
+        union = pred + gt - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+            biou = np.where(b_union > 0, b_inter / np.maximum(b_union, 1), np.nan)
+            total = gt.sum(-1)
+            result = {"mIoU": nanmean(iou, axis=-1), "bIoU": nanmean(biou, axis=-1),
+                      "pixel_acc": np.where(total > 0, tp.sum(-1) / np.maximum(total, 1), np.nan)}
+        for k, name in enumerate(self.class_names):
+            result[f"IoU/{name}"] = iou[..., k]
+        for k, name in enumerate(self.class_names):
+            result[f"bIoU/{name}"] = biou[..., k]
+        return result
 
     def compute(self) -> dict[str, float]:
         """Mean and per-class IoU / boundary IoU and pixel accuracy, as Python floats.
@@ -241,21 +307,12 @@ class SegmentationMetrics:
             ...
             RuntimeError: no pixels evaluated: call update() with at least one non-ignored target pixel first
         """
-        total = int(self.confusion.sum())
-        if total == 0:
+        if int(self.confusion.sum()) == 0:
             raise RuntimeError("no pixels evaluated: call update() with at least one non-ignored "
                                "target pixel first")
-        tp = self.confusion.diag()
-        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
-        iou = _nan_ratio(tp, union)
-        biou = _nan_ratio(self.boundary_intersection, self.boundary_union)
-        result = {"mIoU": float(iou.nanmean()), "bIoU": float(biou.nanmean()),
-                  "pixel_acc": float(tp.sum()) / total}
-        for name, value in zip(self.class_names, iou.tolist()):
-            result[f"IoU/{name}"] = value
-        for name, value in zip(self.class_names, biou.tolist()):
-            result[f"bIoU/{name}"] = value
-        return result
+        counts = torch.cat([self.confusion.diag(), self.confusion.sum(0), self.confusion.sum(1),
+                            self.boundary_intersection, self.boundary_union]).numpy()
+        return {k: float(v) for k, v in self.scores(counts).items()}
 
 
 def _binary_masks(masks: torch.Tensor) -> np.ndarray:
