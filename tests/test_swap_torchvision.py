@@ -46,40 +46,45 @@ def _detection_loss(kind: str):  # noqa: ANN202
 
 
 DETECTORS = [
-    # (builder, swapped, skipped or None when it depends on the detections, target kind)
+    # (builder, swapped, skipped, target kind). Mask and Keypoint R-CNN keep every score
+    # (box_score_thresh=0), so they always return box_detections_per_img = 5 detections: one skipped
+    # mask-pasting / keypoint-decoding call each, plus the input resize. Keypoint R-CNN's 17-channel
+    # heatmap x2 swaps with groups 4 -> 1 (the groups fallback default).
     ("fasterrcnn_resnet50_fpn", 3, 1, "box"),
     ("fasterrcnn_mobilenet_v3_large_fpn", 0, 2, "box"),
     ("retinanet_resnet50_fpn", 2, 1, "box"),
     ("fcos_resnet50_fpn", 2, 1, "box"),
-    ("maskrcnn_resnet50_fpn", 3, None, "mask"),
-    ("keypointrcnn_resnet50_fpn", 3, None, "keypoint"),
+    ("maskrcnn_resnet50_fpn", 3, 6, "mask"),
+    ("keypointrcnn_resnet50_fpn", 4, 6, "keypoint"),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "swapped", "skipped", "kind"), DETECTORS, ids=[d[0] for d in DETECTORS])
-def test_detector(name: str, swapped: int, skipped: int | None, kind: str) -> None:
+def test_detector(name: str, swapped: int, skipped: int, kind: str) -> None:
     def build() -> nn.Module:
-        return getattr(detection, name)(weights=None, weights_backbone=None, **SMALL)
+        every_score = {"box_score_thresh": 0.0} if kind in ("mask", "keypoint") else {}
+        return getattr(detection, name)(weights=None, weights_backbone=None, **SMALL, **every_score)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mobilenet FPN: nothing eligible
         model, report = check_swap(
             build, _images((128, 160)), other_inputs=_images((97, 131)), swapped=swapped,
-            skipped=skipped if skipped is not None else len(find_upsamplers(build(), _images((128, 160)))) - swapped,
+            skipped=skipped,
             output=_backbone_features, loss=_detection_loss(kind))
     reasons = [s.reason for s in report.skipped]
     assert reasons[0].startswith("resizes the network input"), report.table()
     assert report.skipped[0].path == "transform"
-    assert all(s.path.startswith("backbone.fpn") for s in report.swapped)
+    assert all(s.path.startswith("backbone.fpn") or kind == "keypoint" for s in report.swapped)
     assert model.backbone.out_channels == 256 and isinstance(model.backbone.fpn, torchvision.ops.FeaturePyramidNetwork)
     if kind == "mask":
         pasting = [s for s in report.skipped if s.helper == "paste_mask_in_image"]
-        assert pasting and all("post-processing helper" in s.reason for s in pasting)
+        assert len(pasting) == 5 and all("post-processing helper" in s.reason for s in pasting)
     if kind == "keypoint":
-        assert any(s.path == "roi_heads.keypoint_predictor" and "not divisible by groups" in s.reason
-                   for s in report.skipped)
-        assert any(s.path == "roi_heads" and s.helper == "heatmaps_to_keypoints" for s in report.skipped)
+        predictor = [s for s in report.swapped if s.path == "roi_heads.keypoint_predictor"]
+        assert [(s.in_channels, s.groups) for s in predictor] == [(17, 1)]
+        decoding = [s for s in report.skipped if s.path == "roi_heads" and s.helper == "heatmaps_to_keypoints"]
+        assert len(decoding) == 5
     model.eval()
     with torch.no_grad():
         detections = model(_images((128, 160), (97, 131))[0])
@@ -99,11 +104,12 @@ def test_fpn_rewrite_keeps_the_backbone_traceable() -> None:
             assert torch.allclose(value, expected[key], atol=1e-6)
 
 
-def test_keypoint_predictor_swaps_with_groups_fallback() -> None:
+def test_keypoint_predictor_is_skipped_without_groups_fallback() -> None:
     model = detection.keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, **SMALL)
-    sites = find_upsamplers(model, _images((128, 160)), groups_fallback=True)
+    sites = find_upsamplers(model, _images((128, 160)), groups_fallback=False)
     predictor = [s for s in sites if s.path == "roi_heads.keypoint_predictor"]
-    assert [(s.action, s.in_channels) for s in predictor] == [("swap", 17)]
+    assert [(s.action, s.in_channels) for s in predictor] == [("skip", 17)]
+    assert "not divisible by groups=4" in predictor[0].reason
 
 
 SEGMENTERS = [
@@ -136,7 +142,7 @@ def test_swap_final_rewrites_the_root_and_it_still_traces() -> None:
                                train_inputs=(torch.rand(2, 3, 128, 128),), swapped=1, skipped=0,
                                swap_final=True)
     assert isinstance(model, segmentation.FCN) and report.swapped[0].owner == "<root>"
-    assert report.swapped[0].dysample_scale == 8
+    assert report.swapped[0].upsampler_scale == 8
     traced = torch.fx.symbolic_trace(model)
     assert any("dysample" in str(n.target) for n in traced.graph.nodes)
     x = torch.rand(1, 3, 64, 80)
