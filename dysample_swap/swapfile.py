@@ -1,14 +1,24 @@
-"""Save a swapped model as state dict + recipe, and rebuild it: ``save_swapped`` / ``load_swapped``.
+"""Save a swapped model and reload it: ``save_swapped`` / ``load_swapped``, and ``from_pretrained``.
 
-The file (written with ``torch.save``, read with ``torch.load(weights_only=True)``) holds::
+Reloading always does the same three things: build the model with its plain layers, re-apply
+the recorded swaps (the same variant, policy and example-input shapes: discovery is
+deterministic, so the structure comes out the same), and load the saved weights with
+``strict=True``.
 
-    {"format": "dysample_swap.swapped/1",
-     "recipe": {"model": SPEC, "variant": ..., "policy": {...}, "inputs": [...]},
+``save_swapped(model, file, model_spec=None)`` writes (``torch.save``; read back with
+``torch.load(weights_only=True)``)::
+
+    {"format": "dysample_swap.swapped/2", "version": "0.1.0",
+     "recipe": {"model": SPEC or None, "class": "pkg.module.Class", "variant": ..., "policy": {...},
+                "inputs": [...], "then": [later swaps of the same model, same keys]},
      "state_dict": {...}}
 
-Rebuilding runs :func:`~dysample_swap.model_spec.build_model` on the spec, swaps again with
-the same variant, policy and example-input shapes (discovery is deterministic), and loads the
-state dict with ``strict=True``.
+``load_swapped(file)`` builds the model from the spec; ``load_swapped(file, model=...)`` uses the
+freshly built model given (any class: the user's own, a transformers or smp model).
+
+:func:`from_pretrained` reloads a transformers or smp model saved with the framework's own
+``model.save_pretrained(directory)``: the swap record is in its ``config.json``
+(:mod:`dysample_swap.integrations.record`).
 
 Example:
     >>> import tempfile, os, torch
@@ -24,35 +34,36 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from dysample_swap.example_inputs import make_inputs
+from dysample_swap.integrations import smp as smp_integration
+from dysample_swap.integrations import transformers as transformers_integration
+from dysample_swap.integrations.record import check_record, class_name, swap_record
 from dysample_swap.model_spec import build_model
 from dysample_swap.swap import swap_report, swap_upsamplers
 
-FORMAT = "dysample_swap.swapped/1"
+FORMAT = "dysample_swap.swapped/2"
+"""The ``format`` value :func:`save_swapped` writes."""
+
+_READABLE = ("dysample_swap.swapped/1", FORMAT)  # /1: a spec was required, one swap, no "class"
+_ENTRY_KEYS = ("class", "variant", "policy", "inputs")
+_FRAMEWORKS = (transformers_integration, smp_integration)
 
 
-def _saveable_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    saved = {}
-    for key, value in policy.items():
-        if key == "verbose":
-            continue
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not all(isinstance(v, (str, bool, int, float, type(None))) for v in items):
-            raise ValueError(f"policy option {key}={value!r} cannot be saved in a recipe; "
-                             "use paths or globs instead of predicates")
-        saved[key] = list(value) if isinstance(value, tuple) else value
-    return saved
+def recipe_of(model: nn.Module, model_spec: str | None = None) -> dict[str, Any]:
+    """The recipe that rebuilds ``model`` (a ``swap_upsamplers`` result, built from ``model_spec`` if given).
 
-
-def recipe_of(model: nn.Module, model_spec: str) -> dict[str, Any]:
-    """The recipe that rebuilds ``model`` (a ``swap_upsamplers`` result built from ``model_spec``).
+    Raises:
+        ValueError: ``model`` was not swapped, or a swap of it cannot be re-applied (a predicate in
+            ``include``/``exclude``, example inputs that are not tensors).
 
     Example:
         >>> from dysample_swap.model_spec import build_model
@@ -61,16 +72,22 @@ def recipe_of(model: nn.Module, model_spec: str) -> dict[str, Any]:
         >>> recipe_of(swap_upsamplers(build_model(spec), verbose=False), spec)["variant"]
         'dysample+'
     """
-    report = swap_report(model)
-    if report.inputs is None:
-        raise ValueError("the example inputs of this swap are not tensors or lists of tensors, "
-                         "so the recipe cannot record them")
-    return {"model": model_spec, "variant": report.variant, "policy": _saveable_policy(report.policy),
-            "inputs": report.inputs}
+    record = swap_record(model)
+    if record is None:
+        raise ValueError(f"this {type(model).__name__} was not swapped (no swap record); "
+                         "save the model that swap_upsamplers returned")
+    first, *then = check_record(record, f"this {type(model).__name__}")
+    return {"model": model_spec, **first, "then": then}
 
 
-def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str) -> None:
+def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str | None = None) -> None:
     """Write ``model``'s state dict and the recipe to rebuild it.
+
+    Args:
+        model: a model that ``swap_upsamplers`` returned (any class).
+        file: where to write.
+        model_spec: a :func:`~dysample_swap.model_spec.build_model` spec that builds the plain
+            model; without one, reload with ``load_swapped(file, model=<a fresh instance>)``.
 
     Example:
         >>> import os, tempfile
@@ -78,23 +95,76 @@ def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str
         >>> model = swap_upsamplers(build_model(spec), "dysample", verbose=False)
         >>> save_swapped(model, os.path.join(tempfile.mkdtemp(), "lraspp.pt"), spec)
     """
-    torch.save({"format": FORMAT, "recipe": recipe_of(model, model_spec),
+    from dysample_swap import __version__
+
+    torch.save({"format": FORMAT, "version": __version__, "recipe": recipe_of(model, model_spec),
                 "state_dict": model.state_dict()}, file)
 
 
-def load_swapped(file: str | os.PathLike[str]) -> nn.Module:
+def _is_swapped(model: nn.Module) -> bool:
+    try:
+        swap_report(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _inputs_for(model: nn.Module, description: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """The recorded example inputs, on the device and in the floating dtype of ``model``."""
+    first = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    like = {"device": first.device, "dtype": first.dtype} if first is not None else {}
+    return tuple([t.to(**like) for t in arg] if isinstance(arg, list) else arg.to(**like)
+                 for arg in make_inputs(description))
+
+
+def _replay(model: nn.Module, swaps: list[dict[str, Any]], where: str) -> None:
+    """Re-apply the recorded swaps to a freshly built ``model``."""
+    if _is_swapped(model):
+        raise ValueError(f"{where}: the model given is already swapped; pass a freshly built, "
+                         f"unswapped {type(model).__name__}")
+    for entry in swaps:
+        saved_class = entry.get("class")  # compared by name: a class saved from __main__ loads elsewhere
+        if saved_class is not None and saved_class.rpartition(".")[2] != type(model).__name__:
+            raise ValueError(f"{where}: it was saved from a {saved_class}, but the model given is a "
+                             f"{class_name(model)}; pass a freshly built {saved_class.rpartition('.')[2]} "
+                             "with the same constructor arguments")
+        swap_upsamplers(model, entry["variant"], _inputs_for(model, entry["inputs"]),
+                        **{**entry["policy"], "verbose": False})
+
+
+def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str, *, rebuilt: bool) -> None:
+    """Load strictly; a model rebuilt here first takes the dtype of the saved weights."""
+    dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
+    if rebuilt and len(dtypes) == 1:
+        model.to(dtypes.pop())
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{where}: its weights do not fit the model rebuilt from its recipe (a "
+                         f"{type(model).__name__} with the recorded swaps re-applied; it must be built with the "
+                         f"constructor arguments it was saved with): {exc}") from exc
+
+
+def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
     """Rebuild a swapped model from a file written by :func:`save_swapped` (``dysample-swap swap``).
 
+    Args:
+        file: the file.
+        model: a freshly built, unswapped instance of the saved model's class, with its constructor
+            arguments (required when the file records no model spec); the recorded swaps are
+            re-applied to it in place.
+
     Raises:
-        ValueError: the file is missing, corrupt, not a swapped-model file, or its weights do
-            not fit the rebuilt model.
+        ValueError: the file is missing, corrupt or not a swapped-model file; it records no spec and
+            no ``model`` is given; ``model`` is of another class or already swapped; or the weights
+            do not fit.
 
     Example:
-        >>> import os, tempfile
-        >>> spec = "torchvision:lraspp_mobilenet_v3_large:num_classes=4"
-        >>> path = os.path.join(tempfile.mkdtemp(), "lraspp.pt")
-        >>> save_swapped(swap_upsamplers(build_model(spec), "dysample", verbose=False), path, spec)
-        >>> type(load_swapped(path).classifier.dysample_0).__name__
+        >>> import os, tempfile, torch.nn as nn
+        >>> def make(): return nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> path = os.path.join(tempfile.mkdtemp(), "net.pt")
+        >>> save_swapped(swap_upsamplers(make(), "dysample", verbose=False), path)
+        >>> type(load_swapped(path, model=make())[1]).__name__
         'DySample'
     """
     try:
@@ -103,16 +173,106 @@ def load_swapped(file: str | os.PathLike[str]) -> nn.Module:
         raise ValueError(f"{file}: no such file") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise ValueError(f"{file}: not a readable swapped-model file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in _READABLE:
         raise ValueError(f"{file}: not a dysample_swap swapped-model file (expected format {FORMAT!r}); "
                          "write one with `dysample-swap swap MODEL --out FILE` or save_swapped()")
     recipe = payload["recipe"]
-    model = build_model(recipe["model"])
-    policy = {**recipe["policy"], "verbose": False}
-    swap_upsamplers(model, recipe["variant"], make_inputs(recipe["inputs"]), **policy)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{file}: its weights do not fit the model rebuilt from its recipe "
-                         f"{recipe['model']!r} ({exc})") from exc
+    swaps = [{k: recipe[k] for k in _ENTRY_KEYS if k in recipe}, *recipe.get("then", [])]
+    rebuilt = model is None
+    if model is None:
+        if recipe.get("model") is None:
+            saved = recipe.get("class", "model").rpartition(".")[2]
+            raise ValueError(f"{file} records no model spec, so it cannot build the model itself; pass a "
+                             f"freshly built {saved} (same constructor arguments): load_swapped(file, model=...)")
+        model = build_model(recipe["model"])
+    _replay(model, swaps, str(file))
+    _load_weights(model, payload["state_dict"], str(file), rebuilt=rebuilt)
     return model
+
+
+def _read_safetensors(directory: Path, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors (all, or those named in ``keys``) of ``model.safetensors`` or its shards."""
+    from safetensors import safe_open
+
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = [directory / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+    elif (directory / "model.safetensors").exists():
+        files = [directory / "model.safetensors"]
+    else:
+        raise ValueError(f"{directory}: no model.safetensors (or model.safetensors.index.json); "
+                         "save the model with model.save_pretrained(directory)")
+    tensors = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys() if keys is None or k in keys})
+    return tensors
+
+
+def _load_transformers(directory: Path, config: dict[str, Any], swaps: list[dict[str, Any]]) -> nn.Module:
+    """transformers loads the plain weights (with its own key renaming); the DySample ones are loaded here."""
+    model, unused = transformers_integration.load_plain(directory, config)
+    plain = set(model.state_dict())
+    _replay(model, swaps, str(directory))
+    added = {k for k in model.state_dict() if k not in plain}
+    if set(unused) != added:
+        raise ValueError(f"{directory}: its weights do not fit the model rebuilt from its recipe: checkpoint "
+                         f"keys the swapped model lacks: {sorted(set(unused) - added)}; swapped-model keys the "
+                         f"checkpoint lacks: {sorted(added - set(unused))}")
+    try:
+        model.load_state_dict(_read_safetensors(directory, added), strict=False)  # the plain keys are loaded
+    except RuntimeError as exc:
+        raise ValueError(f"{directory}: its DySample weights do not fit the model rebuilt from its recipe: {exc}") from exc
+    return model
+
+
+def from_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
+    """Reload a swapped transformers or smp model that was saved with its own ``model.save_pretrained(directory)``.
+
+    transformers: its own ``from_pretrained`` loads the plain model (the class in ``architectures``),
+    the swaps recorded in ``config.json`` are re-applied, and the DySample weights are loaded; every
+    checkpoint key must be used and every DySample weight found. smp: the class ``_model_class``
+    names is built from its saved arguments, the swaps are re-applied, and ``model.safetensors`` is
+    loaded with ``strict=True``. Returned in eval mode, as the frameworks' own loaders do.
+
+    Raises:
+        ValueError: no ``config.json`` or weights in ``directory``; a config of another framework;
+            no swap record (the model was saved unswapped: load it with the framework's own
+            ``from_pretrained``); a swap that cannot be re-applied; weights that do not fit.
+
+    Example:
+        >>> import tempfile, torch
+        >>> import segmentation_models_pytorch as smp
+        >>> model = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(32, 16, 8))
+        >>> model = swap_upsamplers(model, "dysample", (torch.rand(1, 3, 64, 64),), verbose=False)
+        >>> directory = tempfile.mkdtemp()
+        >>> model.save_pretrained(directory)
+        >>> reloaded = from_pretrained(directory)
+        >>> saved = model.state_dict()
+        >>> all(torch.equal(value, saved[key]) for key, value in reloaded.state_dict().items())
+        True
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{directory}: no config.json; write the directory with model.save_pretrained({str(directory)!r})")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_path}: not a readable JSON config ({exc})") from exc
+    framework = next((f for f in _FRAMEWORKS if isinstance(config, dict) and f.owns_config(config)), None)
+    if framework is None:
+        raise ValueError(f"{config_path} was not written by a transformers or smp save_pretrained; "
+                         "for other models use save_swapped() and load_swapped(file, model=...)")
+    if framework.CONFIG_KEY not in config:
+        raise ValueError(f"{config_path} has no {framework.CONFIG_KEY!r} swap record: the model was saved "
+                         "before it was swapped (or by an older dysample_swap). An unswapped model loads with "
+                         "its framework's own from_pretrained; to save a swapped one, call "
+                         "model.save_pretrained(directory) after swap_upsamplers(model, ...)")
+    swaps = check_record(config[framework.CONFIG_KEY], str(config_path))
+    if framework is transformers_integration:
+        return _load_transformers(directory, config, swaps).eval()
+    model = smp_integration.build(directory, config)
+    _replay(model, swaps, str(directory))
+    _load_weights(model, _read_safetensors(directory), str(directory), rebuilt=True)
+    return model.eval()
