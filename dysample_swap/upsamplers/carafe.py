@@ -4,9 +4,9 @@
 ``(y, x)`` of channel ``c`` is ``sum_{dy,dx} kernels[g*k*k + dy*k + dx, y, x] * features[c,
 y//s + dy - r, x//s + dx - r]`` with ``r = (k-1)//2``, ``g = c // (C / group)`` (contiguous channel
 groups) and zero outside the input. It is computed as a shift-and-accumulate loop over the ``k*k``
-taps at the output's size, so no tensor is larger than the output (an ``unfold`` formulation would
-hold ``k*k`` times the input, upsampled: 25x the output at ``k=5``), and autograd keeps only views
-of the padded input and of ``kernels``.
+taps at the output's size, forward and (hand-written) backward, so no tensor is larger than the
+output (an ``unfold`` formulation holds ``k*k`` times the input, upsampled: 25x the output at
+``k=5``), and only ``features`` and ``kernels`` are saved for the backward pass.
 
 :class:`CARAFEPack` is mmcv's ``CARAFEPack``: the same constructor, submodule and state-dict names
 (``channel_compressor``, ``content_encoder``), initialisation (Xavier-uniform convolutions with zero
@@ -36,13 +36,87 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from dysample_swap.upsamplers.options import check_defaults, check_scale
 from dysample_swap.upsamplers.sizing import Factor, Size, fit_native
 
 
+def _padded(features: Tensor, kernel_size: int, group: int) -> Tensor:
+    """The zero-padded input, ``(N, group, C/group, H + 2r, W + 2r)``: tap ``(dy, dx)`` is the window at ``(dy, dx)``."""
+    n, channels, height, width = features.shape
+    r = (kernel_size - 1) // 2
+    return F.pad(features, (r, r, r, r)).view(n, group, channels // group, height + 2 * r, width + 2 * r)
+
+
+def _subpixel_major(t: Tensor, group: int, height: int, scale: int, width: int) -> Tensor:
+    """``(N, group*m, s*H, s*W)`` -> contiguous ``(N, group, s, s, m, H, W)``: sub-pixel ``(i, j)`` planes at the input size."""
+    n = t.shape[0]
+    return t.reshape(n, group, -1, height, scale, width, scale).permute(0, 1, 4, 6, 2, 3, 5).contiguous()
+
+
+class _CARAFEFunction(torch.autograd.Function):
+    """The reassembly with hand-written first derivatives.
+
+    Both passes loop over the output sub-pixels ``(i, j)`` and the ``k*k`` taps, multiply-accumulating
+    contiguous input-sized planes (4-10x faster on the CPU than autograd through a broadcast loop,
+    which reduces over the strided sub-pixel axes); only ``features`` and ``kernels`` are saved.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int) -> Tensor:
+        n, channels, height, width = features.shape
+        padded = _padded(features, kernel_size, group)
+        weights = _subpixel_major(kernels, group, height, scale, width)  # (N, g, s, s, k*k, H, W)
+        dtype = torch.promote_types(features.dtype, kernels.dtype)
+        out = features.new_empty((n, group, channels // group, height, scale, width, scale), dtype=dtype)
+        plane = features.new_empty((n, group, channels // group, height, width), dtype=dtype)
+        for i in range(scale):
+            for j in range(scale):
+                plane.zero_()
+                for t in range(kernel_size * kernel_size):
+                    dy, dx = divmod(t, kernel_size)
+                    plane.addcmul_(padded[..., dy : dy + height, dx : dx + width], weights[:, :, i, j, t, None])
+                out[:, :, :, :, i, :, j] = plane
+        ctx.save_for_backward(features, kernels)
+        ctx.settings = (kernel_size, group, scale)
+        return out.view(n, channels, scale * height, scale * width)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        features, kernels = ctx.saved_tensors
+        kernel_size, group, scale = ctx.settings
+        height, width = features.shape[-2:]
+        r = (kernel_size - 1) // 2
+        grad = _subpixel_major(grad, group, height, scale, width)  # (N, g, s, s, C/g, H, W)
+        weights = _subpixel_major(kernels.to(grad.dtype), group, height, scale, width)
+        padded = _padded(features.to(grad.dtype), kernel_size, group)
+        want_features, want_kernels = ctx.needs_input_grad[:2]
+        grad_padded = torch.zeros_like(padded) if want_features else None
+        grad_weights = torch.empty_like(weights) if want_kernels else None
+        for t in range(kernel_size * kernel_size):
+            dy, dx = divmod(t, kernel_size)
+            window = (slice(None),) * 3 + (slice(dy, dy + height), slice(dx, dx + width))
+            for i in range(scale):
+                for j in range(scale):
+                    if want_features:  # a tap's input gets its kernel weight times the output gradient
+                        grad_padded[window].addcmul_(grad[:, :, i, j], weights[:, :, i, j, t, None])
+                    if want_kernels:  # a kernel weight gets its tap's input times the gradient, summed over the group
+                        grad_weights[:, :, i, j, t] = torch.linalg.vecdot(grad[:, :, i, j], padded[window], dim=2)
+        grad_features = grad_kernels = None
+        if want_features:
+            grad_features = grad_padded[..., r : r + height, r : r + width].reshape(features.shape).to(features.dtype)
+        if want_kernels:
+            grad_kernels = grad_weights.permute(0, 1, 4, 5, 2, 6, 3).reshape(kernels.shape).to(kernels.dtype)
+        return grad_features, grad_kernels, None, None, None
+
+
 def carafe(features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int) -> Tensor:
     """Reassemble ``features`` with per-output-pixel ``kernels`` (the CARAFE operator).
+
+    Differentiable once in both inputs (as mmcv's op); the backward pass is hand-written and, like
+    the forward, makes no tensor larger than the output.
 
     Args:
         features: ``(N, C, H, W)``, ``C`` divisible by ``group``.
@@ -62,31 +136,18 @@ def carafe(features: Tensor, kernels: Tensor, kernel_size: int, group: int, scal
         True
     """
     n, channels, height, width = features.shape
-    taps = kernel_size * kernel_size
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"carafe kernel_size must be odd and >= 1, got {kernel_size}")
     if channels % group:
         raise ValueError(f"carafe: {channels} feature channels are not divisible by group={group}")
-    expected = (n, group * taps, scale * height, scale * width)
+    expected = (n, group * kernel_size * kernel_size, scale * height, scale * width)
     if tuple(kernels.shape) != expected:
         raise ValueError(
             f"carafe: kernels must have shape {expected} (N, group*kernel_size**2, scale*H, scale*W) for "
             f"features {tuple(features.shape)}, kernel_size={kernel_size}, group={group}, scale={scale}; "
             f"got {tuple(kernels.shape)}"
         )
-    r = (kernel_size - 1) // 2
-    padded = F.pad(features, (r, r, r, r))
-    # Output (N, C, sH, sW) seen as (N, group, C/group, H, s, W, s); a tap's input is broadcast over (s, s).
-    kernels = kernels.reshape(n, group, taps, height, scale, width, scale)
-    out = features.new_zeros(
-        (n, group, channels // group, height, scale, width, scale),
-        dtype=torch.promote_types(features.dtype, kernels.dtype),
-    )
-    for dy in range(kernel_size):
-        for dx in range(kernel_size):
-            tap = padded[:, :, dy : dy + height, dx : dx + width]
-            out.addcmul_(tap.reshape(n, group, channels // group, height, 1, width, 1), kernels[:, :, None, dy * kernel_size + dx])
-    return out.view(n, channels, scale * height, scale * width)
+    return _CARAFEFunction.apply(features, kernels, kernel_size, group, scale)
 
 
 class CARAFEPack(nn.Module):

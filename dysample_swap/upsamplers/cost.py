@@ -6,13 +6,14 @@ MACs counted, per image (times the batch):
   pixels of a convolution; the *input* pixels of a transposed one, which is the work it does, for the
   ``init="match"`` deconv including the one-pixel replicate padding; PL DySample's 1x1 projection
   runs at ``s*H x s*W``); biases not counted;
-* bilinear interpolation and DySample's ``grid_sample``: 4 per output element (the 2x2 taps), nearest 0;
+* bilinear interpolation and DySample's sampler: 4 per output element (the 2x2 bilinear taps, however
+  the sampler computes them), nearest 0;
 * CARAFE's reassembly: ``k*k`` per element of its native (``scale`` times the input) output.
 
 Elementwise work (softmax, sigmoid, offset arithmetic, padding, index selection) is not counted.
-These are the counts of ``torch.utils.flop_counter.FlopCounterMode`` (divided by 2) with formulas
-for the three non-matmul operations added; ``tests/test_upsamplers_cost.py`` checks them against such
-a counting pass and against hand-computed values. The formulas make FPN-sized counts free. The
+The convolution counts are those of ``torch.utils.flop_counter.FlopCounterMode`` (divided by 2);
+``tests/test_upsamplers_cost.py`` checks them against such a counting pass, and everything against
+hand-computed values. The formulas make FPN-sized counts free. The
 DySample paper's Table 4 FLOPs ("+" over bilinear) are MACs in this sense for CARAFE and pixel
 shuffle; its deconvolution figure (+34.4 G, the same as pixel shuffle's) counts the transposed
 convolution at the output resolution, 4x the work it does.
@@ -66,7 +67,7 @@ class UpsamplerCost(NamedTuple):
 
 def _defaults(module: nn.Module) -> tuple[Size | None, Factor | None]:
     factor_name = "output_scale_factor" if isinstance(module, CARAFEPack) else "scale_factor"
-    return module.size, getattr(module, factor_name)
+    return getattr(module, "size", None), getattr(module, factor_name, None)
 
 
 def _macs(module: nn.Module, channels: int, height: int, width: int, size: Size | None, factor: Factor | None) -> int:
