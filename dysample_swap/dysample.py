@@ -2,8 +2,10 @@
 
 A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample`. The first five
 constructor arguments, the state-dict names (``offset.weight``, ``offset.bias``,
-``scope.weight``, ``init_pos``) and the outputs match the authors' module, so their
-checkpoints load with ``strict=True`` and give the same results. On top of it:
+``scope.weight``, ``init_pos``) and the formulas match the authors' module, so their
+checkpoints load with ``strict=True`` and give the same results: bit for bit with
+``positions="authors"``; by default (``positions="exact"``) without the float32 rounding of
+their normalised ``grid_sample`` coordinates (at most ``~W * 2**-24`` pixels). On top of it:
 
 * ``forward(x, size=...)`` / ``forward(x, scale_factor=...)`` for any output size,
 * a choice of ``anchor`` (where zero offsets sample) so a swapped network starts out
@@ -28,7 +30,7 @@ import torch.fx
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch import Tensor, nn
 
-from dysample_swap.sampling import check_anchor, dysample
+from dysample_swap.sampling import POSITIONS, check_anchor, dysample
 from dysample_swap.variants import variant_name, variant_settings
 
 # The sampler shows up as one leaf call in fx graphs: its shape arithmetic runs at run time.
@@ -96,6 +98,10 @@ class DySample(nn.Module):
             gives zero offsets, so the module starts out equal to ``F.interpolate`` in ``anchor`` mode.
         groups_fallback: instead of raising for a channel count that ``groups`` does not divide,
             use :func:`resolve_groups` (the largest valid divisor not above ``groups``).
+        positions: ``"exact"`` (default): sampling positions as input index plus fraction, so zero
+            offsets reproduce ``F.interpolate`` at every size (``nearest``: bit for bit). ``"authors"``:
+            the authors' normalised ``grid_sample`` coordinates, bit for bit with their module and
+            weights (native size and bilinear anchor only; float32 positions good to ``W * 2**-24`` px).
         size, scale_factor: the output size or factor used when ``forward`` gets neither, as
             ``nn.Upsample(size=...)`` / ``nn.Upsample(scale_factor=...)`` would (at most one of
             them; default: ``scale`` times the input). This makes a DySample a drop-in for an
@@ -122,6 +128,7 @@ class DySample(nn.Module):
         anchor: str = "bilinear",
         offset_init_std: float = 0.001,
         groups_fallback: bool = False,
+        positions: str = "exact",
         size: int | Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
     ) -> None:
@@ -144,6 +151,9 @@ class DySample(nn.Module):
         self.groups = groups
         self.dyscope = dyscope
         self.anchor = check_anchor(anchor)
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+        self.positions = positions
         self.offset_init_std = offset_init_std
         self.size = size
         self.scale_factor = scale_factor
@@ -224,8 +234,9 @@ class DySample(nn.Module):
             self._check_input(x)
         scope_weight = self.scope.weight if self.dyscope else None
         return dysample(
-            x, self.offset.weight, self.offset.bias, scope_weight, self.init_pos,
+            x, self.offset.weight, self.offset.bias, scope_weight,
             self.scale, self.style, self.groups, size, scale_factor, self.anchor,
+            positions=self.positions, init_pos=self.init_pos,
         )
 
     def _check_input(self, x: Tensor) -> None:
@@ -242,5 +253,5 @@ class DySample(nn.Module):
         return (
             f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
             f"style={self.style}, scope={scope}, anchor={self.anchor}"
-        ) + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
+        ) + (f", positions={self.positions}" if self.positions != "exact" else "") + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
                     if v is not None)

@@ -1,12 +1,11 @@
-"""Functional core of DySample: turn per-pixel offsets into a sampling grid and resample.
+"""Functional core of DySample: turn per-pixel offsets into sampling positions and resample.
 
 Everything here is a pure function of tensors and plain arguments (no parameters), in
 the spirit of ``torchvision.ops``; :class:`dysample_swap.DySample` is a thin module on
-top. Positions are measured in *input pixels* with pixel centres at ``k + 0.5``; the
-``offset`` tensor uses the layout pinned down by the spec: ``2 * groups * scale**2``
+top. The ``offset`` tensor uses the layout pinned down by the spec: ``2 * groups * scale**2``
 channels at the input resolution, channel ``k*(g*s*s) + grp*(s*s) + i*s + j`` holding
-the x (``k=0``) or y (``k=1``) displacement of output pixel ``(s*h + i, s*w + j)`` of
-channel group ``grp``.
+the x (``k=0``) or y (``k=1``) displacement, in input pixels, of output pixel
+``(s*h + i, s*w + j)`` of channel group ``grp``.
 
 Where zero offsets sample is the *anchor*:
 
@@ -15,26 +14,58 @@ Where zero offsets sample is the *anchor*:
 * ``"bilinear_align_corners"``: ``F.interpolate(mode="bilinear", align_corners=True)``,
 * ``"nearest"``: ``F.interpolate(mode="nearest")`` (the paper's nearest initialisation).
 
+Positions are carried as an integer input index plus a fraction, never through
+``grid_sample``'s normalised ``[-1, 1]`` coordinates: the anchor's index and fraction are
+computed with ``F.interpolate``'s own float32 arithmetic, and an offset is added to the
+fraction. So with zero offsets the taps and weights are exactly ``F.interpolate``'s, at every
+size and ratio (``nearest``: bit for bit). Reading outside the input clamps the position to
+the border (``grid_sample``'s ``padding_mode="border"``).
+
+Two samplers compute the same bilinear read (:data:`SAMPLERS`):
+
+* ``"sparse"``: each channel group's read is one sparse matrix (4 weights per output pixel)
+  applied to the features with PyTorch's sparse CSR kernels (MKL), wrapped in an
+  ``autograd.Function`` whose backward is one more sparse product (input gradient) and one
+  sampled dense product (weight gradient). Eager float32/float64 on the CPU.
+* ``"reference"``: four row gathers over a channels-last view and one batched matrix
+  product, differentiated by autograd. Used under ``torch.onnx`` export (onnxruntime runs
+  it far faster than its ``GridSample``), ``torch.export``, ``torch.compile``, tracing, other
+  devices and dtypes; it is the oracle the tests compare ``"sparse"`` against.
+
 Example:
     >>> import torch, torch.nn.functional as F
-    >>> x = torch.randn(1, 8, 5, 7, dtype=torch.float64)
-    >>> offset = torch.zeros(1, 2 * 2 * 4, 5, 7, dtype=torch.float64)
-    >>> y = dysample_sample(x, offset, scale=2, groups=2, size=(9, 13))
-    >>> torch.allclose(y, F.interpolate(x, size=(9, 13), mode="bilinear", align_corners=False))
+    >>> x = torch.randn(1, 8, 5, 7)
+    >>> offset = torch.zeros(1, 2 * 2 * 4, 5, 7)
+    >>> y = dysample_sample(x, offset, scale=2, groups=2, size=(9, 13), anchor="nearest")
+    >>> torch.equal(y, F.interpolate(x, size=(9, 13), mode="nearest"))
     True
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+logger = logging.getLogger("dysample_swap")
 
 ANCHORS: tuple[str, ...] = ("bilinear", "bilinear_align_corners", "nearest")
 """Valid values of ``anchor``: which ``F.interpolate`` mode zero offsets reproduce."""
+
+POSITIONS: tuple[str, ...] = ("exact", "authors")
+"""Valid values of ``positions``: index plus fraction (default), or the authors' normalised coordinates."""
+
+SAMPLERS: tuple[str, ...] = ("auto", "sparse", "reference")
+"""Valid values of ``sampler``: ``"auto"`` picks ``"sparse"`` where it applies (see the module docstring)."""
+
+_SPARSE_DTYPES = (torch.float32, torch.float64)
+_logged_fallbacks: set[str] = set()
 
 
 def check_anchor(anchor: str) -> str:
@@ -49,27 +80,57 @@ def check_anchor(anchor: str) -> str:
     return anchor
 
 
-def anchor_positions(
-    in_len: int, out_len: int, anchor: str, scale_factor: float | None, dtype: torch.dtype, device: torch.device
-) -> Tensor:
-    """Input position (pixel centres at ``k + 0.5``) that ``F.interpolate`` reads for each output index.
+def _float32_step(numerator: int, denominator: int, device: torch.device) -> Tensor:
+    """``numerator / denominator`` divided in float32, as ``F.interpolate``'s kernels do (works for symbolic sizes)."""
+    return torch.ones((), dtype=torch.float32, device=device) * numerator / denominator
 
-    ``scale_factor`` given means ``F.interpolate`` steps by ``1 / scale_factor``; otherwise
-    the step is ``in_len / out_len``. The nearest rule is evaluated in float32, exactly as
-    PyTorch's kernels do.
+
+def anchor_index(
+    in_len: int, out_len: int, anchor: str, scale_factor: float | None, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The input index and fraction that ``F.interpolate`` reads for each output index of one axis.
+
+    Returns ``(index, fraction)``: the read position is ``index + fraction`` (int64 and ``dtype``,
+    ``out_len`` each, ``0 <= fraction < 1``) in input pixels with pixel ``k`` at ``k``, before the
+    border clamp that the kernels apply (and :func:`dysample_sample` applies after adding the
+    offsets): ``-0.25`` reads pixel 0 (``nearest``: the fraction is 0). float32 reproduces
+    the CPU kernels' arithmetic: the step in float32 (``1 / scale_factor`` when given, else
+    ``in / out``), and ``(dst + 0.5) * step - 0.5`` rounded once (the kernels fuse it). float64
+    computes in float64.
 
     Example:
-        >>> anchor_positions(4, 8, "bilinear", None, torch.float64, torch.device("cpu"))[:3]
-        tensor([0.2500, 0.7500, 1.2500], dtype=torch.float64)
+        >>> index, fraction = anchor_index(4, 8, "bilinear", None, torch.float32, torch.device("cpu"))
+        >>> index[:4].tolist(), fraction[:4].tolist()
+        ([-1, 0, 0, 1], [0.75, 0.25, 0.75, 0.25])
     """
-    if anchor == "bilinear_align_corners":
-        step = (in_len - 1) / (out_len - 1) if out_len > 1 else 0.0
-        return torch.arange(out_len, dtype=torch.float64, device=device).mul(step).add(0.5).to(dtype)
-    step = 1.0 / scale_factor if scale_factor is not None else in_len / out_len
+    dst = torch.arange(out_len, dtype=torch.float64, device=device)
     if anchor == "nearest":
-        index = torch.arange(out_len, dtype=torch.float32, device=device).mul(step).floor()
-        return index.clamp(max=in_len - 1).add(0.5).to(dtype)
-    return torch.arange(out_len, dtype=torch.float64, device=device).add(0.5).mul(step).to(dtype)
+        if scale_factor is not None and isinstance(in_len, int) and out_len in (in_len, 2 * in_len):
+            scale_factor = None  # the kernels special-case x1 and x2 and then ignore the factor
+        step = _step(in_len, out_len, scale_factor, torch.float32, device)
+        index = dst.float().mul(step).floor().clamp(max=in_len - 1).long()
+        return index, torch.zeros(out_len, dtype=dtype, device=device)
+    if anchor == "bilinear_align_corners":
+        ones = torch.ones((), dtype=dtype, device=device)
+        step = ones * (in_len - 1) / (ones * (out_len - 1)).clamp(min=1)
+        source = dst.to(dtype).mul(step)
+    else:
+        step = _step(in_len, out_len, scale_factor, dtype, device)
+        if dtype == torch.float64:
+            source = dst.add(0.5).mul(step).sub(0.5)
+        else:  # exact in float64, then one rounding: the fused multiply-add of the float32 kernels
+            source = dst.add(0.5).mul(step.double()).sub(0.5).to(dtype)
+    index = source.floor()
+    return index.long(), source - index
+
+
+def _step(in_len: int, out_len: int, scale_factor: float | None, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``F.interpolate``'s source step: ``1 / scale_factor`` when given, else ``in / out``, in ``dtype``."""
+    if scale_factor is not None:
+        return torch.full((), 1.0 / scale_factor, dtype=dtype, device=device)
+    if dtype == torch.float32:
+        return _float32_step(in_len, out_len, device)
+    return torch.ones((), dtype=dtype, device=device) * in_len / out_len
 
 
 def _output_size(
@@ -84,7 +145,14 @@ def _output_size(
     if scale_factor is None:
         return scale * height, scale * width, (float(scale), float(scale))
     sf_h, sf_w = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-    return math.floor(height * sf_h), math.floor(width * sf_w), (float(sf_h), float(sf_w))
+    return _scaled(height, float(sf_h)), _scaled(width, float(sf_w)), (float(sf_h), float(sf_w))
+
+
+def _scaled(length: int, factor: float) -> int:
+    """``floor(length * factor)``, kept symbolic when ``length`` is (export with dynamic sizes)."""
+    if float(factor).is_integer():
+        return length * int(factor)  # an integer product stays an exact symbolic expression
+    return math.floor(length * factor)
 
 
 def _coordinate_dtype(x: Tensor) -> torch.dtype:
@@ -97,13 +165,15 @@ def dysample(
     offset_weight: Tensor,
     offset_bias: Tensor | None,
     scope_weight: Tensor | None,
-    init_pos: Tensor | None,
     scale: int,
     style: str,
     groups: int,
     size: Sequence[int] | None = None,
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
+    sampler: str = "auto",
+    positions: str = "exact",
+    init_pos: Tensor | None = None,
 ) -> Tensor:
     """The whole DySample forward as a function of the input and the module's tensors.
 
@@ -114,21 +184,21 @@ def dysample(
     PL never shuffles ``x``: ``pixel_unshuffle(conv(pixel_shuffle(x)))`` is the same convolution
     applied to ``x`` viewed as ``(N, C/s^2, s^2*H, W)``. The dynamic scope's two projections run
     as one convolution, so the input is read once. The convolutions are the authors' operations
-    in the authors' order, so their weights give their offsets bit for bit.
+    in the authors' order, so their weights give their offsets bit for bit. The authors' fixed
+    ``init_pos`` (the bilinear sub-pixel positions) is the ``"bilinear"`` anchor here.
 
     Args:
         x: ``(N, C, H, W)``.
         offset_weight, offset_bias, scope_weight: the projection tensors (``scope_weight=None``:
             static scope).
-        init_pos: the ``init_pos`` buffer (see :func:`dysample_sample`), or ``None``.
         scale, style, groups: as in :class:`dysample_swap.DySample`.
-        size, scale_factor, anchor: as in :func:`dysample_sample`.
+        size, scale_factor, anchor, sampler, positions, init_pos: as in :func:`dysample_sample`.
 
     Example:
         >>> x = torch.randn(1, 8, 5, 5)
         >>> w = torch.zeros(2 * 2 * 4, 8, 1, 1)
-        >>> y = dysample(x, w, None, None, None, scale=2, style="lp", groups=2, size=(9, 9))
-        >>> torch.allclose(y, F.interpolate(x, size=(9, 9), mode="bilinear"), atol=1e-5)
+        >>> y = dysample(x, w, None, None, scale=2, style="lp", groups=2, size=(9, 9))
+        >>> (y - F.interpolate(x, size=(9, 9), mode="bilinear")).abs().max().item() < 1e-6
         True
     """
     s2 = scale * scale
@@ -141,7 +211,7 @@ def dysample(
         offset = offset * scope.sigmoid() * 0.5
     if style == "pl":  # (N, 2g, s^2*H, W) -> the spec layout (N, 2g*s^2, H, W), a view
         offset = offset.unflatten(2, (s2, -1)).flatten(1, 2)
-    return dysample_sample(x, offset, scale, groups, size, scale_factor, anchor, init_pos)
+    return dysample_sample(x, offset, scale, groups, size, scale_factor, anchor, sampler, positions, init_pos)
 
 
 def dysample_sample(
@@ -152,6 +222,8 @@ def dysample_sample(
     size: Sequence[int] | None = None,
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
+    sampler: str = "auto",
+    positions: str = "exact",
     init_pos: Tensor | None = None,
 ) -> Tensor:
     """Resample ``x`` at the anchor positions moved by ``offset`` (the DySample sampler).
@@ -167,13 +239,18 @@ def dysample_sample(
         scale_factor: alternatively, a factor as in ``F.interpolate``: output ``floor(H*sf)``,
             anchor step ``1/sf``. With neither, the output is ``scale`` times the input.
         anchor: where zero offsets sample (one of :data:`ANCHORS`).
-        init_pos: the spec's ``init_pos`` buffer ``(1, 2*groups*scale**2, 1, 1)``. At the native
-            size with the bilinear anchor and float32 coordinates it is added to ``offset`` exactly as
-            the authors' module does, so their weights give their outputs bit for bit. float64 inputs
-            use exact sub-pixel positions instead (the buffer holds float32-rounded values).
+        sampler: one of :data:`SAMPLERS`; ``"auto"`` takes ``"sparse"`` for eager float32/float64
+            CPU tensors and ``"reference"`` otherwise.
+        positions: ``"exact"`` (index plus fraction, see the module docstring), or ``"authors"``:
+            the authors' arithmetic, ``2 * (cell centre + offset + init_pos) / size - 1`` read by
+            ``grid_sample``, so their weights give their outputs bit for bit. In float32 that
+            rounds a position to about ``W * 2**-24`` pixels (so it equals ``F.interpolate`` only at
+            power-of-two sizes); only the native size and the bilinear anchor exist there.
+        init_pos: the spec's ``init_pos`` buffer ``(1, 2*groups*scale**2, 1, 1)``, needed by
+            ``positions="authors"`` (the ``"exact"`` bilinear anchor holds the same sub-pixel positions).
 
     Returns:
-        ``(N, C, H_out, W_out)``.
+        ``(N, C, H_out, W_out)``, dtype of ``x``.
 
     Use it with offsets from any generator; :func:`dysample` is the full DySample forward.
 
@@ -182,50 +259,197 @@ def dysample_sample(
         >>> dysample_sample(x, torch.zeros(2, 2 * 4 * 4, 3, 3), scale=2, groups=4).shape
         torch.Size([2, 4, 6, 6])
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     n, channels, height, width = x.shape
     out_h, out_w, factors = _output_size(height, width, scale, size, scale_factor)
     coord_dtype = _coordinate_dtype(x)
     offset = offset.to(coord_dtype)
-    native = factors == (float(scale), float(scale)) and anchor != "bilinear_align_corners"
+    if positions == "authors":
+        if factors != (float(scale), float(scale)) or anchor != "bilinear" or init_pos is None:
+            raise ValueError("positions='authors' reproduces the authors' module: the native size (scale times the "
+                             "input), the bilinear anchor and an init_pos tensor only")
+        return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups)
+    if positions != "exact":
+        raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
 
-    use_init_pos = native and anchor == "bilinear" and init_pos is not None and coord_dtype == torch.float32
-    if use_init_pos:
-        offset = offset + init_pos.to(coord_dtype)  # the authors' float32 arithmetic, bit for bit
     # x and y displacement planes in output-pixel order (N*g, s*H, s*W). Two small permutes and
     # one stack copy far less than a single 7-D permute with the (x, y) pair innermost.
     offset = offset.reshape(n, 2, groups, scale, scale, height, width)
     plane_x, plane_y = (
         offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
     )
-
-    if native:
-        # Output pixel (s*h+i, s*w+j) reads cell centre (h+0.5, w+0.5) plus its sub-pixel anchor.
-        base_y = torch.arange(height, dtype=coord_dtype, device=x.device).add(0.5).repeat_interleave(scale)
-        base_x = torch.arange(width, dtype=coord_dtype, device=x.device).add(0.5).repeat_interleave(scale)
-        if anchor == "bilinear" and not use_init_pos:
-            sub = (torch.arange(scale, dtype=coord_dtype, device=x.device) + 0.5) / scale - 0.5
-            base_y = base_y + sub.repeat(height)
-            base_x = base_x + sub.repeat(width)
-    else:
+    if factors != (float(scale), float(scale)):  # not the native size: each output pixel takes its cell's offset
         rows = torch.arange(out_h, device=x.device, dtype=torch.float64).mul(scale * height / out_h).floor().long()
         cols = torch.arange(out_w, device=x.device, dtype=torch.float64).mul(scale * width / out_w).floor().long()
         plane_x = plane_x.index_select(1, rows).index_select(2, cols)
         plane_y = plane_y.index_select(1, rows).index_select(2, cols)
-        sf_h, sf_w = factors if factors is not None else (None, None)
-        base_y = anchor_positions(height, out_h, anchor, sf_h, coord_dtype, x.device)
-        base_x = anchor_positions(width, out_w, anchor, sf_w, coord_dtype, x.device)
+    sf_h, sf_w = factors if factors is not None else (None, None)
+    x0, x1, fx = _taps(width, out_w, anchor, sf_w, plane_x, rows=False)
+    y0, y1, fy = _taps(height, out_h, anchor, sf_h, plane_y, rows=True)
+    # The four taps (top-left, top-right, bottom-left, bottom-right) of every output pixel.
+    index = torch.stack([y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1], dim=-1)
+    gx, gy = 1 - fx, 1 - fy
+    weight = torch.stack([gy * gx, gy * fx, fy * gx, fy * fx], dim=-1)
+    index, weight = index.flatten(1, 2), weight.flatten(1, 2)  # (N*g, H_out*W_out, 4)
 
-    # grid_sample's normalised coordinates, computed as the authors do: 2 * (coords + offset) / size - 1
+    if _use_sparse(x, sampler):
+        feats = x.reshape(n * groups, channels // groups, height * width)
+        sampled = SparseBilinear.apply(feats, index, weight.to(x.dtype), height * width)
+        return sampled.view(n, channels, out_h, out_w)
+    return reference_sample(x, index, weight, groups, out_h, out_w)
+
+
+def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int) -> Tensor:
+    """The authors' sampler: output pixel ``(s*h+i, s*w+j)`` reads ``(w + 0.5 + offset, h + 0.5 + offset)``
+    through ``grid_sample``'s normalised coordinates ``2 * p / size - 1`` (``offset`` includes ``init_pos``)."""
+    n, channels, height, width = x.shape
+    offset = offset.reshape(n, 2, groups, scale, scale, height, width)
+    plane_x, plane_y = (
+        offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
+    )
+    base_y = torch.arange(height, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
+    base_x = torch.arange(width, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
     grid_x = (plane_x + base_x).mul(2).div(width).sub(1)
     grid_y = (plane_y + base_y[:, None]).mul(2).div(height).sub(1)
     grid = torch.stack([grid_x, grid_y], dim=-1)
     if not torch.is_autocast_enabled(x.device.type):
         grid = grid.to(x.dtype)
-    sampled = F.grid_sample(
-        x.reshape(n * groups, channels // groups, height, width),
-        grid,
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )
-    return sampled.view(n, channels, out_h, out_w)
+    sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
+                            padding_mode="border", align_corners=False)
+    return sampled.view(n, channels, scale * height, scale * width)
+
+
+def _taps(
+    in_len: int, out_len: int, anchor: str, scale_factor: float | None, offset: Tensor, rows: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Both tap indices and the fraction of every output pixel along one axis (``rows``: the height).
+
+    The anchor's fraction plus the offset is split into whole pixels and a fraction again, so
+    a zero offset leaves the anchor's index and fraction exactly as they were. A position
+    outside ``[0, in_len - 1]`` clamps to the border with zero fraction (and zero gradient).
+    """
+    base, fraction = anchor_index(in_len, out_len, anchor, scale_factor, offset.dtype, offset.device)
+    if rows:
+        base, fraction = base.view(-1, 1), fraction.view(-1, 1)
+    shifted = fraction + offset
+    whole = shifted.floor()
+    index = base + whole.long()
+    inside = (index >= 0) & (index < in_len - 1)
+    fraction = torch.where(inside, shifted - whole, torch.zeros_like(shifted))
+    index = index.clamp(0, in_len - 1)
+    return index, (index + 1).clamp(max=in_len - 1), fraction
+
+
+def _use_sparse(x: Tensor, sampler: str) -> bool:
+    """Whether to run the sparse sampler; the reasons it cannot are logged once each."""
+    if sampler != "auto":
+        return sampler == "sparse"
+    if (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+        or is_fx_symbolic_tracing()
+    ):
+        return False  # export and compilation record the reference formulation (see the module docstring)
+    reason = None
+    if x.device.type != "cpu":
+        reason = f"{x.device.type} tensors"
+    elif x.dtype not in _SPARSE_DTYPES:
+        reason = f"{x.dtype} tensors"
+    elif not torch.backends.mkl.is_available():
+        reason = "a PyTorch build without MKL"
+    if reason is None:
+        return True
+    if reason not in _logged_fallbacks:
+        _logged_fallbacks.add(reason)
+        logger.info("DySample sampler: %s use the reference (gather) sampler; the sparse one takes float32/float64 "
+                    "CPU tensors with MKL", reason)
+    return False
+
+
+def reference_sample(x: Tensor, index: Tensor, weight: Tensor, groups: int, out_h: int, out_w: int) -> Tensor:
+    """The reference bilinear read: the four taps gathered as rows of a channels-last view, weighted, summed.
+
+    Under ``torch.onnx`` export the weighted sum is written as one batched ``MatMul`` (onnxruntime
+    runs that faster than a ``Mul`` and a ``ReduceSum``). Low-precision inputs are weighted in the
+    coordinates' float32 and the result cast back.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        index: ``(N*groups, H_out*W_out, 4)`` int64 flat input pixels ``y*W + x`` of the four taps.
+        weight: ``(N*groups, H_out*W_out, 4)`` their bilinear weights.
+        groups, out_h, out_w: channel groups and output size.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> index = torch.tensor([[[0, 1, 2, 3]]])
+        >>> reference_sample(x, index, torch.full((1, 1, 4), 0.25), 1, 1, 1)
+        tensor([[[[1.5000]]]])
+    """
+    n, channels, height, width = x.shape
+    batch = n * groups
+    rows = x.reshape(n, groups, channels // groups, height * width).transpose(2, 3)
+    rows = rows.reshape(batch * height * width, channels // groups)
+    start = torch.arange(batch, device=x.device).mul(height * width).view(batch, 1, 1)
+    taps = rows.index_select(0, (index + start).flatten()).view(-1, 4, channels // groups).to(weight.dtype)
+    if torch.onnx.is_in_onnx_export():
+        sampled = torch.matmul(weight.reshape(-1, 1, 4), taps)
+    else:
+        sampled = taps.mul(weight.reshape(-1, 4, 1)).sum(1)
+    return sampled.to(x.dtype).view(n, groups, out_h, out_w, -1).permute(0, 1, 4, 2, 3).reshape(n, channels, out_h, out_w)
+
+
+def _read_matrix(index: Tensor, weight: Tensor, in_pixels: int) -> Tensor:
+    """One slice's read as a sparse CSR ``(H_out*W_out, in_pixels)`` matrix with 4 entries a row."""
+    out_pixels = index.shape[0]
+    crow = torch.arange(0, 4 * out_pixels + 1, 4, dtype=torch.int32, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, index.flatten(), weight.flatten(), (out_pixels, in_pixels),
+                                       check_invariants=False)
+
+
+class SparseBilinear(torch.autograd.Function):
+    """The bilinear read of :func:`reference_sample` as sparse matrix products, with its own backward.
+
+    Per slice ``b`` of ``feats`` ``(B, Cg, P_in)``: ``out[b] = feats[b] @ R_b^T`` where ``R_b`` holds
+    the four weights of every output pixel. Backward: ``grad_feats[b] = grad[b] @ R_b`` (a gather of
+    rows, no scalar scatter-add) and the weight gradient ``<grad[b][:, p], feats[b][:, tap]>``
+    sampled at the four taps only (``torch.sparse.sampled_addmm``).
+
+    Example:
+        >>> feats = torch.arange(4.0).view(1, 1, 4)
+        >>> index = torch.tensor([[[0, 1, 2, 3]]], dtype=torch.int32)
+        >>> SparseBilinear.apply(feats, index, torch.full((1, 1, 4), 0.25), 4)
+        tensor([[[1.5000]]])
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, feats: Tensor, index: Tensor, weight: Tensor,
+                in_pixels: int) -> Tensor:
+        feats = feats.contiguous()
+        index = index.to(torch.int32)
+        out = feats.new_empty(feats.shape[0], feats.shape[1], index.shape[1])
+        with torch.autocast(feats.device.type, enabled=False):  # the products stay in the features' dtype
+            for b in range(feats.shape[0]):
+                torch.mm(feats[b], _read_matrix(index[b], weight[b], in_pixels).t(), out=out[b])
+        ctx.save_for_backward(feats, index, weight)
+        ctx.in_pixels = in_pixels
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        feats, index, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_feats = feats.new_empty(feats.shape) if ctx.needs_input_grad[0] else None
+        grad_weight = weight.new_empty(weight.shape) if ctx.needs_input_grad[2] else None
+        with torch.autocast(feats.device.type, enabled=False):
+            for b in range(feats.shape[0]):
+                matrix = _read_matrix(index[b], weight[b], ctx.in_pixels)
+                if grad_feats is not None:
+                    torch.mm(grad[b], matrix, out=grad_feats[b])
+                if grad_weight is not None:
+                    sampled = torch.sparse.sampled_addmm(matrix, grad[b].t(), feats[b], beta=0.0)
+                    grad_weight[b] = sampled.values().view(-1, 4)
+        return grad_feats, None, grad_weight, None

@@ -76,12 +76,31 @@ def test_same_outputs_as_the_authors_for_the_same_weights(style: str, dyscope: b
     groups = 4 if style == "lp" else 2
     reference = PaperDySample(channels, scale, style, groups, dyscope)
     randomise(reference)
-    ours = DySample(channels, scale, style, groups, dyscope)
+    ours = DySample(channels, scale, style, groups, dyscope, positions="authors")
     ours.load_state_dict(reference.state_dict(), strict=True)
     reference.load_state_dict(ours.state_dict(), strict=True)  # and back
     for height, width in ((5, 7), (13, 13), (31, 17), (64, 48)):
         x = torch.randn(2, channels, height, width)
         assert (ours(x) - reference(x)).abs().max().item() < 1e-5
+        assert torch.equal(ours(x), reference(x))  # bit for bit
+
+
+@pytest.mark.parametrize("style", ["lp", "pl"])
+@pytest.mark.parametrize("scale", [2, 3])
+def test_exact_positions_differ_from_the_authors_only_by_their_coordinate_rounding(style: str, scale: int) -> None:
+    """The default positions are the authors' formula without the normalised-coordinate round trip."""
+    channels = 2 * scale * scale * 4
+    groups = 4 if style == "lp" else 2
+    reference = PaperDySample(channels, scale, style, groups, True)
+    randomise(reference)
+    ours = DySample(channels, scale, style, groups, True)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    for height, width in ((5, 7), (13, 13), (64, 48)):
+        x = torch.randn(2, channels, height, width)
+        assert (ours(x) - reference(x)).abs().max().item() <= float32_tolerance(x)
+    with torch.no_grad():  # float64: only the authors' float32-rounded init_pos (1/3 at x3) remains
+        x = torch.randn(1, channels, 9, 11, dtype=torch.float64)
+        assert (ours.double()(x) - reference.double()(x)).abs().max().item() <= 2**-24 * x.abs().max().item()
 
 
 def test_paper_initialisation_is_the_default() -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import dysample_swap.sampling as sampling
@@ -69,6 +68,57 @@ def test_onnx_export_runs_in_onnxruntime_at_another_size(tmp_path: Path) -> None
         assert abs(out - expected).max() < 1e-4
 
 
+class SiteNet(nn.Module):
+    """The three ways a swapped network calls DySample: with ``scale_factor=``, with a ``size`` taken from
+    another tensor's shape (an FPN lateral), and as an ``nn.Upsample`` stand-in called as ``layer(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.down = nn.Conv2d(32, 32, 3, stride=2, padding=1)
+        self.by_factor = DySample(32, 2, "lp", 4, dyscope=True)
+        self.by_size = DySample(32, 2, "pl", 4, dyscope=True, anchor="nearest")
+        self.as_upsample = DySample(32, 2, "lp", 4, scale_factor=2.0, anchor="bilinear_align_corners")
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = self.conv(x)
+        small = self.down(y)
+        return self.by_factor(small, scale_factor=2.0), self.by_size(small, size=y.shape[-2:]), self.as_upsample(small)
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_onnx_sites_called_with_scale_factor_size_and_as_upsample_run_at_another_size(
+    tmp_path: Path, dynamo: bool
+) -> None:
+    """Issue 8: a size computed from scale_factor in Python was baked into the graph (Reshape failed in ORT)."""
+    ort = pytest.importorskip("onnxruntime")
+    net = SiteNet().eval()
+    path = tmp_path / f"sites_{dynamo}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims = {0: torch.export.Dim("n", min=1, max=8), 2: torch.export.Dim("h", min=4, max=256),
+                    3: torch.export.Dim("w", min=4, max=256)}
+            torch.onnx.export(net, (torch.randn(2, 3, 24, 24),), str(path), input_names=["x"],
+                              dynamic_shapes=(dims,), dynamo=True, verbose=False)
+        else:
+            torch.onnx.export(net, (torch.randn(2, 3, 24, 24),), str(path), input_names=["x"], dynamo=False,
+                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 24, 24), (4, 3, 20, 28), (1, 3, 17, 13)):  # the export size, then two others
+        x = torch.randn(*shape)
+        outputs = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            expected = net(x)
+        for out, ref in zip(outputs, expected):
+            assert out.shape == tuple(ref.shape)
+            assert abs(out - ref.numpy()).max() <= 1e-4 * ref.abs().max().item()
+
+
 @pytest.mark.slow
 def test_torch_compile_both_styles_and_a_second_shape() -> None:
     net = TwoStyleNet().eval()
@@ -88,19 +138,18 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, monkeypatch:
     x = torch.randn(2, 64, 24, 24)
     reference = module(x)
 
-    grids = []
-    grid_sample = F.grid_sample
+    weights = []
+    apply = sampling.SparseBilinear.apply
 
-    def recording_grid_sample(inp: torch.Tensor, grid: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        grids.append(grid.dtype)
-        return grid_sample(inp, grid, **kwargs)
+    def recording_apply(feats: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: int) -> torch.Tensor:
+        weights.append(weight.dtype)
+        return apply(feats, index, weight, pixels)
 
-    monkeypatch.setattr(sampling.F, "grid_sample", recording_grid_sample)
+    monkeypatch.setattr(sampling.SparseBilinear, "apply", recording_apply)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(x)
-        expected_dtype = grid_sample(x.bfloat16(), torch.zeros(2, 2, 2, 2), align_corners=False).dtype
-    assert grids == [torch.float32]  # coordinates built in float32 under autocast
-    assert out.dtype == expected_dtype  # autocast's own rule for grid_sample decides the output dtype
+    assert weights == [torch.float32]  # bilinear weights (the coordinates) built in float32 under autocast
+    assert out.dtype == torch.float32  # the sampling reads the float32 input, as grid_sample's autocast rule did
     # only the bf16 offset convolution rounds: the error stays within bf16 rounding of the output
     error = (out.float() - reference).abs().max().item()
     assert error <= 2**-8 * reference.abs().max().item()
