@@ -51,6 +51,7 @@ _LAZY = {
     "run_finetune": "dysample_swap.finetune.runner",
     "run_compare": "dysample_swap.finetune.runner",
     "run_evaluate": "dysample_swap.finetune.runner",
+    "visualize_offsets": "dysample_swap.finetune.visualize",
 }
 
 

@@ -55,7 +55,8 @@ def test_finetune_resume_and_evaluate_segmentation(tmp_path: Path,
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["train"]["lr"] == 0.002 and resolved["data"]["image_size"] == 32
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["arm"] == "dysample" and summary["swapped_sites"] > 0 and summary["completed"]
+    assert summary["arm"] == "dysample+" and summary["swapped_sites"] > 0 and summary["completed"]
+    assert summary["peak_memory_mb"] > 0 and summary["added_parameters"] > 0
     assert summary["steps"] == 2 and summary["train_img_per_s"] > 0
     assert set(summary["metrics"]) >= {"mIoU", "bIoU", "pixel_acc"}
     assert _is_png(out / "curves.png") and _is_png(out / "predictions.png")
@@ -79,39 +80,46 @@ def test_finetune_resume_and_evaluate_segmentation(tmp_path: Path,
     status, stdout, _ = _run(capsys, "evaluate", "demo", "--checkpoint",
                              str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "ev"),
                              *_overrides(TINY_SEG))
-    assert status == 0 and "dysample (step 3)" in stdout
+    assert status == 0 and "dysample+ (step 3)" in stdout
     evaluated = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert evaluated["metrics"] == pytest.approx(summary["metrics"], abs=1e-9)
     assert _is_png(tmp_path / "ev" / "predictions.png")
 
-    # A checkpoint evaluated with another recipe's model: a clear error.
+    # A checkpoint evaluated with another recipe's model: a clear error. (The upsampler comes
+    # from the checkpoint, so any arm of a compare run evaluates with the same recipe.)
     status, _, err = _run(capsys, "evaluate", "demo", "--checkpoint",
                           str(out / "checkpoints" / "last.pt"),
-                          *_overrides(TINY_SEG + ["swap.variant=dysample"]))
-    assert status == 2 and "does not match this recipe: variant is 'dysample+'" in err
+                          *_overrides(TINY_SEG + ["data.num_classes=3"]))
+    assert status == 2 and "does not match this recipe" in err
+    assert "num_classes is 6 in the checkpoint but 4 here" in err
 
 
-def test_compare_segmentation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_compare_segmentation_default_arms(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Without --arms: the original model against the recipe's swap.variant, one seed.
     status, stdout, _ = _run(capsys, "compare", "demo", "--out", str(tmp_path),
-                             *_overrides(TINY_SEG))
+                             *_overrides(TINY_SEG + ["train.checkpoint_every=0"]))
     assert status == 0
     header = next(line for line in stdout.splitlines() if line.startswith("metric"))
-    assert header.split() == ["metric", "baseline", "dysample+", "delta"]
-    for row in ("mIoU", "bIoU", "train img/s", "swapped sites"):
+    assert header.split() == ["metric", "original", "dysample+"]
+    for row in ("mIoU", "bIoU", "train img/s", "peak memory (MB)", "swapped sites"):
         assert any(line.startswith(row) for line in stdout.splitlines()), row
     assert str(tmp_path / "curves.png") in stdout and str(tmp_path / "predictions.png") in stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    base, dys = summary["arms"]["baseline"], summary["arms"]["dysample"]
+    assert list(summary["arms"]) == ["original", "dysample+"] and summary["seeds"] == [0]
+    base, dys = summary["arms"]["original"], summary["arms"]["dysample+"]
     assert base["swapped_sites"] == 0 and dys["swapped_sites"] > 0
-    assert dys["parameters"] - base["parameters"] == dys["dysample_parameters"] > 0
-    assert summary["delta"]["mIoU"] == pytest.approx(dys["metrics"]["mIoU"] - base["metrics"]["mIoU"])
-    for name in ("baseline", "dysample"):
-        assert load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["arm"] == name
+    assert dys["parameters"] - base["parameters"] == dys["added_parameters"] > 0
+    diff = summary["differences"]["arms"]["dysample+"]["mIoU"]
+    assert diff["mean"] == pytest.approx(dys["metrics"]["mIoU"]["mean"] - base["metrics"]["mIoU"]["mean"],
+                                         abs=2e-4)
+    for name in ("original", "dysample+"):
+        assert load_checkpoint(tmp_path / name / "seed0" / "checkpoints" / "last.pt")["arm"] == name
     assert _is_png(tmp_path / "curves.png") and _is_png(tmp_path / "predictions.png")
+    assert _is_png(tmp_path / "offsets_dysample+.png") and not (tmp_path / "offsets_original.png").exists()
     # Same initial weights and data order, and the swap starts out exact: the first step's loss
     # (computed before any update) is the same in both arms.
-    first = [json.loads((tmp_path / arm / "metrics.jsonl").read_text().splitlines()[0])["loss"]
-             for arm in ("baseline", "dysample")]
+    first = [json.loads((tmp_path / arm / "seed0" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+             for arm in ("original", "dysample+")]
     assert first[0] == pytest.approx(first[1], rel=1e-5)
 
 
@@ -176,8 +184,10 @@ def test_compare_detection(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert status == 0
     assert any(line.startswith("bbox/AP ") for line in stdout.splitlines())
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["arms"]["dysample"]["swapped_sites"] == 3  # the FPN's top-down upsampling
-    assert "bbox/AP50" in summary["arms"]["baseline"]["metrics"]
+    assert summary["arms"]["dysample+"]["swapped_sites"] == 3  # the FPN's top-down upsampling
+    assert "bbox/AP50" in summary["arms"]["original"]["metrics"]
+    # COCO AP is not a sum over images: with one seed there is no interval, and the table says so.
+    assert summary["differences"]["method"] is None and "no interval" in stdout
     assert _is_png(tmp_path / "out" / "predictions.png")
 
 

@@ -61,14 +61,39 @@ class ModelConfig:
 class SwapConfig:
     """How to swap the upsamplers (``enabled: false`` trains the original network).
 
+    ``variant`` is any upsampler name that :func:`dysample_swap.swap_upsamplers` takes
+    (:func:`known_upsamplers`).
+
     Example:
         >>> SwapConfig().variant
         'dysample+'
     """
 
     enabled: bool = True
-    variant: Literal["dysample", "dysample+", "dysample-s", "dysample-s+"] = "dysample+"
+    variant: str = "dysample+"
     policy: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompareConfig:
+    """What ``compare`` trains: ``arms`` (upsampler names; ``original`` is the unswapped
+    reference, and every other arm is compared with it), ``seeds`` (seeds ``seed``,
+    ``seed + 1``, ...; each seed fixes the initial weights and the data order of every arm),
+    ``jobs`` (0: one run after another in this process; N: N worker processes at a time),
+    and the bootstrap behind the intervals (``resamples``, ``level``). Empty ``arms``: the
+    original and ``swap.variant``.
+
+    Example:
+        >>> CompareConfig().seeds, CompareConfig().level
+        (1, 0.95)
+    """
+
+    arms: list[str] = field(default_factory=list)
+    seeds: int = 1
+    jobs: int = 0
+    resamples: int = 1000
+    level: float = 0.95
+    visualize: bool = True
 
 
 @dataclass
@@ -145,6 +170,7 @@ class Config:
     data: dict = field(default_factory=lambda: {"format": "synthetic"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what ``config.yaml`` in the run directory holds).
@@ -223,10 +249,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
-    if hint is list:
+    if hint is list or origin is list:
+        item = typing.get_args(hint)[0] if origin is list else float
+        if isinstance(value, str) and item is str:  # "a,b,c" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list such as [0.5, 0.9], got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, float) for i, v in enumerate(value)]
+            example = "[a, b]" if item is str else "[0.5, 0.9]"
+            raise ConfigError(f"{key}: expected a list such as {example}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -343,16 +373,64 @@ def _check(cfg: Config) -> None:
         raise ConfigError("data.format is missing; use one of synthetic, folder, voc, ade20k, coco")
     if cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
         raise ConfigError("eval.batch_size must be >= 1 and eval.num_images >= 0")
+    known = known_upsamplers()
+    _check_name("swap.variant", cfg.swap.variant, known)
+    c = cfg.compare
+    for arm in c.arms:
+        _check_name("compare.arms", arm, (ORIGINAL, *known))
+    if c.arms and (ORIGINAL not in c.arms or len(set(c.arms)) != len(c.arms) or len(c.arms) < 2):
+        raise ConfigError(f"compare.arms must name distinct arms, '{ORIGINAL}' (the reference every "
+                          f"other arm is compared with) and at least one upsampler; got {c.arms}")
+    if c.seeds < 1 or c.jobs < 0 or c.resamples < 1 or not 0.0 < c.level < 1.0:
+        raise ConfigError(f"compare needs seeds >= 1, jobs >= 0, resamples >= 1 and 0 < level < 1; "
+                          f"got seeds={c.seeds}, jobs={c.jobs}, resamples={c.resamples}, "
+                          f"level={c.level}")
+
+
+#: The arm name of the unswapped network in ``compare``.
+ORIGINAL = "original"
+
+
+def known_upsamplers() -> tuple[str, ...]:
+    """Upsampler names ``swap_upsamplers(model, variant=...)`` accepts (``dysample_swap.UPSAMPLERS``
+    where the package has it, else the DySample variants).
+
+    Example:
+        >>> "dysample+" in known_upsamplers()
+        True
+    """
+    import dysample_swap
+
+    return tuple(getattr(dysample_swap, "UPSAMPLERS", None) or dysample_swap.VARIANTS)
+
+
+def _check_name(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, list(choices), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}: unknown upsampler {value!r}{hint}; choose from "
+                          f"{', '.join(choices)}")
+
+
+def packaged_recipes() -> Path:
+    """The folder of recipes shipped inside the package (``dysample_swap/recipes``).
+
+    Example:
+        >>> (packaged_recipes() / "demo.yaml").is_file()
+        True
+    """
+    return Path(__file__).resolve().parents[1] / "recipes"
 
 
 def recipe_dirs() -> list[Path]:
-    """Folders searched for a recipe given by name: ``./recipes`` then the project's ``recipes/``.
+    """Folders searched for a recipe given by name: ``./recipes``, then the recipes installed
+    with the package (:func:`packaged_recipes`), so names resolve from any directory.
 
     Example:
         >>> recipe_dirs()[0] == Path("recipes")
         True
     """
-    return [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
+    return [Path("recipes"), packaged_recipes()]
 
 
 def resolve_recipe(recipe: str | Path) -> Path:
@@ -374,12 +452,18 @@ def resolve_recipe(recipe: str | Path) -> Path:
                       f"{', '.join(str(d) for d in recipe_dirs())}); known recipes: {', '.join(known)}")
 
 
-def load_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
+def load_config(recipe: str | Path, overrides: Sequence[str] = (), preset: str | None = None) -> Config:
     """Read a recipe file (by path or name) and build its :class:`Config`.
+
+    A recipe may define ``presets``: named lists of ``KEY=VALUE`` overrides (e.g. ``cpu``, the
+    paper recipes' CPU-sized smoke test on synthetic data). ``preset`` applies one of them before
+    ``overrides``, so ``--set`` still wins.
 
     Example:
         >>> load_config("demo", ["train.max_steps=2"]).train.max_steps
         2
+        >>> load_config("fasterrcnn_coco", preset="cpu").data["format"]
+        'synthetic'
     """
     path = resolve_recipe(recipe)
     try:
@@ -389,8 +473,15 @@ def load_config(recipe: str | Path, overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
+    presets = raw.pop("presets", None) or {}
+    if not isinstance(presets, dict) or not all(
+            isinstance(v, list) and all(isinstance(o, str) for o in v) for v in presets.values()):
+        raise ConfigError(f"{path}: presets must map a name to a list of 'KEY=VALUE' strings")
+    if preset is not None and preset not in presets:
+        known = ", ".join(presets) or "none"
+        raise ConfigError(f"{path}: no preset {preset!r} (this recipe's presets: {known})")
     try:
-        return build_config(raw, overrides)
+        return build_config(raw, [*presets.get(preset, []), *overrides])
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -54,7 +55,7 @@ from dysample_swap.finetune.checkpoint import (
 from dysample_swap.finetune.config import Config
 from dysample_swap.finetune.distributed import (
     DistContext, ShardSampler, TrainSampler, any_rank, broadcast_buffers, sum_across_ranks)
-from dysample_swap.finetune.optim import build_optimizer, dysample_parameters
+from dysample_swap.finetune.optim import build_optimizer, upsampler_parameters
 from dysample_swap.finetune.runlog import MetricsLog
 from dysample_swap.finetune.schedule import build_scheduler
 
@@ -65,7 +66,8 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C / SIGTERM after writing a checkpoint.
 
     Example:
-        >>> TrainingInterrupted(5, Path("run/checkpoints/last.pt")).step
+        >>> import pickle
+        >>> pickle.loads(pickle.dumps(TrainingInterrupted(5, Path("run/checkpoints/last.pt")))).step
         5
     """
 
@@ -74,14 +76,19 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step = step
         self.checkpoint = checkpoint
 
+    def __reduce__(self) -> tuple[type, tuple[int, Path | None]]:
+        """Pickle with its own arguments (a compare worker process sends it to the parent)."""
+        return TrainingInterrupted, (self.step, self.checkpoint)
+
 
 @dataclass
 class Arm:
-    """One model to train: ``name`` ("baseline" or "dysample"), the module, its checkpoint
-    signature, and how many upsampling sites were swapped.
+    """One model to train: ``name`` (the upsampler, or "original"), the module, its checkpoint
+    signature, how many upsampling sites were swapped, and the names of the parameters the swap
+    added (``None``: take the model's DySample parameters).
 
     Example:
-        >>> Arm("baseline", torch.nn.Linear(1, 1), {"swapped": False}).swapped_sites
+        >>> Arm("original", torch.nn.Linear(1, 1), {"swapped": False}).swapped_sites
         0
     """
 
@@ -89,6 +96,7 @@ class Arm:
     model: torch.nn.Module
     signature: dict[str, Any]
     swapped_sites: int = 0
+    new_parameters: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -109,6 +117,7 @@ class FitResult:
     final_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    per_image_counts: np.ndarray | None = None
 
     @property
     def img_per_s(self) -> float:
@@ -176,7 +185,6 @@ def eval_loader(dataset: Dataset, task: Any, cfg: Config, ctx: DistContext) -> D
                       generator=seeded_generator(cfg.seed))
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
              ctx: DistContext) -> dict[str, float]:
     """Score ``model`` on ``dataset``; with several processes each scores its shard and the
@@ -184,6 +192,18 @@ def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
 
     Example:
         >>> # see the module example: evaluate(arm.model, task, val_set, cfg, ctx)["mIoU"]
+    """
+    return {k: float(v) for k, v in evaluate_metrics(model, task, dataset, cfg, ctx).compute().items()}
+
+
+@torch.no_grad()
+def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
+                     ctx: DistContext) -> Any:
+    """The task's metric accumulator after scoring ``dataset`` (synced across ranks), for callers
+    that need more than the final numbers (segmentation: ``per_image_counts()``).
+
+    Example:
+        >>> # evaluate_metrics(arm.model, task, val_set, cfg, ctx).per_image_counts().shape
     """
     was_training = model.training
     model.eval()
@@ -198,9 +218,8 @@ def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
             metrics.update(task.to_cpu(task.predict(model, batch)), task.to_cpu(task.targets(batch)))
     if ctx.distributed:
         metrics.sync()
-    result = {k: float(v) for k, v in metrics.compute().items()}
     model.train(was_training)
-    return result
+    return metrics
 
 
 class Trainer:
@@ -217,13 +236,13 @@ class Trainer:
         t = cfg.train
         autocast(ctx, t.amp)  # fail early on an impossible precision setting
         self.model = arm.model.to(ctx.device)
-        self.dysample_params = dysample_parameters(self.model)
-        special = {id(p) for p in self.dysample_params}
+        self.upsampler_params = upsampler_parameters(self.model, arm.new_parameters)
+        special = {id(p) for p in self.upsampler_params}
         self.other_params = [p for p in self.model.parameters() if id(p) not in special]
-        if t.dysample_only_steps and not self.dysample_params and arm.name != "baseline":
+        if t.dysample_only_steps and not self.upsampler_params and arm.signature.get("swapped"):
             raise ValueError(f"train.dysample_only_steps={t.dysample_only_steps} but the model has "
-                             "no DySample modules to train; set it to 0 or enable swap")
-        self.optimizer = build_optimizer(self.model, t)
+                             "no swapped-in upsampler parameters to train; set it to 0")
+        self.optimizer = build_optimizer(self.model, t, self.upsampler_params)
         self.sampler = TrainSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                     seed=cfg.seed, batch_size=t.batch_size)
         self.steps_per_epoch = len(self.sampler) // t.batch_size
@@ -251,6 +270,7 @@ class Trainer:
         self._rng_after_step = rng_state()
         self._stop_requested = False
         self._updating = False
+        self.per_image_counts: np.ndarray | None = None
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -326,7 +346,7 @@ class Trainer:
                                      "set train.grad_clip, or use train.amp=none")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.step < t.dysample_only_steps and self.dysample_params:
+        if self.step < t.dysample_only_steps and self.upsampler_params:
             for param in self.other_params:  # no gradient: no update, no weight decay, no state
                 param.grad = None
         if t.grad_clip is not None:
@@ -364,7 +384,9 @@ class Trainer:
                 signal.signal(sig, handler)
 
     def _evaluate(self) -> dict[str, float]:
-        metrics = evaluate(self.model, self.task, self.val_set, self.cfg, self.ctx)
+        state = evaluate_metrics(self.model, self.task, self.val_set, self.cfg, self.ctx)
+        metrics = {k: float(v) for k, v in state.compute().items()}
+        self.per_image_counts = getattr(state, "per_image_counts", lambda: None)()
         record = {"split": "val", "step": self.step, "epoch": self.epoch, **metrics}
         self.log.write(record)
         return metrics
@@ -424,7 +446,7 @@ class Trainer:
         return FitResult(steps=self.step, total_steps=self.total_steps,
                          completed=self.step >= self.total_steps, train_time_s=train_time,
                          images_seen=images, final_loss=last_loss, metrics=metrics,
-                         checkpoint=self.checkpoint_path)
+                         checkpoint=self.checkpoint_path, per_image_counts=self.per_image_counts)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -5,33 +5,42 @@ and the model, trains and/or evaluates with :mod:`dysample_swap.finetune.engine`
 only) writes ``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``curves.png`` and
 ``predictions.png`` to the run directory.
 
-``compare`` builds the original model once, deep-copies it, swaps one copy, and trains both with
-the same seed, data order and budget, so the only difference between the arms is the upsamplers.
+``compare`` trains every arm (``original``, the unswapped network, and one arm per upsampler
+name) once per seed. For a given seed every arm starts from the same initial weights of the
+original network (built from that seed; the swap then adds the new upsampler) and reads the same
+batches in the same order, for the same budget, so within a seed the arms differ only in their
+upsamplers. Runs go one after another in this process, or ``compare.jobs`` at a time in worker
+processes; either way each writes ``OUT/<arm>/seed<k>/`` and the summary is built from those files.
 
 Example:
     >>> import tempfile
     >>> from dysample_swap.finetune.config import load_config
     >>> cfg = load_config("demo", ["data.image_size=32", "data.num_samples=8",
     ...     "data.num_val_samples=2", "train.batch_size=4", "train.max_steps=1",
-    ...     "train.progress=never", "eval.num_images=1", "swap.policy.verbose=false"])
+    ...     "train.progress=never", "eval.num_images=1", "swap.policy.verbose=false",
+    ...     "compare.resamples=20"])
     >>> out = Path(tempfile.mkdtemp())
     >>> summary = run_compare(cfg, out)
-    >>> sorted(summary["arms"]), summary["arms"]["dysample"]["swapped_sites"]  # 1x1 -> 2x2 skipped
-    (['baseline', 'dysample'], 4)
+    >>> list(summary["arms"]), summary["arms"]["dysample+"]["swapped_sites"]  # 1x1 -> 2x2 skipped
+    (['original', 'dysample+'], 4)
     >>> sorted(p.name for p in out.iterdir())
-    ['baseline', 'config.yaml', 'curves.png', 'dysample', 'predictions.png', 'summary.json']
-    >>> ckpt = out / "dysample" / "checkpoints" / "last.pt"
-    >>> run_evaluate(cfg, ckpt)["metrics"]["bIoU"] == summary["arms"]["dysample"]["metrics"]["bIoU"]
+    ['config.yaml', 'curves.png', 'dysample+', 'offsets_dysample+.png', 'original', 'predictions.png', 'summary.json']
+    >>> ckpt = out / "dysample+" / "seed0" / "checkpoints" / "last.pt"
+    >>> run_evaluate(cfg, ckpt)["metrics"]["bIoU"] == summary["arms"]["dysample+"]["metrics"]["bIoU"]["values"][0]
     True
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
+import dataclasses
 import json
+import multiprocessing
+import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +49,18 @@ import torch
 
 from dysample_swap.finetune.checkpoint import (
     CheckpointError, check_signature, load_checkpoint, load_model_state)
-from dysample_swap.finetune.config import Config, ConfigError, save_config
+from dysample_swap.finetune.config import ORIGINAL, Config, ConfigError, build_config, save_config
 from dysample_swap.finetune.distributed import DistContext, init_distributed
 from dysample_swap.finetune.engine import Arm, FitResult, Trainer, count_parameters, evaluate
-from dysample_swap.finetune.optim import dysample_parameters
+from dysample_swap.finetune.memory import PeakMemory
 from dysample_swap.finetune.plots import plot_curves, plot_predictions
 from dysample_swap.finetune.runlog import json_safe, read_log
+from dysample_swap.finetune.stats import (
+    IMAGES_AND_SEEDS, SEEDS_ONLY, mean_std, paired_bootstrap, seed_bootstrap)
 from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask, make_task
 
-BASELINE, DYSAMPLE = "baseline", "dysample"
+#: File (in each run directory) with the final evaluation's per-image sufficient statistics.
+PER_IMAGE_FILE = "per_image_counts.npy"
 
 
 def seed_everything(seed: int) -> None:
@@ -115,45 +127,64 @@ def build_base_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     return build_model(model_spec(cfg, num_classes))
 
 
-def signature(cfg: Config, num_classes: int, swapped: bool) -> dict[str, Any]:
-    """What a checkpoint must match to be loaded into this recipe's model.
+def signature(cfg: Config, num_classes: int, swapped: bool,
+              variant: str | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into this recipe's model (``variant``: the
+    upsampler swapped in, default ``swap.variant``).
 
     Example:
         >>> signature(Config(), 6, swapped=False)["variant"] is None
         True
     """
     return {"task": cfg.task, "model": model_spec(cfg, num_classes), "num_classes": num_classes,
-            "swapped": swapped, "variant": cfg.swap.variant if swapped else None,
+            "swapped": swapped, "variant": (variant or cfg.swap.variant) if swapped else None,
             "policy": dict(cfg.swap.policy) if swapped else None}
 
 
-def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swapped: bool,
-             verbose: bool = True) -> Arm:
-    """A deep copy of ``base``; with ``swapped=True`` its upsamplers are swapped for DySample.
+def swap_model(cfg: Config, model: torch.nn.Module, variant: str, example_inputs: Any,
+               verbose: bool = True) -> tuple[torch.nn.Module, int]:
+    """Swap ``model``'s upsamplers for ``variant`` (in place) with the recipe's ``swap.policy``;
+    returns the model and the number of swapped sites (an error if there are none).
 
     Example:
-        >>> # arm = make_arm(cfg, base, task, val_set, swapped=True)
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.Upsample(scale_factor=2),
+        ...                           torch.nn.Conv2d(8, 2, 1))
+        >>> swap_model(Config(), net, "dysample", torch.rand(1, 3, 8, 8), verbose=False)[1]
+        1
     """
     from dysample_swap.swap import swap_report, swap_upsamplers
 
-    arm_model = model_spec(cfg, task.num_classes)
+    seed_everything(cfg.seed + 1)
+    model.eval()
+    policy = dict(cfg.swap.policy)
+    policy.setdefault("verbose", verbose)
+    model = swap_upsamplers(model, variant, example_inputs=example_inputs, **policy)
+    sites = len(swap_report(model).swapped)
+    if sites == 0:
+        raise ConfigError(f"swapping {cfg.model.spec} for {variant} replaced no upsampler (see the "
+                          "table above), so there is nothing new to train; check swap.policy, pick "
+                          "a model whose decoder/FPN upsamples, or set swap.enabled=false")
+    return model, sites
+
+
+def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swapped: bool,
+             verbose: bool = True, variant: str | None = None) -> Arm:
+    """A deep copy of ``base``; with ``swapped=True`` its upsamplers are swapped for ``variant``
+    (default ``swap.variant``). The arm is named after the upsampler, or ``original``.
+
+    Example:
+        >>> # arm = make_arm(cfg, base, task, val_set, swapped=True, variant="dysample")
+    """
     model = copy.deepcopy(base)
-    sites = 0
+    sites, added, name = 0, None, ORIGINAL
     if swapped:
-        seed_everything(cfg.seed + 1)
-        model.eval()
-        policy = dict(cfg.swap.policy)
-        policy.setdefault("verbose", verbose)
-        model = swap_upsamplers(model, cfg.swap.variant, example_inputs=task.example_inputs(val_set),
-                                **policy)
-        sites = len(swap_report(model).swapped)
-        if sites == 0:
-            raise ConfigError(f"swapping {arm_model} replaced no upsampler (see the table above), so "
-                              "there is no DySample to train; check swap.policy, pick a model "
-                              "whose decoder/FPN upsamples, or set swap.enabled=false")
+        name = variant or cfg.swap.variant
+        before = {key for key, _ in model.named_parameters()}
+        model, sites = swap_model(cfg, model, name, task.example_inputs(val_set), verbose)
+        added = tuple(key for key, _ in model.named_parameters() if key not in before)
     model.train()
-    return Arm(DYSAMPLE if swapped else BASELINE, model,
-               signature(cfg, task.num_classes, swapped), swapped_sites=sites)
+    return Arm(name, model, signature(cfg, task.num_classes, swapped, variant), swapped_sites=sites,
+               new_parameters=added)
 
 
 def prediction_rows(arms: Sequence[Arm], task: Any, val_set: Any, count: int,
@@ -178,27 +209,29 @@ def prediction_rows(arms: Sequence[Arm], task: Any, val_set: Any, count: int,
 
 
 def arm_summary(cfg: Config, arm: Arm, result: FitResult, ctx: DistContext,
-                wall_time: float) -> dict[str, Any]:
-    """The ``summary.json`` record of one trained arm.
+                wall_time: float, peak: PeakMemory) -> dict[str, Any]:
+    """The ``summary.json`` record of one trained run.
 
     Example:
-        >>> # arm_summary(cfg, arm, result, ctx, 12.3)["train_img_per_s"]
+        >>> # arm_summary(cfg, arm, result, ctx, 12.3, peak)["train_img_per_s"]
     """
-    dys = sum(p.numel() for p in dysample_parameters(arm.model))
+    names = set(arm.new_parameters or ())
+    added = sum(p.numel() for key, p in arm.model.named_parameters() if key in names)
     return {
-        "recipe": cfg.name, "task": cfg.task, "arm": arm.name, "model": arm.signature["model"],
-        "variant": arm.signature["variant"], "swapped_sites": arm.swapped_sites,
-        "parameters": count_parameters(arm.model), "dysample_parameters": dys,
-        "steps": result.steps,
+        "recipe": cfg.name, "task": cfg.task, "arm": arm.name, "seed": cfg.seed,
+        "model": arm.signature["model"], "variant": arm.signature["variant"],
+        "swapped_sites": arm.swapped_sites, "parameters": count_parameters(arm.model),
+        "added_parameters": added, "steps": result.steps,
         "total_steps": result.total_steps, "completed": result.completed,
         "world_size": ctx.world_size, "batch_size": cfg.train.batch_size,
         "train_img_per_s": round(result.img_per_s, 2), "train_time_s": round(result.train_time_s, 2),
         "wall_time_s": round(wall_time, 2), "final_loss": result.final_loss,
+        "peak_memory_mb": peak.megabytes, "peak_memory_kind": peak.kind,
         "metrics": result.metrics, "checkpoint": "checkpoints/last.pt",
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
+def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     return path
@@ -208,11 +241,14 @@ def _train_arm(cfg: Config, arm: Arm, task: Any, train_set: Any, val_set: Any, c
                out_dir: Path, resume: bool) -> tuple[FitResult, dict[str, Any]]:
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    trainer = Trainer(cfg, arm, task, train_set, val_set, ctx, out_dir)
-    result = trainer.fit(resume=resume)
-    summary = arm_summary(cfg, arm, result, ctx, time.perf_counter() - start)
+    with PeakMemory(ctx.device) as peak:
+        trainer = Trainer(cfg, arm, task, train_set, val_set, ctx, out_dir)
+        result = trainer.fit(resume=resume)
+    summary = arm_summary(cfg, arm, result, ctx, time.perf_counter() - start, peak)
     if ctx.is_main:
         _write_json(out_dir / "summary.json", summary)
+        if result.per_image_counts is not None:
+            np.save(out_dir / PER_IMAGE_FILE, result.per_image_counts)
     return result, summary
 
 
@@ -241,18 +277,19 @@ def run_finetune(cfg: Config, out_dir: Path, resume: bool = False,
         save_config(cfg, out_dir / "config.yaml")
     result, summary = _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume)
     if ctx.is_main:
-        summary["plots"] = write_plots(cfg, [arm], {arm.name: read_log(out_dir / "metrics.jsonl")},
+        summary["plots"] = write_plots(cfg, [arm], {arm.name: [read_log(out_dir / "metrics.jsonl")]},
                                        task, val_set, out_dir, ctx.device)
         _write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def write_plots(cfg: Config, arms: Sequence[Arm], logs: dict[str, list[dict[str, Any]]], task: Any,
-                val_set: Any, out_dir: Path, device: torch.device) -> dict[str, str]:
-    """``curves.png`` and (if ``eval.num_images`` > 0) ``predictions.png`` in ``out_dir``.
+def write_plots(cfg: Config, arms: Sequence[Arm], logs: Mapping[str, Sequence[Sequence[dict]]],
+                task: Any, val_set: Any, out_dir: Path, device: torch.device) -> dict[str, str]:
+    """``curves.png`` (each arm's mean over its runs, band over seeds) and, if
+    ``eval.num_images`` > 0, ``predictions.png`` (one column per arm in ``arms``) in ``out_dir``.
 
     Example:
-        >>> # write_plots(cfg, [arm], logs, task, val_set, Path("runs/x"), torch.device("cpu"))
+        >>> # write_plots(cfg, [arm], {"original": [records]}, task, val_set, Path("runs/x"), device)
     """
     plots = {"curves": str(plot_curves(logs, task.curve_metrics, out_dir / "curves.png"))}
     if cfg.eval.num_images:
@@ -262,67 +299,265 @@ def write_plots(cfg: Config, arms: Sequence[Arm], logs: dict[str, list[dict[str,
     return plots
 
 
-def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None) -> dict[str, Any]:
-    """Train the original model and its DySample version (same seed, data order, budget) and
-    write ``out_dir/{baseline,dysample}/`` plus ``out_dir/summary.json`` and the shared plots.
+# ---------------------------------------------------------------------------------------- compare
+def compare_arms(cfg: Config) -> list[str]:
+    """The arms ``compare`` trains: ``compare.arms``, or ``original`` and ``swap.variant``.
 
     Example:
-        >>> # run_compare(load_config("demo"), Path("runs/demo"))["arms"]["dysample"]["metrics"]
+        >>> compare_arms(Config())
+        ['original', 'dysample+']
     """
-    ctx = ctx or init_distributed(cfg.train.device)
-    start = time.perf_counter()
-    train_set, val_set = load_datasets(cfg)
+    return list(cfg.compare.arms) or [ORIGINAL, cfg.swap.variant]
+
+
+def compare_seeds(cfg: Config) -> list[int]:
+    """The seeds ``compare`` trains each arm with: ``seed``, ``seed + 1``, ... (``compare.seeds``).
+
+    Example:
+        >>> compare_seeds(build_config({"seed": 3}, ["compare.seeds=2"]))
+        [3, 4]
+    """
+    return [cfg.seed + k for k in range(cfg.compare.seeds)]
+
+
+def run_dir(out_dir: Path, arm: str, seed: int) -> Path:
+    """Where the run of ``arm`` with ``seed`` lives inside a compare directory.
+
+    Example:
+        >>> run_dir(Path("runs/demo"), "dysample+", 1).as_posix()
+        'runs/demo/dysample+/seed1'
+    """
+    return out_dir / arm / f"seed{seed}"
+
+
+def train_one(cfg: Config, arm_name: str, out_dir: Path, ctx: DistContext,
+              data: tuple[Any, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Train one arm of ``compare`` with ``cfg.seed`` into ``out_dir``: build the original
+    network from the seed, swap in ``arm_name`` (unless ``original``), train, evaluate.
+
+    Example:
+        >>> # train_one(cfg, "dysample+", Path("runs/demo/dysample+/seed0"), ctx)["metrics"]
+    """
+    train_set, val_set = data or load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
     base = build_base_model(cfg, task.num_classes)
-    arms = [make_arm(cfg, base, task, val_set, swapped=False),
-            make_arm(cfg, base, task, val_set, swapped=True, verbose=ctx.is_main)]
+    arm = make_arm(cfg, base, task, val_set, swapped=arm_name != ORIGINAL, verbose=verbose,
+                   variant=arm_name)
     if ctx.is_main:
         save_config(cfg, out_dir / "config.yaml")
-    summaries = {}
-    for arm in arms:
-        _, summaries[arm.name] = _train_arm(cfg, arm, task, train_set, val_set, ctx,
-                                            out_dir / arm.name, resume=False)
-    summary: dict[str, Any] = {"recipe": cfg.name, "task": cfg.task, "arms": summaries,
-                               "delta": metric_delta(summaries[BASELINE]["metrics"],
-                                                     summaries[DYSAMPLE]["metrics"])}
-    if ctx.is_main:
-        logs = {arm.name: read_log(out_dir / arm.name / "metrics.jsonl") for arm in arms}
-        summary["plots"] = write_plots(cfg, arms, logs, task, val_set, out_dir, ctx.device)
-        summary["wall_time_s"] = round(time.perf_counter() - start, 2)
-        _write_json(out_dir / "summary.json", summary)
-    return summary
+    return _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume=False)[1]
 
 
-def metric_delta(baseline: dict[str, float], other: dict[str, float]) -> dict[str, float]:
-    """``other - baseline`` for every metric both have.
+def _worker(config: dict[str, Any], arm_name: str, out_dir: str, threads: int) -> dict[str, Any]:
+    """One compare run in a worker process (``compare.jobs`` > 0): quiet, ``threads`` threads."""
+    torch.set_num_threads(threads)
+    cfg = build_config(config, ["train.progress=never"])
+    return json_safe(train_one(cfg, arm_name, Path(out_dir), init_distributed(cfg.train.device),
+                               verbose=False))
+
+
+def _run_all(cfg: Config, runs: Sequence[tuple[str, int]], out_dir: Path, ctx: DistContext,
+             report: Callable[[str], None]) -> None:
+    """Train every ``(arm, seed)`` of ``runs``: in this process or in ``compare.jobs`` workers."""
+    total = len(runs)
+    if cfg.compare.jobs == 0:
+        data = load_datasets(cfg)
+        for k, (arm, seed) in enumerate(runs, 1):
+            report(f"[{k}/{total}] training {arm}, seed {seed}")
+            start = time.perf_counter()
+            seed_cfg = dataclasses.replace(cfg, seed=seed)
+            summary = train_one(seed_cfg, arm, run_dir(out_dir, arm, seed), ctx, data,
+                                verbose=ctx.is_main and seed == cfg.seed)
+            report(f"[{k}/{total}] {arm}, seed {seed}: {_headline(summary)} "
+                   f"({time.perf_counter() - start:.0f} s)")
+        return
+    if ctx.distributed:
+        raise ConfigError("compare.jobs > 0 starts worker processes, which cannot join a torchrun "
+                          "process group; use compare.jobs=0 (the default) under torchrun")
+    threads = max(1, (os.cpu_count() or 1) // cfg.compare.jobs)
+    report(f"training {total} runs, {cfg.compare.jobs} at a time in worker processes "
+           f"({threads} thread(s) each)")
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(cfg.compare.jobs, mp_context=spawn) as pool:
+        futures = {pool.submit(_worker, dataclasses.replace(cfg, seed=seed).to_dict(), arm,
+                               str(run_dir(out_dir, arm, seed)), threads): (arm, seed)
+                   for arm, seed in runs}
+        try:
+            for k, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                arm, seed = futures[future]
+                summary = future.result()
+                report(f"[{k}/{total}] {arm}, seed {seed}: {_headline(summary)} "
+                       f"({summary['wall_time_s']:.0f} s)")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _headline(summary: Mapping[str, Any]) -> str:
+    metrics = summary["metrics"]
+    name = next((k for k in ("mIoU", "segm/AP", "bbox/AP") if k in metrics), next(iter(metrics)))
+    value = metrics[name]
+    return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+
+
+def _spread(values: Sequence[Any]) -> dict[str, Any]:
+    mean, std = mean_std(values)
+    return {"values": list(values), "mean": mean, "std": std}
+
+
+def summarize_compare(cfg: Config, out_dir: Path, arms: Sequence[str], seeds: Sequence[int],
+                      statistic: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None
+                      ) -> dict[str, Any]:
+    """``summary.json`` of a compare directory, from the runs' own ``summary.json`` (and
+    per-image statistics) files: per arm and metric the value of every seed, mean and std; per
+    arm against ``original`` the difference with its paired bootstrap interval.
+
+    The interval resamples validation images and seeds where per-image statistics exist
+    (segmentation, ``statistic`` recomputing the metrics from summed counts), else seeds alone
+    (detection: COCO AP is not a sum over images), which needs two seeds or more.
 
     Example:
-        >>> metric_delta({"mIoU": 0.5}, {"mIoU": 0.625})
-        {'mIoU': 0.125}
+        >>> # summarize_compare(cfg, Path("runs/demo"), ["original", "dysample+"], [0], None)
     """
-    return {k: other[k] - baseline[k] for k in baseline if k in other}
+    runs = {(a, s): json.loads((run_dir(out_dir, a, s) / "summary.json").read_text())
+            for a in arms for s in seeds}
+    per_image = {(a, s): run_dir(out_dir, a, s) / PER_IMAGE_FILE for a in arms for s in seeds}
+    first = runs[arms[0], seeds[0]]
+    result: dict[str, Any] = {"recipe": cfg.name, "task": cfg.task, "reference": ORIGINAL,
+                              "seeds": list(seeds), "steps": first["steps"],
+                              "batch_size": first["batch_size"], "world_size": first["world_size"],
+                              "arms": {}}
+    for arm in arms:
+        mine = [runs[arm, s] for s in seeds]
+        record = {key: mine[0][key] for key in ("variant", "model", "swapped_sites", "parameters",
+                                                "added_parameters", "steps", "peak_memory_kind")}
+        record["runs"] = {str(s): run_dir(Path(), arm, s).as_posix() for s in seeds}
+        record["metrics"] = {m: _spread([r["metrics"].get(m) for r in mine])
+                             for m in mine[0]["metrics"]}
+        for key in ("train_img_per_s", "train_time_s", "peak_memory_mb", "final_loss", "wall_time_s"):
+            record[key] = _spread([r[key] for r in mine])
+        result["arms"][arm] = record
+    c = cfg.compare
+    images = statistic is not None and all(path.is_file() for path in per_image.values())
+    method = IMAGES_AND_SEEDS if images else SEEDS_ONLY if len(seeds) >= 2 else None
+    differences: dict[str, Any] = {
+        "reference": ORIGINAL, "method": method, "level": c.level, "resamples": c.resamples,
+        "generator_seed": 0, "seeds": len(seeds), "arms": {}}
+    if images:
+        counts = {key: np.load(path) for key, path in per_image.items()}
+        differences["images"] = int(counts[arms[0], seeds[0]].shape[0])
+    elif method is None:
+        differences["note"] = ("one seed and no per-image statistics (detection AP): no interval; "
+                               "run with --seeds 2 or more")
+    for arm in arms:
+        if arm == ORIGINAL:
+            continue
+        if images:
+            intervals = paired_bootstrap(
+                statistic, np.stack([counts[ORIGINAL, s] for s in seeds]),
+                np.stack([counts[arm, s] for s in seeds]), resamples=c.resamples, level=c.level,
+                generator=0)
+        else:
+            values = {a: {m: result["arms"][a]["metrics"][m]["values"]
+                          for m in result["arms"][a]["metrics"]} for a in (ORIGINAL, arm)}
+            intervals = seed_bootstrap(values[ORIGINAL], values[arm], resamples=c.resamples,
+                                       level=c.level, generator=0)
+        table = {}
+        for metric, interval in intervals.items():
+            entry = interval.to_dict()
+            if method is None:
+                entry.update(low=None, high=None, excludes_zero=False)
+            table[metric] = entry
+        differences["arms"][arm] = table
+    result["differences"] = differences
+    return result
+
+
+def load_arm(cfg: Config, checkpoint: Path, task: Any, val_set: Any,
+             state: Mapping[str, Any] | None = None) -> Arm:
+    """Rebuild the arm a checkpoint holds (original or swapped, for the upsampler its signature
+    names) and load its weights; the rest of the signature must match ``cfg``.
+
+    Example:
+        >>> # arm = load_arm(cfg, Path("runs/demo/dysample+/seed0/checkpoints/last.pt"), task, val_set)
+    """
+    state = state or load_checkpoint(checkpoint)
+    found = state.get("signature", {})
+    swapped = bool(found.get("swapped", cfg.swap.enabled))
+    variant = found.get("variant") if swapped else None
+    check_signature(checkpoint, found, signature(cfg, task.num_classes, swapped, variant))
+    arm = make_arm(cfg, build_base_model(cfg, task.num_classes), task, val_set, swapped=swapped,
+                   verbose=False, variant=variant)
+    load_model_state(arm.model, state["model"], checkpoint)
+    return arm
+
+
+def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None,
+                report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train every arm of ``compare_arms(cfg)`` with every seed of ``compare_seeds(cfg)`` (same
+    initial weights, data order and budget within a seed) and write ``out_dir/<arm>/seed<k>/``,
+    ``out_dir/summary.json`` (:func:`summarize_compare`), ``curves.png``, ``predictions.png``
+    (first seed) and ``offsets_<arm>.png`` for every arm with DySample modules (first seed, first
+    validation image; :func:`~dysample_swap.finetune.visualize.visualize_offsets`).
+
+    ``report`` receives one line per started / finished run (the CLI prints them).
+
+    Example:
+        >>> # run_compare(load_config("demo", ["compare.arms=[original,dysample,dysample+]"]),
+        >>> #             Path("runs/demo"))["differences"]["arms"]["dysample"]["mIoU"]
+    """
+    from dysample_swap.finetune.visualize import dysample_sites, visualize_offsets
+
+    ctx = ctx or init_distributed(cfg.train.device)
+    report = report if report is not None and ctx.is_main else (lambda line: None)
+    start = time.perf_counter()
+    arms, seeds = compare_arms(cfg), compare_seeds(cfg)
+    if ctx.is_main:
+        save_config(cfg, out_dir / "config.yaml")
+    _run_all(cfg, [(arm, seed) for seed in seeds for arm in arms], out_dir, ctx, report)
+    if not ctx.is_main:
+        return {}
+    train_set, val_set = load_datasets(cfg)
+    task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
+    statistic = task.new_metrics(val_set).scores if isinstance(task, SegmentationTask) else None
+    summary = summarize_compare(cfg, out_dir, arms, seeds, statistic)
+    first = dataclasses.replace(cfg, seed=seeds[0])
+    models = [load_arm(first, run_dir(out_dir, arm, seeds[0]) / "checkpoints" / "last.pt", task,
+                       val_set) for arm in arms]
+    for arm in models:
+        arm.model.to(ctx.device)
+    logs = {arm: [read_log(run_dir(out_dir, arm, s) / "metrics.jsonl") for s in seeds]
+            for arm in arms}
+    summary["plots"] = write_plots(cfg, models, logs, task, val_set, out_dir, ctx.device)
+    if cfg.compare.visualize:
+        image = val_set[0][0]
+        for arm in models:
+            if dysample_sites(arm.model):
+                path = out_dir / f"offsets_{arm.name}.png"
+                visualize_offsets(arm.model, image, out=path, task=task,
+                                  title=f"{arm.name}, seed {seeds[0]}, validation image 0")
+                summary["plots"][f"offsets/{arm.name}"] = str(path)
+    summary["wall_time_s"] = round(time.perf_counter() - start, 2)
+    _write_json(out_dir / "summary.json", summary)
+    return summary
 
 
 def run_evaluate(cfg: Config, checkpoint: Path, out_dir: Path | None = None,
                  ctx: DistContext | None = None) -> dict[str, Any]:
     """Score a checkpoint on the recipe's validation split.
 
-    The checkpoint says whether its model was swapped (so a compare run's ``baseline`` checkpoint
-    evaluates too); everything else must match the recipe. With ``out_dir``, writes
-    ``eval.json`` and ``predictions.png`` there.
+    The checkpoint says whether its model was swapped and for which upsampler (so any run of a
+    compare directory evaluates too); everything else must match the recipe. With ``out_dir``,
+    writes ``eval.json`` and ``predictions.png`` there.
 
     Example:
-        >>> # run_evaluate(load_config("demo"), Path("runs/demo/dysample/checkpoints/last.pt"))
+        >>> # run_evaluate(load_config("demo"), Path("runs/demo/dysample+/seed0/checkpoints/last.pt"))
     """
     ctx = ctx or init_distributed(cfg.train.device)
     state = load_checkpoint(checkpoint)
-    swapped = bool(state.get("signature", {}).get("swapped", cfg.swap.enabled))
     train_set, val_set = load_datasets(cfg)
     task: SegmentationTask | DetectionTask = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    check_signature(checkpoint, state.get("signature", {}), signature(cfg, task.num_classes, swapped))
-    base = build_base_model(cfg, task.num_classes)
-    arm = make_arm(cfg, base, task, val_set, swapped=swapped, verbose=False)
-    load_model_state(arm.model, state["model"], checkpoint)
+    arm = load_arm(cfg, checkpoint, task, val_set, state)
     arm.model.to(ctx.device)
     metrics = evaluate(arm.model, task, val_set, cfg, ctx)
     result = {"recipe": cfg.name, "checkpoint": str(checkpoint), "arm": arm.name,
