@@ -25,9 +25,11 @@ def _constant_offsets(module: DySample, dx: float, dy: float) -> DySample:
     return module
 
 
+@pytest.mark.parametrize("positions", ["exact", "authors"])
 @pytest.mark.parametrize("variant", ["dysample", "dysample-s"])
-def test_static_scope_offsets_are_a_quarter_of_the_raw_offset(variant: str) -> None:
-    up = _constant_offsets(DySample.from_variant(variant, in_channels=32, offset_init_std=0.0), 1.0, -2.0)
+def test_static_scope_offsets_are_a_quarter_of_the_raw_offset(variant: str, positions: str) -> None:
+    up = _constant_offsets(DySample.from_variant(variant, in_channels=32, offset_init_std=0.0,
+                                                 positions=positions), 1.0, -2.0)
     anchor, disp, scope = sampling_offsets(up, torch.randn(1, 32, 6, 6))
     assert scope is None and disp.shape == (1, up.groups, 2, 12, 12)
     inner = disp[..., 2:-2, 2:-2]            # away from the border, where readings clamp

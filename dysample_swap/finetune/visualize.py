@@ -173,7 +173,7 @@ def sampling_offsets(module: DySample, x: Tensor, size: Sequence[int] | None = N
             None if offset_bias is None else offset_bias.double(),
             None if scope is None else _padded(scope.double(), keep, columns),
             scale=s, style=module.style, groups=g, size=size, scale_factor=scale_factor,
-            anchor=module.anchor)
+            anchor=module.anchor, positions=module.positions, init_pos=module.init_pos)
         out = out.unflatten(1, (g, per + 2 * block))                    # [N, g, per + 2b, Ho, Wo]
         return torch.stack([out[:, :, per], out[:, :, per + block]], dim=2)  # [N, g, 2, Ho, Wo]
 
