@@ -1,0 +1,248 @@
+"""ultralytics YOLO: swap a ``YOLO`` object's upsamplers so that its own training keeps DySample.
+
+``yolo.train()`` does not train ``yolo.model``. Its trainer builds a new network from the model's
+YAML (``trainer.get_model(cfg=..., weights=...)``, with the data set's class count), copies over
+the weights whose names and shapes fit, and only then builds the optimizer and the EMA. A swap
+made on ``yolo.model`` alone is silently dropped there. :func:`swap_yolo` swaps ``yolo.model``
+and adds an ``on_pretrain_routine_start`` callback to the ``YOLO`` object. Every trainer that the
+object creates runs that callback before it builds its network; the callback wraps that trainer's
+``get_model`` so the network it returns is swapped the same way, and the DySample tensors of
+``weights`` are carried over where name and shape match. The optimizer, the EMA, the ``last.pt`` /
+``best.pt`` checkpoints (whole pickled networks) and the network that ``train()`` reloads from
+them then all hold the DySample modules.
+
+Not carried: multi-GPU DDP training (``device="0,1"``) starts worker processes that rebuild the
+network before any callback can act on every rank. It is refused with a ``RuntimeError`` raised
+in the workers. ``yolo.tune()`` trains in ``yolo train`` subprocesses that rebuild the network
+from YAML and run no callback of this object, so tuning does not keep the swap.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from dysample_swap.example_inputs import first_conv_channels
+from dysample_swap.integrations import is_ultralytics_model
+from dysample_swap.sites import join_path
+from dysample_swap.swap import REPORT_ATTRIBUTE, SwapReport, swap_report, swap_upsamplers
+
+DEFAULT_VARIANT = "dysample+"
+"""The variant :func:`swap_yolo` uses when none is given and the network is not swapped yet."""
+
+DDP_MESSAGE = (
+    "dysample_swap: multi-GPU (DDP) training cannot keep the DySample swap. ultralytics starts one "
+    "worker process per GPU, and each worker rebuilds the network from its YAML; only the first worker "
+    "runs the callback that swaps it, so the workers would train different networks. Train on one "
+    "device (device=0 or device='cpu')."
+)
+
+
+def default_yolo_input(network: nn.Module) -> torch.Tensor:
+    """The discovery input for an ultralytics network: ``1 x C x S x S`` seeded noise.
+
+    ``S`` is twice the largest stride (at least 64), so the coarsest feature map is 2x2; ``C`` is the
+    input channels of the first convolution. Device and dtype are those of the network.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> default_yolo_input(nn.Sequential(nn.Conv2d(4, 8, 3))).shape
+        torch.Size([1, 4, 64, 64])
+    """
+    channels = first_conv_channels(network)
+    if channels is None:
+        raise ValueError(f"{type(network).__name__} has no Conv2d to take the input channels from; "
+                         "pass example_inputs=(torch.zeros(1, C, H, W),)")
+    stride = getattr(network, "stride", None)
+    largest = int(torch.as_tensor(stride).max()) if stride is not None else 32
+    side = max(64, 2 * largest)
+    first = next(network.parameters())
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(1, channels, side, side, generator=generator).to(first.device, first.dtype)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One ``swap_upsamplers`` call, replayable on a freshly built copy of the network.
+
+    The copy is swapped at exactly the recorded sites (``include`` lists their paths, so the
+    recorded ``include``/``exclude`` predicates are not needed again), with the other options as given.
+    """
+
+    variant: str
+    policy: dict[str, Any]
+    image_size: tuple[int, ...]
+    sites: tuple[tuple[str, int], ...]  # (path, in_channels) of each swapped site
+    modules: tuple[str, ...]  # paths of the new modules
+
+    @classmethod
+    def from_report(cls, report: SwapReport) -> _Step:
+        inputs = report.inputs or []
+        if len(inputs) != 1 or len(inputs[0].get("tensor", ())) != 4:
+            raise ValueError(f"the swap was discovered on {report.inputs!r}; an ultralytics network "
+                             "takes one image tensor (N, C, H, W)")
+        sites = tuple((d.path, d.in_channels) for d in report.swapped)
+        policy = {k: v for k, v in report.policy.items() if k not in ("verbose", "include", "exclude")}
+        policy["include"] = list(dict.fromkeys(path for path, _ in sites))
+        modules = tuple(dict.fromkeys(join_path(d.owner, d.replacement) for d in report.swapped))
+        return cls(report.variant, policy, tuple(inputs[0]["tensor"][2:]), sites, modules)
+
+    def apply(self, network: nn.Module) -> SwapReport:
+        """Swap ``network`` (a freshly built copy) and check that the same sites were swapped."""
+        first = next(network.parameters())
+        channels = first_conv_channels(network) or 3
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand(1, channels, *self.image_size, generator=generator).to(first.device, first.dtype)
+        swap_upsamplers(network, self.variant, (x,), **self.policy, verbose=False)
+        report = swap_report(network)
+        got = tuple((d.path, d.in_channels) for d in report.swapped)
+        if got != self.sites:
+            raise RuntimeError(f"dysample_swap: the trainer's network swapped at {list(got)}, but the "
+                               f"swapped YOLO network has new modules at {list(self.sites)} (path, "
+                               "channels); the network ultralytics rebuilt differs from the one that was swapped")
+        return report
+
+
+def _recipe(report: SwapReport) -> list[_Step]:
+    """The swaps of a network, oldest first (``swap_upsamplers`` may have been called more than once)."""
+    steps = []
+    while report is not None:
+        steps.insert(0, _Step.from_report(report))
+        report = report.previous
+    return steps
+
+
+def _weights_module(weights: Any) -> nn.Module | None:
+    """The network in a trainer's ``weights`` argument (a module, or a checkpoint dict as ``load`` takes)."""
+    if isinstance(weights, dict):
+        weights = weights.get("ema") or weights.get("model")
+    return weights if isinstance(weights, nn.Module) else None
+
+
+def _carry_new_module_weights(network: nn.Module, weights: Any, modules: list[str]) -> int:
+    """Copy the tensors of the new ``modules`` from ``weights`` where name and shape match; return the count."""
+    source = _weights_module(weights)
+    if source is None:
+        return 0
+    state = source.state_dict()
+    prefixes = tuple(f"{path}." for path in modules)
+    offered = {key for key in state if key.startswith(prefixes)}
+    target = {key: value for key, value in network.state_dict().items() if key.startswith(prefixes)}
+    carried = {key: state[key] for key, value in target.items() if key in state and state[key].shape == value.shape}
+    network.load_state_dict(carried, strict=False)
+    left = sorted(offered - carried.keys())
+    if left:
+        warnings.warn(f"dysample_swap: {len(left)} tensors of the weights' upsamplers do not fit the "
+                      f"trainer's network and were not carried over: {left}", stacklevel=3)
+    return len(carried)
+
+
+def _swapping_get_model(get_model: Callable[..., nn.Module], recipe: list[_Step]) -> Callable[..., nn.Module]:
+    """Wrap a trainer's bound ``get_model``: the network it returns is swapped by ``recipe``."""
+    signature = inspect.signature(get_model)
+
+    @functools.wraps(get_model)
+    def get_model_swapped(*args: Any, **kwargs: Any) -> nn.Module:
+        from ultralytics.utils import LOGGER
+
+        network = get_model(*args, **kwargs)
+        weights = signature.bind(*args, **kwargs).arguments.get("weights")
+        for step in recipe:
+            report = step.apply(network)
+            carried = _carry_new_module_weights(network, weights, list(step.modules))
+            LOGGER.info(f"dysample_swap: {len(report.swapped)} upsampling sites of the trainer's network "
+                        f"swapped for {step.variant} (+{report.parameters_added:,} parameters); "
+                        f"{carried} of their tensors carried over from the weights")
+        return network
+
+    return get_model_swapped
+
+
+class KeepSwapInTraining:
+    """The ``on_pretrain_routine_start`` callback that :func:`swap_yolo` adds to a ``YOLO`` object.
+
+    Each trainer runs it before building its network. It wraps that trainer's ``get_model`` so the
+    network it builds is swapped like the ``YOLO`` object's and gets the swapped layers' weights
+    from ``weights`` where they fit. It refuses multi-GPU DDP runs (see the module docstring).
+
+    Example:
+        >>> KeepSwapInTraining([]).recipe
+        []
+    """
+
+    def __init__(self, recipe: list[_Step]) -> None:
+        self.recipe = recipe
+
+    def __call__(self, trainer: Any) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError(DDP_MESSAGE)
+        trainer.get_model = _swapping_get_model(trainer.get_model, self.recipe)
+
+
+def _check_reattach(report: SwapReport, variant: str | None, example_inputs: Any, policy: dict[str, Any]) -> None:
+    extra = {k: v for k, v in policy.items() if k != "verbose"}
+    if (variant is not None and variant != report.variant) or example_inputs is not None or extra:
+        raise ValueError(f"this YOLO network is already swapped (variant {report.variant!r}, options "
+                         f"{report.policy!r}); call swap_yolo(yolo) with no other variant or options to keep "
+                         "that swap in training, or start again from the unswapped model")
+
+
+def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None, **policy: Any) -> Any:
+    """Swap the upsamplers of an ultralytics ``YOLO`` object for DySample so that its training keeps them.
+
+    ``yolo.model`` is swapped in place by :func:`~dysample_swap.swap.swap_upsamplers`: each
+    ``nn.Upsample`` layer of the network's layer list becomes a DySample that keeps ultralytics'
+    ``.i``, ``.f``, ``.type`` and ``.np``. The object also gets a training callback
+    (:class:`KeepSwapInTraining`), so ``yolo.train(...)`` trains the swapped network: the DySample
+    parameters are in its optimizer and its EMA, in ``last.pt`` / ``best.pt``, and in the network that
+    ``train()`` reloads at the end. ``val``, ``predict`` and ``export`` run ``yolo.model`` as it is.
+    ``swap_upsamplers(yolo, ...)`` calls this function.
+
+    A network that is already swapped, such as ``YOLO("best.pt")`` of a swapped run, is not swapped
+    again: only the callback is attached, with the recorded swap. Training such a checkpoint needs it.
+
+    Args:
+        yolo: an ultralytics ``Model`` (``YOLO``, ``RTDETR``, ...) holding a PyTorch network.
+        variant: the DySample variant; default ``"dysample+"`` (the recorded one when already swapped).
+        example_inputs: discovery inputs; default :func:`default_yolo_input` (``1x3x64x64`` for YOLOv8).
+        **policy: :class:`~dysample_swap.policy.SwapPolicy` options, as for ``swap_upsamplers``.
+
+    Returns:
+        ``yolo`` itself.
+
+    Raises:
+        TypeError: ``yolo`` is not an ultralytics model, or holds an exported (non-PyTorch) model.
+        ValueError: an already swapped network is given another variant or options.
+
+    Example:
+        >>> from ultralytics import YOLO  # doctest: +SKIP
+        >>> yolo = swap_yolo(YOLO("yolov8n.yaml"), "dysample+")  # doctest: +SKIP
+        >>> yolo.train(data="data.yaml", epochs=1, imgsz=64, device="cpu")  # doctest: +SKIP
+        >>> type(YOLO(yolo.trainer.best).model.model[10]).__name__  # doctest: +SKIP
+        'DySample'
+    """
+    if not is_ultralytics_model(yolo):
+        raise TypeError(f"swap_yolo takes an ultralytics Model such as YOLO(...), got {type(yolo).__name__}")
+    network = yolo.model
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"this {type(yolo).__name__} holds {network!r}, not a PyTorch network; only "
+                        "PyTorch models (.yaml or .pt) can be swapped")
+    report = getattr(network, REPORT_ATTRIBUTE, None)
+    if isinstance(report, SwapReport):
+        _check_reattach(report, variant, example_inputs, policy)
+    else:
+        inputs = example_inputs if example_inputs is not None else (default_yolo_input(network),)
+        swap_upsamplers(network, variant or DEFAULT_VARIANT, inputs, **policy)
+        report = swap_report(network)
+    event = "on_pretrain_routine_start"
+    yolo.callbacks[event] = [c for c in yolo.callbacks[event] if not isinstance(c, KeepSwapInTraining)]
+    yolo.add_callback(event, KeepSwapInTraining(_recipe(report)))
+    yolo.predictor = None  # predict() sets its network up again (ultralytics does the same after load())
+    return yolo
