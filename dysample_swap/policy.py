@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
+import torch
+
 from dysample_swap.dysample import resolve_groups
 from dysample_swap.sites import UpsampleSite
-from dysample_swap.variants import parameter_count, variant_settings
+from dysample_swap.upsamplers.registry import chain_stages, create_upsampler, exact_at_swap
+from dysample_swap.variants import VARIANTS, parameter_count, variant_settings
 
 Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
 """A path (``"decoder.p4"`` also selects everything under it), an ``fnmatch`` glob
@@ -47,6 +50,10 @@ class SwapPolicy:
             replaces (nearest, bilinear, or bilinear with ``align_corners=True``) with zero
             initial offsets, so the swapped model computes what the original did until trained.
             ``"paper"``: the paper's bilinear anchor with ``offset.weight ~ N(0, 0.001)``.
+        chain: replace a power-of-two upsampling above x2 by a chain of x2 stages (the default,
+            as the paper does for SegFormer: x8 -> 3 stages); ``False`` keeps one module per site.
+            A chained bilinear site does not reproduce one bilinear x4/x8 at swap time (the
+            report says so); a chained nearest site does.
         strict: raise instead of warning when nothing is eligible, or when a site selected by
             ``include`` cannot be swapped.
         verbose: print the site table after swapping (it is logged at INFO level either way).
@@ -62,6 +69,7 @@ class SwapPolicy:
     swap_final: bool = False
     groups_fallback: bool = True
     init: str = "match"
+    chain: bool = True
     strict: bool = False
     verbose: bool = True
 
@@ -123,6 +131,9 @@ class SiteDecision:
         fx_error: for the eager fallback, why torch.fx was not used.
         parameters: trainable parameters the replacement adds (computed, nothing is built); for
             calls that share one replacement, counted on the first of them only.
+        stages: x2 stages the replacement chains (1: one module).
+        exact: whether the replacement computes what the call did at swap time (CARAFE, chained
+            bilinear and ``init="paper"`` do not).
 
     Example:
         >>> site = UpsampleSite("up", "module", "nearest", None, (2.0, 2.0), None, 8,
@@ -142,6 +153,8 @@ class SiteDecision:
     replacement: str = ""
     fx_error: str = ""
     parameters: int = 0
+    stages: int = 1
+    exact: bool = True
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "site":
@@ -195,7 +208,11 @@ def fit_groups(variant: str, in_channels: int, scale: int, fallback: bool) -> tu
         (3, 'groups 4 -> 3 (30 channels)', '')
         >>> fit_groups("dysample+", 30, 2, fallback=False)[2].startswith("30 channels are not divisible")
         True
+        >>> fit_groups("carafe", 30, 2, fallback=False)
+        (None, '', '')
     """
+    if variant not in VARIANTS:
+        return None, "", ""  # the rivals have no channel groups
     settings = variant_settings(variant)
     style, groups = str(settings["style"]), int(settings["groups"])  # type: ignore[call-overload]
     try:
@@ -272,6 +289,49 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
     return None
 
 
+def replacement_parameters(variant: str, in_channels: int, scale: int, groups: int | None,
+                           policy: SwapPolicy) -> int:
+    """Trainable parameters of the module that replaces a call, computed without building a real one.
+
+    DySample is counted by formula (per x2 stage for a chain); a rival is built once, with the
+    random number generator forked (so discovery draws no random numbers), and counted.
+
+    Example:
+        >>> replacement_parameters("dysample", 256, 8, 4, SwapPolicy()), replacement_parameters("carafe", 256, 2, None, SwapPolicy())
+        (24672, 74148)
+    """
+    stages = chain_stages(variant, scale, policy.chain)
+    if variant in VARIANTS and groups is not None:
+        return stages * parameter_count(variant, in_channels, 2 if stages > 1 else scale, groups)
+    with torch.random.fork_rng(devices=[]):
+        module = create_upsampler(variant, in_channels, scale, init=policy.init,
+                                  groups_fallback=policy.groups_fallback, chain=policy.chain)
+    return sum(p.numel() for p in module.parameters())
+
+
+def replacement(site: UpsampleSite, variant: str, scale: int, policy: SwapPolicy) -> dict[str, Any] | str:
+    """The decided fields of a replacement at ``scale`` (groups, note, parameters, stages, exact, reason), or why none fits.
+
+    Example:
+        >>> s = UpsampleSite("up", "module", "bilinear", None, (4.0, 4.0), None, 30,
+        ...                  (1, 30, 4, 4), (1, 30, 16, 16), "f.py:1 in forward")
+        >>> r = replacement(s, "dysample", 4, SwapPolicy())
+        >>> r["stages"], r["groups"], r["exact"], r["reason"]
+        (2, 3, False, 'x4 dysample as 2 x2 stages, anchor bilinear, groups 4 -> 3 (30 channels); changes the function at swap time')
+    """
+    stages = chain_stages(variant, scale, policy.chain)
+    groups, note, error = fit_groups(variant, site.in_channels, 2 if stages > 1 else scale, policy.groups_fallback)
+    if error:
+        return error
+    anchor = anchor_for(site, policy)
+    native = all(r == scale for r in site.ratio)
+    exact = exact_at_swap(variant, anchor, scale=scale, init=policy.init, chain=policy.chain, native=native)
+    reason = (f"x{scale} {variant}" + (f" as {stages} x2 stages" if stages > 1 else "") + f", anchor {anchor}"
+              + (f", {note}" if note else "") + ("" if exact else "; changes the function at swap time"))
+    return {"groups": groups, "groups_note": note, "stages": stages, "exact": exact, "reason": reason,
+            "parameters": replacement_parameters(variant, site.in_channels, scale, groups, policy)}
+
+
 def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -> SiteDecision:
     """Decide one site; the rules are checked in this order (the first that applies skips it).
 
@@ -296,12 +356,10 @@ def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -
     reason = _skip_reason(site, policy)
     if reason is not None:
         return SiteDecision(site, "skip", reason, scale)
-    groups, note, error = fit_groups(variant, site.in_channels, scale, policy.groups_fallback)
-    if groups is None:
-        return SiteDecision(site, "skip", error, scale)
-    reason = f"x{scale} {variant}, anchor {anchor_for(site, policy)}" + (f", {note}" if note else "")
-    return SiteDecision(site, "swap", reason, scale, groups, note,
-                        parameters=parameter_count(variant, site.in_channels, scale, groups))
+    fields = replacement(site, variant, scale, policy)
+    if isinstance(fields, str):
+        return SiteDecision(site, "skip", fields, scale)
+    return SiteDecision(site, "swap", upsampler_scale=scale, **fields)
 
 
 def decide_all(sites: list[UpsampleSite], policy: SwapPolicy, variant: str) -> list[SiteDecision]:

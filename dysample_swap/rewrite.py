@@ -6,12 +6,15 @@ model, so models that fx cannot trace as a whole (detectors, smp models with inp
 these traces are tried in order until one reproduces the owner's recorded output exactly on every
 recorded execution, in both train and eval mode:
 
-1. every child module a leaf; ``None`` arguments and tensors nested in lists/dicts made
-   concrete (``torch.fx.PH`` placeholders), scalars left symbolic so run-time sizes stay dynamic;
-2. the same with scalar arguments (ints, bools, strings) fixed to their recorded values
-   (guarded by an assert);
-3. and 4. like 1 and 2, but child modules without upsampling calls are traced through
-   (needed when a child returns a tuple that the owner unpacks, as FPN's ``extra_blocks``).
+1. every child module a leaf; ``None``, bool and string arguments and tensors nested in
+   lists/dicts made concrete (``torch.fx.PH`` placeholders), numbers left symbolic so run-time
+   sizes stay dynamic;
+2. like 1, but child modules without upsampling calls are traced through (needed when a child
+   returns a tuple that the owner unpacks, as FPN's ``extra_blocks``);
+3. and 4. like 1 and 2 with number arguments fixed to their recorded values (guarded by an
+   assert), tried only when the eager fallback could not route every call: a fixed
+   ``patch_height`` would make the model fail at every other input size, the eager fallback runs
+   the original code at any size.
 
 The matched ``F.interpolate`` call_function nodes / ``nn.Upsample`` call_module nodes are
 replaced by call_module nodes to new ``DySample`` children of the owner (``dysample_<k>``, or the
@@ -277,9 +280,9 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         if name and not default_leaf(m, name)
         and not any(p == prefix + name or p.startswith(prefix + name + ".") for p in site_paths))
     error = "no recorded execution"
-    attempts = [(frozenset(), False), (frozenset(), True)]
-    if inline:
-        attempts += [(inline, False), (inline, True)]
+    every_call_direct = all("direct" in sites[i].flags for inv in invocations for i in routed(inv))
+    attempts = [(frozenset(), False), *([(inline, False)] if inline else []),
+                (frozenset(), True), *([(inline, True)] if inline else [])]
     tried = []
     for inline_ids, fix in attempts:
         concrete = _concrete_args(owner, invocations[0], fix)
@@ -288,6 +291,12 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
             break
         if (inline_ids, concrete.keys()) in tried:
             continue  # no scalar arguments: fixing them changes nothing
+        if fix and every_call_direct:
+            frozen = ", ".join(f"{k}={v!r}" for k, v in concrete.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool))
+            error += (f"; fixing its number arguments ({frozen}) would freeze them at the example's values, "
+                      "so the eager fallback keeps them dynamic")
+            break
         tried.append((inline_ids, concrete.keys()))
         try:
             graph = _trace(owner, inline_ids, concrete)
@@ -304,6 +313,9 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
             logger.debug("fx trace of %s failed (children traced through: %d, scalars fixed: %s): %s",
                          owner_path, len(inline_ids), fix, error, exc_info=True)
             continue
+        if fix:
+            logger.warning("%s: traced with its number arguments fixed at the example's values (%s); other "
+                           "values fail an assert in the rewritten forward", owner_path, concrete)
         return OwnerPlan(owner_path, "fx", positions, graph=graph, in_place=in_place)
     logger.debug("%s uses the eager fallback: %s", owner_path, error)
     direct = [[i for i in routed(inv) if "direct" in sites[i].flags] for inv in invocations]

@@ -23,14 +23,13 @@ import torch
 import torch.nn as nn
 
 from dysample_swap import _torch_compat
-from dysample_swap.dysample import DySample
 from dysample_swap.example_inputs import default_inputs, describe_inputs, native_size
-from dysample_swap.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, fit_groups,
-                                  offset_init_std, selects, shared_call_reason, unroutable_reason)
+from dysample_swap.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, replacement, selects,
+                                  shared_call_reason, unroutable_reason)
 from dysample_swap.rewrite import (OwnerPlan, Replacement, apply_eager, apply_fx, free_name, is_rewritten,
                                    plan_owner, restore)
 from dysample_swap.sites import ROOT, Discovery, discover, discovery_context, join_path, module_at
-from dysample_swap.variants import parameter_count, variant_settings
+from dysample_swap.upsamplers.registry import create_upsampler, upsampler_name
 
 logger = logging.getLogger("dysample_swap")
 pytree = _torch_compat.pytree()
@@ -281,19 +280,19 @@ def _assign(owner: str, plan: OwnerPlan, decisions: list[SiteDecision], module: 
 
 def _share(decisions: list[SiteDecision], members: list[int], variant: str, policy: SwapPolicy) -> None:
     """Give every call that one new module serves that module's scale and groups; count it once."""
-    scale = max(decisions[i].upsampler_scale for i in members)
-    groups, note, error = fit_groups(variant, decisions[members[0]].in_channels, scale, policy.groups_fallback)
+    first = max(members, key=lambda i: decisions[i].upsampler_scale)
+    scale = decisions[first].upsampler_scale
     for k, i in enumerate(members):
         d = decisions[i]
-        if groups is None:
-            decisions[i] = d.skip(error)
+        fields = replacement(d.site, variant, scale, policy)
+        if isinstance(fields, str):
+            decisions[i] = d.skip(fields)
             continue
-        params = parameter_count(variant, d.in_channels, scale, groups) if k == 0 else 0
-        decisions[i] = d.replace(upsampler_scale=scale, groups=groups, groups_note=note, parameters=params)
+        decisions[i] = d.replace(upsampler_scale=scale, **{**fields, "parameters": fields["parameters"] if k == 0 else 0})
 
 
 def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: dict[str, Any]) -> _Plan:
-    variant_settings(variant)
+    variant = upsampler_name(variant)
     policy = SwapPolicy.from_kwargs(**policy_kwargs)
     _torch_compat.require()
     with discovery_context(model):
@@ -379,8 +378,8 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
         example_inputs: positional arguments of one forward (a tuple; a single tensor or a list
             of images is wrapped).  Omitted: ``1x3xHxW`` for image models (H = W = 128, else
             224, 256, 512), a list of one ``3x128x160`` image for torchvision detectors.
-        **policy: ``variant`` (default ``"dysample+"``, decides which channel counts fit) and
-            the :class:`~dysample_swap.policy.SwapPolicy` options.
+        **policy: ``variant`` (default ``"dysample+"``: which upsampler, so which channel counts
+            fit) and the :class:`~dysample_swap.policy.SwapPolicy` options.
 
     Returns:
         One :class:`~dysample_swap.policy.SiteDecision` per executed call; what discovery
@@ -398,10 +397,15 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
     return plan_swap(model, variant, example_inputs, **policy).sites
 
 
-def _build(variant: str, decision: SiteDecision, policy: SwapPolicy, **defaults: Any) -> DySample:
-    return DySample.from_variant(
-        variant, decision.in_channels, decision.upsampler_scale, groups=decision.groups,
-        anchor=anchor_for(decision.site, policy), offset_init_std=offset_init_std(policy), **defaults)
+def _build(variant: str, decision: SiteDecision, policy: SwapPolicy, **defaults: Any) -> nn.Module:
+    module = create_upsampler(variant, decision.in_channels, decision.upsampler_scale,
+                              anchor=anchor_for(decision.site, policy), init=policy.init,
+                              groups_fallback=policy.groups_fallback, chain=policy.chain, **defaults)
+    built = sum(p.numel() for p in module.parameters())
+    if built != decision.parameters:
+        raise RuntimeError(f"dysample_swap bug: {decision.path} was planned with {decision.parameters} parameters, "
+                           f"its {type(module).__name__} has {built}")
+    return module
 
 
 _UPSAMPLE_STATE = frozenset(nn.Upsample(scale_factor=2.0).__dict__)
@@ -463,10 +467,12 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
 
     Args:
         model: the network (rewritten in place).
-        variant: ``"dysample"``, ``"dysample+"``, ``"dysample-s"`` or ``"dysample-s+"``.
+        variant: ``"dysample"``, ``"dysample+"``, ``"dysample-s"``, ``"dysample-s+"``, or a rival
+            for ablations: ``"carafe"``, ``"deconv"``, ``"pixelshuffle"``, ``"bilinear"`` (a no-op
+            arm); see :data:`~dysample_swap.upsamplers.UPSAMPLERS`.
         example_inputs: as in :func:`find_upsamplers`.
         **policy: :class:`~dysample_swap.policy.SwapPolicy` options (``include``, ``exclude``,
-            ``swap_final``, ``groups_fallback``, ``init``, ``strict``, ``verbose``).
+            ``swap_final``, ``groups_fallback``, ``init``, ``chain``, ``strict``, ``verbose``).
 
     Example:
         >>> import torch, torch.nn as nn

@@ -383,7 +383,7 @@ def test_paper_init_anchors_bilinear_with_random_offsets() -> None:
 
 
 def test_variant_and_option_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match=r"unknown DySample variant 'dysample\+\+'"):
+    with pytest.raises(ValueError, match=r"unknown upsampler 'dysample\+\+'"):
         swap_upsamplers(SequentialDecoder(), "dysample++", X)
     with pytest.raises(TypeError, match="unknown policy option.*'swap_finals'"):
         find_upsamplers(SequentialDecoder(), X, swap_finals=True)

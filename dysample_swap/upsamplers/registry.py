@@ -135,6 +135,27 @@ def _stages(entry: _Entry, scale: int, chain: bool) -> int:
     return 1
 
 
+def upsampler_name(name: str) -> str:
+    """The registry's spelling of ``name`` (case and spaces ignored); ``ValueError`` for an unknown one.
+
+    Example:
+        >>> upsampler_name(" CARAFE ")
+        'carafe'
+    """
+    _entry(name)
+    return name.strip().lower()
+
+
+def chain_stages(name: str, scale: int, chain: bool = True) -> int:
+    """How many modules ``create_upsampler(name, C, scale, chain=chain)`` chains (1: a single module).
+
+    Example:
+        >>> chain_stages("dysample", 8), chain_stages("dysample", 8, chain=False), chain_stages("bilinear", 8)
+        (3, 1, 1)
+    """
+    return _stages(_entry(name), scale, chain)
+
+
 def create_upsampler(
     name: str,
     channels: int,
