@@ -14,8 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,25 @@ pytree = _torch_compat.pytree()
 
 REPORT_ATTRIBUTE = "dysample_swap_report"
 """Name of the attribute under which ``swap_upsamplers`` stores its :class:`SwapReport` on the model."""
+
+
+_FRAMEWORK_SWAP: contextvars.ContextVar[bool] = contextvars.ContextVar("dysample_swap_framework", default=False)
+
+
+@contextlib.contextmanager
+def framework_swap() -> Iterator[None]:
+    """Marks swaps that a framework integration makes on a framework's own network (no warning then).
+
+    Example:
+        >>> with framework_swap():
+        ...     _FRAMEWORK_SWAP.get()
+        True
+    """
+    token = _FRAMEWORK_SWAP.set(True)
+    try:
+        yield
+    finally:
+        _FRAMEWORK_SWAP.reset(token)
 
 
 def _portable(value: Any) -> Any:
@@ -489,6 +511,10 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
         from dysample_swap.integrations.ultralytics import swap_yolo
 
         return swap_yolo(model, variant, example_inputs, **policy)
+    if integrations.is_ultralytics_network(model) and not _FRAMEWORK_SWAP.get():
+        warnings.warn(f"swapping an ultralytics {type(model).__name__} alone: YOLO.train() rebuilds the network "
+                      "from its YAML and would drop the swap; pass the YOLO object itself "
+                      "(swap_upsamplers(yolo, ...)) so that training keeps it", stacklevel=2)
     plan = _plan(model, variant, example_inputs, policy)
     report = plan.report
     previous = getattr(model, REPORT_ATTRIBUTE, None)

@@ -157,6 +157,8 @@ def test_predicates_and_errors() -> None:
     assert swap_upsamplers(yolo, "dysample") is yolo  # the YOLO object goes to swap_yolo: re-attaches only
     hooks = [c for c in yolo.callbacks["on_pretrain_routine_start"] if isinstance(c, KeepSwapInTraining)]
     assert len(hooks) == 1 and swap_report(yolo.model).previous is None  # one callback, one swap
+    with pytest.warns(UserWarning, match=r"YOLO.train\(\) rebuilds the network .* pass the YOLO object itself"):
+        swap_upsamplers(YOLO("yolov8n.yaml").model, "dysample", verbose=False)  # the network alone: said
 
 
 def test_swap_is_in_place_and_changes_nothing_at_swap_time() -> None:

@@ -32,7 +32,7 @@ import torch.nn as nn
 from dysample_swap.example_inputs import first_conv_channels
 from dysample_swap.integrations import is_ultralytics_model
 from dysample_swap.sites import join_path
-from dysample_swap.swap import REPORT_ATTRIBUTE, SwapReport, swap_report, swap_upsamplers
+from dysample_swap.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_report, swap_upsamplers
 
 DEFAULT_VARIANT = "dysample+"
 """The variant :func:`swap_yolo` uses when none is given and the network is not swapped yet."""
@@ -100,7 +100,8 @@ class _Step:
         channels = first_conv_channels(network) or 3
         generator = torch.Generator().manual_seed(0)
         x = torch.rand(1, channels, *self.image_size, generator=generator).to(first.device, first.dtype)
-        swap_upsamplers(network, self.variant, (x,), **self.policy, verbose=False)
+        with framework_swap():
+            swap_upsamplers(network, self.variant, (x,), **self.policy, verbose=False)
         report = swap_report(network)
         got = tuple((d.path, d.in_channels) for d in report.swapped)
         if got != self.sites:
@@ -239,7 +240,8 @@ def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None,
         _check_reattach(report, variant, example_inputs, policy)
     else:
         inputs = example_inputs if example_inputs is not None else (default_yolo_input(network),)
-        swap_upsamplers(network, variant or DEFAULT_VARIANT, inputs, **policy)
+        with framework_swap():
+            swap_upsamplers(network, variant or DEFAULT_VARIANT, inputs, **policy)
         report = swap_report(network)
     event = "on_pretrain_routine_start"
     yolo.callbacks[event] = [c for c in yolo.callbacks[event] if not isinstance(c, KeepSwapInTraining)]
