@@ -1,6 +1,6 @@
 """Benchmark the upsamplers on the paper's workload (Sec. 3.4): 1x256x120x120, x2, on the CPU.
 
-Prints one Markdown table: forward and forward+backward latency (median over interleaved
+Prints one Markdown table: forward and forward+backward latency (backward with a dense random upstream gradient; median over interleaved
 rounds in a shuffled order, so every method sees the same machine state and none always
 follows the heavy ones), the ratio of each to bilinear, peak
 memory allocated during forward+backward (from the PyTorch profiler's allocation timeline),
@@ -95,9 +95,11 @@ def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, fl
                 m(x)
         return step
 
+    upstream = torch.randn(1, channels, 2 * size, 2 * size)  # dense: .sum() would add the same copy to both arms
+
     def train_step(m: nn.Module) -> Callable[[], None]:
         def step() -> None:
-            m(x_grad).sum().backward()
+            m(x_grad).backward(upstream)
         return step
 
     fwd_times: dict[str, list[float]] = {name: [] for name in methods}

@@ -400,10 +400,14 @@ def reference_sample(x: Tensor, index: Tensor, weight: Tensor, groups: int, out_
     return sampled.to(x.dtype).view(n, groups, out_h, out_w, -1).permute(0, 1, 4, 2, 3).reshape(n, channels, out_h, out_w)
 
 
-def _read_matrix(index: Tensor, weight: Tensor, in_pixels: int) -> Tensor:
+def _row_starts(index: Tensor) -> Tensor:
+    """CSR row pointers for ``index`` ``(B, P, 4)``: every output pixel has 4 entries (shared by all slices)."""
+    return torch.arange(0, 4 * index.shape[1] + 1, 4, dtype=torch.int32, device=index.device)
+
+
+def _read_matrix(crow: Tensor, index: Tensor, weight: Tensor, in_pixels: int) -> Tensor:
     """One slice's read as a sparse CSR ``(H_out*W_out, in_pixels)`` matrix with 4 entries a row."""
     out_pixels = index.shape[0]
-    crow = torch.arange(0, 4 * out_pixels + 1, 4, dtype=torch.int32, device=index.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         return torch.sparse_csr_tensor(crow, index.flatten(), weight.flatten(), (out_pixels, in_pixels),
@@ -420,7 +424,7 @@ class SparseBilinear(torch.autograd.Function):
 
     Example:
         >>> feats = torch.arange(4.0).view(1, 1, 4)
-        >>> index = torch.tensor([[[0, 1, 2, 3]]], dtype=torch.int32)
+        >>> index = torch.tensor([[[0, 1, 2, 3]]])
         >>> SparseBilinear.apply(feats, index, torch.full((1, 1, 4), 0.25), 4)
         tensor([[[1.5000]]])
     """
@@ -429,11 +433,12 @@ class SparseBilinear(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, feats: Tensor, index: Tensor, weight: Tensor,
                 in_pixels: int) -> Tensor:
         feats = feats.contiguous()
-        index = index.to(torch.int32)
+        index = index.to(torch.int32)  # MKL's index type: int64 would be converted on every product
+        crow = _row_starts(index)
         out = feats.new_empty(feats.shape[0], feats.shape[1], index.shape[1])
         with torch.autocast(feats.device.type, enabled=False):  # the products stay in the features' dtype
             for b in range(feats.shape[0]):
-                torch.mm(feats[b], _read_matrix(index[b], weight[b], in_pixels).t(), out=out[b])
+                torch.mm(feats[b], _read_matrix(crow, index[b], weight[b], in_pixels).t(), out=out[b])
         ctx.save_for_backward(feats, index, weight)
         ctx.in_pixels = in_pixels
         return out
@@ -444,9 +449,10 @@ class SparseBilinear(torch.autograd.Function):
         grad = grad.contiguous()
         grad_feats = feats.new_empty(feats.shape) if ctx.needs_input_grad[0] else None
         grad_weight = weight.new_empty(weight.shape) if ctx.needs_input_grad[2] else None
+        crow = _row_starts(index)
         with torch.autocast(feats.device.type, enabled=False):
             for b in range(feats.shape[0]):
-                matrix = _read_matrix(index[b], weight[b], ctx.in_pixels)
+                matrix = _read_matrix(crow, index[b], weight[b], ctx.in_pixels)
                 if grad_feats is not None:
                     torch.mm(grad[b], matrix, out=grad_feats[b])
                 if grad_weight is not None:
