@@ -3,9 +3,11 @@
 A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample`. The first five
 constructor arguments, the state-dict names (``offset.weight``, ``offset.bias``,
 ``scope.weight``, ``init_pos``) and the formulas match the authors' module, so their
-checkpoints load with ``strict=True`` and give the same results: bit for bit with
-``positions="authors"``; by default (``positions="exact"``) without the float32 rounding of
-their normalised ``grid_sample`` coordinates (at most ``~W * 2**-24`` pixels). On top of it:
+checkpoints load with ``strict=True`` and give the same results: bit for bit at the native size
+(the default ``positions="grid"`` is their ``grid_sample`` arithmetic there; ``"authors"`` allows
+nothing else). ``positions="exact"`` carries positions as index plus fraction instead, without the
+float32 rounding of normalised coordinates (``~W * 2**-24`` pixels), so zero offsets reproduce
+``F.interpolate`` bit for bit at every size, at 2-3x the CPU cost. On top of it:
 
 * ``forward(x, size=...)`` / ``forward(x, scale_factor=...)`` for any output size,
 * a choice of ``anchor`` (where zero offsets sample) so a swapped network starts out
@@ -98,10 +100,13 @@ class DySample(nn.Module):
             gives zero offsets, so the module starts out equal to ``F.interpolate`` in ``anchor`` mode.
         groups_fallback: instead of raising for a channel count that ``groups`` does not divide,
             use :func:`resolve_groups` (the largest valid divisor not above ``groups``).
-        positions: ``"exact"`` (default): sampling positions as input index plus fraction, so zero
-            offsets reproduce ``F.interpolate`` at every size (``nearest``: bit for bit). ``"authors"``:
-            the authors' normalised ``grid_sample`` coordinates, bit for bit with their module and
-            weights (native size and bilinear anchor only; float32 positions good to ``W * 2**-24`` px).
+        positions: ``"grid"`` (default, fast): ``grid_sample`` at the anchor plus the offsets, the
+            authors' arithmetic at the native size; float32 positions are good to ``W * 2**-24`` px,
+            so zero offsets equal ``F.interpolate`` bit for bit at power-of-two sizes and to ~1e-6
+            elsewhere. ``"exact"``: positions as input index plus fraction, so zero offsets reproduce
+            ``F.interpolate`` at every size (``nearest``: bit for bit), for models with an argmax,
+            NMS or top-k after the upsampler; 2-3x slower on the CPU. ``"authors"``: the authors'
+            module only (native size, bilinear anchor).
         size, scale_factor: the output size or factor used when ``forward`` gets neither, as
             ``nn.Upsample(size=...)`` / ``nn.Upsample(scale_factor=...)`` would (at most one of
             them; default: ``scale`` times the input). This makes a DySample a drop-in for an
@@ -128,7 +133,7 @@ class DySample(nn.Module):
         anchor: str = "bilinear",
         offset_init_std: float = 0.001,
         groups_fallback: bool = False,
-        positions: str = "exact",
+        positions: str = "grid",
         size: int | Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
     ) -> None:
@@ -253,5 +258,5 @@ class DySample(nn.Module):
         return (
             f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
             f"style={self.style}, scope={scope}, anchor={self.anchor}"
-        ) + (f", positions={self.positions}" if self.positions != "exact" else "") + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
+        ) + (f", positions={self.positions}" if self.positions != "grid" else "") + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
                     if v is not None)

@@ -14,14 +14,25 @@ Where zero offsets sample is the *anchor*:
 * ``"bilinear_align_corners"``: ``F.interpolate(mode="bilinear", align_corners=True)``,
 * ``"nearest"``: ``F.interpolate(mode="nearest")`` (the paper's nearest initialisation).
 
-Positions are carried as an integer input index plus a fraction, never through
-``grid_sample``'s normalised ``[-1, 1]`` coordinates: the anchor's index and fraction are
-computed with ``F.interpolate``'s own float32 arithmetic, and an offset is added to the
-fraction. So with zero offsets the taps and weights are exactly ``F.interpolate``'s, at every
-size and ratio (``nearest``: bit for bit). Reading outside the input clamps the position to
-the border (``grid_sample``'s ``padding_mode="border"``).
+How positions are carried is ``positions`` (:data:`POSITIONS`):
 
-Two samplers compute the same bilinear read (:data:`SAMPLERS`):
+* ``"grid"`` (default, the fast path): ``grid_sample`` reads the anchor position plus the offset
+  through its normalised ``[-1, 1]`` coordinates, as the authors' module does (at the native
+  size with the bilinear anchor it *is* the authors' arithmetic, bit for bit). float32 rounds a
+  position to about ``W * 2**-24`` pixels, so at zero offsets it equals ``F.interpolate`` bit for
+  bit at power-of-two sizes and within ~1e-6 relative elsewhere.
+* ``"exact"``: an integer input index plus a fraction, never through normalised coordinates: the
+  anchor's index and fraction are computed with ``F.interpolate``'s own float32 arithmetic, and an
+  offset is added to the fraction. So with zero offsets the taps and weights are exactly
+  ``F.interpolate``'s, at every size and ratio (``nearest``: bit for bit). Choose it where a
+  discontinuous step follows the upsampler (argmax, NMS, top-k query selection) and the swapped
+  model must not change its output at swap time; today it runs 2-3x slower than ``"grid"`` on the
+  CPU (``benchmarks/bench_upsamplers.py``).
+* ``"authors"``: the authors' module exactly (native size, bilinear anchor only).
+
+Reading outside the input clamps the position to the border (``padding_mode="border"``).
+
+For ``positions="exact"``, two samplers compute the same bilinear read (:data:`SAMPLERS`):
 
 * ``"sparse"``: each channel group's read is one sparse matrix (4 weights per output pixel)
   applied to the features with PyTorch's sparse CSR kernels (MKL), wrapped in an
@@ -36,8 +47,11 @@ Example:
     >>> import torch, torch.nn.functional as F
     >>> x = torch.randn(1, 8, 5, 7)
     >>> offset = torch.zeros(1, 2 * 2 * 4, 5, 7)
-    >>> y = dysample_sample(x, offset, scale=2, groups=2, size=(9, 13), anchor="nearest")
+    >>> y = dysample_sample(x, offset, scale=2, groups=2, size=(9, 13), anchor="nearest", positions="exact")
     >>> torch.equal(y, F.interpolate(x, size=(9, 13), mode="nearest"))
+    True
+    >>> y = dysample_sample(x, offset, scale=2, groups=2, size=(9, 13), anchor="nearest")  # "grid": fast
+    >>> (y - F.interpolate(x, size=(9, 13), mode="nearest")).abs().max().item() < 1e-5
     True
 """
 
@@ -58,8 +72,9 @@ logger = logging.getLogger("dysample_swap")
 ANCHORS: tuple[str, ...] = ("bilinear", "bilinear_align_corners", "nearest")
 """Valid values of ``anchor``: which ``F.interpolate`` mode zero offsets reproduce."""
 
-POSITIONS: tuple[str, ...] = ("exact", "authors")
-"""Valid values of ``positions``: index plus fraction (default), or the authors' normalised coordinates."""
+POSITIONS: tuple[str, ...] = ("grid", "exact", "authors")
+"""Valid values of ``positions``: ``grid_sample``'s normalised coordinates (default, fast), index plus
+fraction (exact at zero offsets at every size), or the authors' module exactly."""
 
 SAMPLERS: tuple[str, ...] = ("auto", "sparse", "reference")
 """Valid values of ``sampler``: ``"auto"`` picks ``"sparse"`` where it applies (see the module docstring)."""
@@ -172,7 +187,7 @@ def dysample(
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
     sampler: str = "auto",
-    positions: str = "exact",
+    positions: str = "grid",
     init_pos: Tensor | None = None,
 ) -> Tensor:
     """The whole DySample forward as a function of the input and the module's tensors.
@@ -223,7 +238,7 @@ def dysample_sample(
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
     sampler: str = "auto",
-    positions: str = "exact",
+    positions: str = "grid",
     init_pos: Tensor | None = None,
 ) -> Tensor:
     """Resample ``x`` at the anchor positions moved by ``offset`` (the DySample sampler).
@@ -241,7 +256,9 @@ def dysample_sample(
         anchor: where zero offsets sample (one of :data:`ANCHORS`).
         sampler: one of :data:`SAMPLERS`; ``"auto"`` takes ``"sparse"`` for eager float32/float64
             CPU tensors and ``"reference"`` otherwise.
-        positions: ``"exact"`` (index plus fraction, see the module docstring), or ``"authors"``:
+        positions: ``"grid"`` (default: ``grid_sample``, fast; the authors' arithmetic at the native
+            size with the bilinear anchor and ``init_pos``), ``"exact"`` (index plus fraction, see
+            the module docstring), or ``"authors"``:
             the authors' arithmetic, ``2 * (cell centre + offset + init_pos) / size - 1`` read by
             ``grid_sample``, so their weights give their outputs bit for bit. In float32 that
             rounds a position to about ``W * 2**-24`` pixels (so it equals ``F.interpolate`` only at
@@ -265,11 +282,18 @@ def dysample_sample(
     out_h, out_w, factors = _output_size(height, width, scale, size, scale_factor)
     coord_dtype = _coordinate_dtype(x)
     offset = offset.to(coord_dtype)
+    authors_case = factors == (float(scale), float(scale)) and anchor == "bilinear" and init_pos is not None
     if positions == "authors":
-        if factors != (float(scale), float(scale)) or anchor != "bilinear" or init_pos is None:
+        if not authors_case:
             raise ValueError("positions='authors' reproduces the authors' module: the native size (scale times the "
                              "input), the bilinear anchor and an init_pos tensor only")
         return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups)
+    if positions == "grid" and torch.onnx.is_in_onnx_export():
+        positions = "exact"  # gathers: onnxruntime runs them far faster than its GridSample (same read to ~1e-6)
+    if positions == "grid":
+        if authors_case and coord_dtype == torch.float32:
+            return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups)
+        return _grid_sample(x, offset, scale, groups, out_h, out_w, factors, anchor)
     if positions != "exact":
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
 
@@ -298,6 +322,43 @@ def dysample_sample(
         sampled = SparseBilinear.apply(feats, index, weight.to(x.dtype), height * width)
         return sampled.view(n, channels, out_h, out_w)
     return reference_sample(x, index, weight, groups, out_h, out_w)
+
+
+def _offset_planes(offset: Tensor, n: int, groups: int, scale: int, height: int, width: int,
+                   out_h: int, out_w: int, native: bool) -> tuple[Tensor, Tensor]:
+    """x and y displacement planes in output-pixel order ``(N*g, H_out, W_out)``; off the native size
+    each output pixel takes the offset of its sub-pixel cell."""
+    offset = offset.reshape(n, 2, groups, scale, scale, height, width)
+    plane_x, plane_y = (
+        offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
+    )
+    if not native:
+        rows = torch.arange(out_h, device=offset.device, dtype=torch.float64).mul(scale * height / out_h).floor().long()
+        cols = torch.arange(out_w, device=offset.device, dtype=torch.float64).mul(scale * width / out_w).floor().long()
+        plane_x = plane_x.index_select(1, rows).index_select(2, cols)
+        plane_y = plane_y.index_select(1, rows).index_select(2, cols)
+    return plane_x, plane_y
+
+
+def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int, out_w: int,
+                 factors: tuple[float, float] | None, anchor: str) -> Tensor:
+    """``positions="grid"``: the anchor position plus the offset, read by ``grid_sample`` (border padding)."""
+    n, channels, height, width = x.shape
+    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
+                                      native=factors == (float(scale), float(scale)))
+    sf_h, sf_w = factors if factors is not None else (None, None)
+    index_x, fraction_x = anchor_index(width, out_w, anchor, sf_w, offset.dtype, x.device)
+    index_y, fraction_y = anchor_index(height, out_h, anchor, sf_h, offset.dtype, x.device)
+    base_x = (index_x.to(offset.dtype) + fraction_x).add(0.5)  # pixel centres at k + 0.5
+    base_y = (index_y.to(offset.dtype) + fraction_y).add(0.5)
+    grid_x = (plane_x + base_x).mul(2).div(width).sub(1)
+    grid_y = (plane_y + base_y[:, None]).mul(2).div(height).sub(1)
+    grid = torch.stack([grid_x, grid_y], dim=-1)
+    if not torch.is_autocast_enabled(x.device.type):
+        grid = grid.to(x.dtype)
+    sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
+                            padding_mode="border", align_corners=False)
+    return sampled.view(n, channels, out_h, out_w)
 
 
 def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int) -> Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dysample_swap.sampling as sampling
@@ -128,9 +129,11 @@ def test_torch_compile_both_styles_and_a_second_shape() -> None:
         torch.testing.assert_close(compiled(x), net(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("positions", ["grid", "exact"])
 @pytest.mark.parametrize("style", ["lp", "pl"])
-def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = DySample(64, 2, style, 4, dyscope=True)
+def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    module = DySample(64, 2, style, 4, dyscope=True, positions=positions)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in module.parameters():
@@ -138,18 +141,27 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, monkeypatch:
     x = torch.randn(2, 64, 24, 24)
     reference = module(x)
 
-    weights = []
-    apply = sampling.SparseBilinear.apply
+    coordinates = []
+    if positions == "grid":
+        grid_sample = F.grid_sample
 
-    def recording_apply(feats: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: int) -> torch.Tensor:
-        weights.append(weight.dtype)
-        return apply(feats, index, weight, pixels)
+        def recording_grid_sample(inp: torch.Tensor, grid: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            coordinates.append(grid.dtype)
+            return grid_sample(inp, grid, **kwargs)
 
-    monkeypatch.setattr(sampling.SparseBilinear, "apply", recording_apply)
+        monkeypatch.setattr(sampling.F, "grid_sample", recording_grid_sample)
+    else:
+        apply = sampling.SparseBilinear.apply
+
+        def recording_apply(feats: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: int) -> torch.Tensor:
+            coordinates.append(weight.dtype)
+            return apply(feats, index, weight, pixels)
+
+        monkeypatch.setattr(sampling.SparseBilinear, "apply", recording_apply)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(x)
-    assert weights == [torch.float32]  # bilinear weights (the coordinates) built in float32 under autocast
-    assert out.dtype == torch.float32  # the sampling reads the float32 input, as grid_sample's autocast rule did
+    assert coordinates == [torch.float32]  # grid / bilinear weights (the coordinates) built in float32 under autocast
+    assert out.dtype == torch.float32  # the sampling reads the float32 input (grid_sample's autocast rule)
     # only the bf16 offset convolution rounds: the error stays within bf16 rounding of the output
     error = (out.float() - reference).abs().max().item()
     assert error <= 2**-8 * reference.abs().max().item()

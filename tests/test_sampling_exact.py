@@ -38,7 +38,7 @@ ODD_CASES = [
 @pytest.mark.parametrize(("hw", "scale", "call"), ODD_CASES)
 def test_zero_offsets_equal_interpolate_at_odd_sizes(anchor: str, style: str, hw: tuple, scale: int, call: dict) -> None:
     channels = 4 * scale * scale
-    module = DySample(channels, scale, style, 2, dyscope=True, anchor=anchor, offset_init_std=0.0)
+    module = DySample(channels, scale, style, 2, dyscope=True, anchor=anchor, offset_init_std=0.0, positions="exact")
     with torch.no_grad():
         module.scope.weight.normal_()  # the scope does not matter while the offsets are zero
     x = torch.randn(2, channels, *hw)
@@ -58,7 +58,7 @@ def test_both_samplers_are_exact_at_zero_offsets(sampler: str, anchor: str) -> N
     for (height, width), scale, call in ODD_CASES:
         x = torch.randn(1, 8, height, width)
         offset = torch.zeros(1, 2 * 2 * scale * scale, height, width)
-        out = dysample_sample(x, offset, scale, 2, anchor=anchor, sampler=sampler, **call)
+        out = dysample_sample(x, offset, scale, 2, anchor=anchor, sampler=sampler, positions="exact", **call)
         expected = F.interpolate(x, **(call or {"scale_factor": scale}), **INTERPOLATE_MODE[anchor])
         if anchor == "nearest":
             assert torch.equal(out, expected), call
@@ -79,7 +79,8 @@ def test_sparse_sampler_equals_the_reference_forward_and_gradients(dtype: torch.
     results = {}
     for sampler in ("sparse", "reference"):
         leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias, scope)]
-        out = dysample(leaves[0], leaves[1], leaves[2], leaves[3], scale, "lp", 2, **call, sampler=sampler)
+        out = dysample(leaves[0], leaves[1], leaves[2], leaves[3], scale, "lp", 2, **call, sampler=sampler,
+                       positions="exact")
         if upstream is None:
             upstream = torch.randn(out.shape, dtype=dtype, generator=generator)  # dense, not .sum()
         out.backward(upstream)
@@ -116,7 +117,7 @@ def test_gradcheck_float64_through_both_samplers(sampler: str) -> None:
     scope = (torch.randn(2 * 2 * 4, 8, 1, 1, dtype=torch.float64, generator=generator) * 0.2).requires_grad_(True)
 
     def run(x: torch.Tensor, weight: torch.Tensor, scope: torch.Tensor) -> torch.Tensor:
-        return dysample(x, weight, None, scope, 2, "lp", 2, size=(7, 9), sampler=sampler)
+        return dysample(x, weight, None, scope, 2, "lp", 2, size=(7, 9), sampler=sampler, positions="exact")
 
     assert torch.autograd.gradcheck(run, (x, weight, scope), eps=1e-6, atol=1e-5)
 
