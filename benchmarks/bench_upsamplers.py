@@ -6,7 +6,8 @@ follows the heavy ones), the ratio of each to bilinear, peak
 memory allocated during forward+backward (from the PyTorch profiler's allocation timeline),
 parameters, and GFLOPs as ``torch.utils.flop_counter`` counts them (convolutions and matrix
 products; interpolation and grid_sample count as 0 there). ``paper:`` rows are the
-straightforward implementation of the paper's formulas in ``paper_reference.py``.
+straightforward implementation of the paper's formulas in ``paper_reference.py``; ``exact:`` rows
+are DySample with ``positions="exact"`` (index-plus-fraction sampler).
 
 Usage:
     python benchmarks/bench_upsamplers.py --threads 2 --rounds 30
@@ -34,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_reference import PaperDySample  # noqa: E402
 
-from dysample_swap import VARIANTS, DySample  # noqa: E402
+from dysample_swap import VARIANTS, DySample, create_upsampler  # noqa: E402
 from dysample_swap.variants import variant_settings  # noqa: E402
 
 
@@ -56,9 +57,12 @@ def build_methods(channels: int) -> dict[str, nn.Module]:
         "bilinear": Interpolate("bilinear"),
         "deconv": nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1),
         "pixelshuffle": nn.Sequential(nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2)),
+        "carafe": create_upsampler("carafe", channels, 2),
     }
     for variant in VARIANTS:
         methods[variant] = DySample.from_variant(variant, channels, scale=2)
+        if variant in ("dysample", "dysample+"):
+            methods[f"exact:{variant}"] = DySample.from_variant(variant, channels, scale=2, positions="exact")
         settings = variant_settings(variant)
         methods[f"paper:{variant}"] = PaperDySample(channels, 2, settings["style"], settings["groups"], settings["dyscope"])
     return methods

@@ -14,7 +14,7 @@ from typing import Any
 from dysample_swap.model_spec import build_model
 from dysample_swap.swap import plan_swap, swap_upsamplers
 from dysample_swap.swapfile import save_swapped
-from dysample_swap.variants import VARIANTS
+from dysample_swap.upsamplers import UPSAMPLERS, upsampler_cost
 
 MODEL_HELP = ("smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
               "(weights=None, weights_backbone=None unless given), timm:NAME[:k=v,...], or "
@@ -33,7 +33,8 @@ def _shape(text: str) -> list[int]:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("--variant", default="dysample+", choices=VARIANTS, help="DySample variant (default dysample+)")
+    parser.add_argument("--variant", default="dysample+", choices=UPSAMPLERS,
+                        help="DySample variant (default dysample+), or a rival upsampler for ablations")
     parser.add_argument("--input-shape", type=_shape, default=None,
                         help="example input: NxCxHxW tensor, or CxHxW for one detector image "
                              "(default: 1x3x128x128, or one 3x128x160 image for torchvision detectors)")
@@ -47,6 +48,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                              "channels (default; --no-groups-fallback skips those sites)")
     parser.add_argument("--init", choices=("match", "paper"), default="match",
                         help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)")
+    parser.add_argument("--chain", action=argparse.BooleanOptionalAction, default=True,
+                        help="x4/x8 sites as chains of x2 stages, as the paper (default; --no-chain: one module)")
     parser.add_argument("--strict", action="store_true",
                         help="fail when nothing is eligible or an --include site cannot be swapped")
 
@@ -63,24 +66,62 @@ def _inputs(args: argparse.Namespace) -> Any:
 
 def _policy(args: argparse.Namespace) -> dict[str, Any]:
     return {"include": args.include, "exclude": args.exclude, "swap_final": args.swap_final,
-            "groups_fallback": args.groups_fallback, "init": args.init, "strict": args.strict}
+            "groups_fallback": args.groups_fallback, "init": args.init, "strict": args.strict,
+            "chain": args.chain}
+
+
+def cost_table(report: Any, policy: dict[str, Any]) -> str:
+    """Parameters and multiply-accumulates every upsampler would add at the sites ``report`` swaps.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from dysample_swap import plan_swap
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> print(cost_table(plan_swap(net, "dysample", torch.rand(1, 3, 16, 16)), {}).splitlines()[2])
+        dysample         288     0.000
+    """
+    rows = [("upsampler", "params", "GMACs")]
+    for name in UPSAMPLERS:
+        params = macs = 0
+        seen = set()
+        for d in report.swapped:
+            if (d.owner, d.replacement) in seen:
+                continue
+            seen.add((d.owner, d.replacement))
+            cost = upsampler_cost(name, d.in_channels, d.upsampler_scale, tuple(d.input_shape[2:]),
+                                  batch=d.input_shape[0], size=tuple(d.output_shape[2:]),
+                                  chain=policy.get("chain", True), init=policy.get("init", "match"))
+            params, macs = params + cost.params, macs + cost.macs
+        rows.append((name, f"{params:,}", f"{macs / 1e9:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [rows[0][0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(rows[0][1:], widths[1:]))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [r[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths[1:])) for r in rows[1:]]
+    return "\n".join(lines)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    """Print the site table and the parameter count the swap would add; the model is not changed.
+    """Print the site table, the parameter count the swap would add, and what every upsampler would cost there.
+
+    The model is not changed.
 
     Example:
         >>> args = argparse.Namespace(
         ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
         ...     input_shape=None, include=None, exclude=None, swap_final=False,
-        ...     groups_fallback=False, init="match", strict=False)
+        ...     groups_fallback=False, init="match", strict=False, chain=True)
         >>> run_inspect(args)  # doctest: +ELLIPSIS
         path ...
         1 swapped, 1 skipped; variant dysample adds 4,128 parameters
+        ...
+        carafe ...
         0
     """
     model = build_model(args.model)
-    print(plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args)).table())
+    report = plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args))
+    print(report.table())
+    print("\nwhat each upsampler would add at the swapped sites (batch and sizes of the example input):")
+    print(cost_table(report, _policy(args)))
     return 0
 
 
@@ -92,7 +133,7 @@ def run_swap(args: argparse.Namespace) -> int:
         >>> args = argparse.Namespace(
         ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
         ...     input_shape=None, include=None, exclude=None, swap_final=False,
-        ...     groups_fallback=False, init="match", strict=False,
+        ...     groups_fallback=False, init="match", strict=False, chain=True,
         ...     out=os.path.join(tempfile.mkdtemp(), "lraspp.pt"))
         >>> run_swap(args)  # doctest: +ELLIPSIS
         path ...
