@@ -34,6 +34,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+try:  # looked up once, at import, without failing: require() reports what is missing at swap time
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_tracing
+except ImportError:  # pragma: no cover - torch versions without it
+    _fx_tracing = None
+
 
 def pytree() -> ModuleType:
     """``torch.utils._pytree``.
@@ -52,8 +57,7 @@ def is_fx_symbolic_tracing() -> bool:
         >>> is_fx_symbolic_tracing()
         False
     """
-    module = importlib.import_module("torch.fx._symbolic_trace")
-    return bool(module.is_fx_symbolic_tracing())
+    return _fx_tracing is not None and bool(_fx_tracing())
 
 
 def call_impl_code() -> CodeType:

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.fx
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch import Tensor, nn
 
+from dysample_swap import _torch_compat
 from dysample_swap.sampling import POSITIONS, check_anchor, dysample
 from dysample_swap.variants import variant_name, variant_settings
 
@@ -235,7 +235,7 @@ class DySample(nn.Module):
         """
         if size is None and scale_factor is None:
             size, scale_factor = self.size, self.scale_factor
-        if not is_fx_symbolic_tracing():  # symbolic shapes cannot be checked while fx traces
+        if not _torch_compat.is_fx_symbolic_tracing():  # symbolic shapes cannot be checked while fx traces
             self._check_input(x)
         scope_weight = self.scope.weight if self.dyscope else None
         return dysample(

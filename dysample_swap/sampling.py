@@ -65,7 +65,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+from dysample_swap import _torch_compat
 
 logger = logging.getLogger("dysample_swap")
 
@@ -410,7 +411,7 @@ def _use_sparse(x: Tensor, sampler: str) -> bool:
         torch.jit.is_tracing()
         or torch.compiler.is_compiling()
         or torch.onnx.is_in_onnx_export()
-        or is_fx_symbolic_tracing()
+        or _torch_compat.is_fx_symbolic_tracing()
     ):
         return False  # export and compilation record the reference formulation (see the module docstring)
     reason = None

@@ -40,7 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
+
+from dysample_swap import _torch_compat
 
 ROOT = "<root>"
 """How the path of the model itself is written in sites and reports."""
@@ -258,9 +259,6 @@ def first_user_frame(frame: FrameType | None) -> tuple[FrameType | None, str]:
     return frame, api
 
 
-_CALL_IMPL_CODE = nn.Module._call_impl.__code__
-
-
 def calling_module(frame: FrameType | None) -> nn.Module | None:
     """The innermost module being called at ``frame``, skipping ``nn.Upsample``-family modules.
 
@@ -276,8 +274,9 @@ def calling_module(frame: FrameType | None) -> nn.Module | None:
         >>> probe(None) is probe
         True
     """
+    call_impl = _torch_compat.call_impl_code()
     while frame is not None:
-        if frame.f_code is _CALL_IMPL_CODE:
+        if frame.f_code is call_impl:
             module = frame.f_locals.get("self")
             if isinstance(module, nn.Module) and not is_upsample_module(module):
                 return module
@@ -435,7 +434,7 @@ def discovery_context(model: nn.Module) -> Iterator[None]:
 
 
 def _flat_tensors(value: Any) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+    return [t for t in _torch_compat.pytree().tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
