@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Three arms x two seeds at half the recipe's budget, two single-threaded runs at a time:
+# under 10 minutes on a 2-core CPU.
 demo: venv
-	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --out runs/demo
+	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 2 \
+		--jobs 2 --set train.max_steps=200 --set train.eval_every=50 --out runs/demo
 
 test: venv
 	$(PY) -m pytest -q

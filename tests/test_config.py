@@ -59,6 +59,9 @@ def test_free_sections_accept_new_keys() -> None:
     ("train.milestones=[0.9, 0.5]", "increasing fractions"),
     ("train.epochs=3", "exactly one of train.max_steps and train.epochs"),
     ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("swap.variant=dysampel", "swap.variant: unknown upsampler 'dysampel' \\(did you mean 'dysample'\\?\\)"),
+    ("compare.seeds=0", "compare needs seeds >= 1"),
+    ("compare.arms=[original, original]", "compare.arms must name distinct arms"),
 ])
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
