@@ -113,15 +113,20 @@ def test_a_fresh_interpreter_loads_the_whole_model(name: str, build: Callable[[]
     torch.save({"model": model, "inputs": x, "outputs": _run(model, x)}, tmp_path / "whole.pt")
     script = (
         "import sys, torch\n"
+        "torch.set_num_threads(int(sys.argv[2]))  # the parent's thread count\n"
         "saved = torch.load(sys.argv[1], weights_only=False)\n"
         "from test_pickle import _run\n"
         "out = _run(saved['model'], saved['inputs'])\n"
         "assert len(out) == len(saved['outputs'])\n"
-        "assert all(torch.equal(a, b) for a, b in zip(out, saved['outputs'])), 'outputs differ'\n"
+        "# another process may pick other CPU kernels (the parent has run compiled and threaded code): equal to\n"
+        "# float rounding; a lost or untrained DySample moves outputs by orders of magnitude more\n"
+        "for a, b in zip(out, saved['outputs']):\n"
+        "    assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item()), 'outputs differ'\n"
         "print('ok', sum(type(m).__name__ == 'DySample' for m in saved['model'].modules()))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "whole.pt")], env=env,
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "whole.pt"), str(torch.get_num_threads())],
+                          env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["ok", str(sum(isinstance(m, DySample) for m in model.modules()))]
