@@ -11,6 +11,7 @@ from PIL import Image
 from dysample_swap import DySample
 from dysample_swap.cli import main
 from dysample_swap.finetune.visualize import sampling_offsets, visualize_offsets
+from dysample_swap.sampling import POSITIONS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +26,7 @@ def _constant_offsets(module: DySample, dx: float, dy: float) -> DySample:
     return module
 
 
-@pytest.mark.parametrize("positions", ["exact", "authors"])
+@pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("variant", ["dysample", "dysample-s"])
 def test_static_scope_offsets_are_a_quarter_of_the_raw_offset(variant: str, positions: str) -> None:
     up = _constant_offsets(DySample.from_variant(variant, in_channels=32, offset_init_std=0.0,
