@@ -280,6 +280,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         if name and not default_leaf(m, name)
         and not any(p == prefix + name or p.startswith(prefix + name + ".") for p in site_paths))
     error = "no recorded execution"
+    first_error = ""  # the simplest trace's error names the owner's own code: the one the report shows
     every_call_direct = all("direct" in sites[i].flags for inv in invocations for i in routed(inv))
     attempts = [(frozenset(), False), *([(inline, False)] if inline else []),
                 (frozenset(), True), *([(inline, True)] if inline else [])]
@@ -294,7 +295,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         if fix and every_call_direct:
             frozen = ", ".join(f"{k}={v!r}" for k, v in concrete.items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool))
-            error += (f"; fixing its number arguments ({frozen}) would freeze them at the example's values, "
+            first_error += (f"; fixing its number arguments ({frozen}) would freeze them at the example's values, "
                       "so the eager fallback keeps them dynamic")
             break
         tried.append((inline_ids, concrete.keys()))
@@ -310,6 +311,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
                     raise RuntimeError("the traced graph does not reproduce the recorded output")
         except Exception as exc:  # noqa: BLE001 - any tracing failure means "try the next way"
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first_error = first_error or error
             logger.debug("fx trace of %s failed (children traced through: %d, scalars fixed: %s): %s",
                          owner_path, len(inline_ids), fix, error, exc_info=True)
             continue
@@ -317,6 +319,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
             logger.warning("%s: traced with its number arguments fixed at the example's values (%s); other "
                            "values fail an assert in the rewritten forward", owner_path, concrete)
         return OwnerPlan(owner_path, "fx", positions, graph=graph, in_place=in_place)
+    error = first_error or error
     logger.debug("%s uses the eager fallback: %s", owner_path, error)
     direct = [[i for i in routed(inv) if "direct" in sites[i].flags] for inv in invocations]
     return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error, in_place=in_place)

@@ -78,7 +78,7 @@ def cost_table(report: Any, policy: dict[str, Any]) -> str:
         >>> from dysample_swap import plan_swap
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
         >>> print(cost_table(plan_swap(net, "dysample", torch.rand(1, 3, 16, 16)), {}).splitlines()[2])
-        dysample         288     0.000
+        dysample         288  0.000
     """
     rows = [("upsampler", "params", "GMACs")]
     for name in UPSAMPLERS:

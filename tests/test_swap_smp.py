@@ -105,8 +105,7 @@ def test_segformer_decoder_uses_the_eager_fallback_and_says_so() -> None:
     swap_upsamplers(model, "dysample", torch.rand(1, 3, 64, 64), verbose=False)
     report = swap_report(model)
     assert {s.method for s in report.swapped} == {"eager fallback"}
-    assert report.table().count("[eager fallback: fx failed: TraceError: symbolically traced variables cannot "
-                                "be used as inputs to control flow]") == 3
+    assert report.table().count("[eager fallback: fx failed: TraceError: Proxy object cannot be iterated.") == 3
     assert isinstance(model.decoder, smp.decoders.segformer.decoder.SegformerDecoder)
 
 

@@ -34,7 +34,7 @@ from dysample_swap import DySample, swap_report, swap_upsamplers
 from dysample_swap.integrations import is_ultralytics_model, is_ultralytics_network
 from dysample_swap.integrations.ultralytics import KeepSwapInTraining, swap_yolo
 
-IMAGE = 64
+IMAGE = 96  # stride 32: the first upsampler sees 3x3 (at 2x2 every nearest anchor sits on the border, where grid_sample passes no gradient)
 UPSAMPLE_LAYERS = (10, 13)  # the two nn.Upsample layers of YOLOv8's neck
 TRAIN_ARGS = dict(epochs=1, imgsz=IMAGE, batch=2, nbs=2, device="cpu", workers=0, plots=False, amp=False,
                   exist_ok=True, verbose=False)  # nbs=batch: one optimizer step per batch, 4 in all

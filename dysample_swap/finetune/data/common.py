@@ -123,7 +123,8 @@ def _open(path: Path, what: str) -> Iterator[Image.Image]:
     try:
         img = Image.open(path)
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, ImportError) as err:
+        # ImportError: an importer that patches Image.open (ultralytics does) may try a plugin on failure
         raise DatasetError(f"{path}: unreadable {what} ({err}); re-save it as PNG or JPEG") from err
     with img:
         yield img
