@@ -298,17 +298,8 @@ def dysample_sample(
     if positions != "exact":
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
 
-    # x and y displacement planes in output-pixel order (N*g, s*H, s*W). Two small permutes and
-    # one stack copy far less than a single 7-D permute with the (x, y) pair innermost.
-    offset = offset.reshape(n, 2, groups, scale, scale, height, width)
-    plane_x, plane_y = (
-        offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
-    )
-    if factors != (float(scale), float(scale)):  # not the native size: each output pixel takes its cell's offset
-        rows = torch.arange(out_h, device=x.device, dtype=torch.float64).mul(scale * height / out_h).floor().long()
-        cols = torch.arange(out_w, device=x.device, dtype=torch.float64).mul(scale * width / out_w).floor().long()
-        plane_x = plane_x.index_select(1, rows).index_select(2, cols)
-        plane_y = plane_y.index_select(1, rows).index_select(2, cols)
+    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
+                                      native=factors == (float(scale), float(scale)))
     sf_h, sf_w = factors if factors is not None else (None, None)
     x0, x1, fx = _taps(width, out_w, anchor, sf_w, plane_x, rows=False)
     y0, y1, fy = _taps(height, out_h, anchor, sf_h, plane_y, rows=True)
@@ -328,7 +319,8 @@ def dysample_sample(
 def _offset_planes(offset: Tensor, n: int, groups: int, scale: int, height: int, width: int,
                    out_h: int, out_w: int, native: bool) -> tuple[Tensor, Tensor]:
     """x and y displacement planes in output-pixel order ``(N*g, H_out, W_out)``; off the native size
-    each output pixel takes the offset of its sub-pixel cell."""
+    each output pixel takes the offset of its sub-pixel cell. (Two small permutes and one stack copy
+    far less than a single 7-D permute with the (x, y) pair innermost.)"""
     offset = offset.reshape(n, 2, groups, scale, scale, height, width)
     plane_x, plane_y = (
         offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
@@ -352,6 +344,13 @@ def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int,
     index_y, fraction_y = anchor_index(height, out_h, anchor, sf_h, offset.dtype, x.device)
     base_x = (index_x.to(offset.dtype) + fraction_x).add(0.5)  # pixel centres at k + 0.5
     base_y = (index_y.to(offset.dtype) + fraction_y).add(0.5)
+    return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
+
+
+def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base_y: Tensor, groups: int) -> Tensor:
+    """``grid_sample`` at ``base + plane`` (pixel centres at ``k + 0.5``), normalised as the authors do:
+    ``2 * p / size - 1``; coordinates stay float32 under autocast."""
+    n, channels, height, width = x.shape
     grid_x = (plane_x + base_x).mul(2).div(width).sub(1)
     grid_y = (plane_y + base_y[:, None]).mul(2).div(height).sub(1)
     grid = torch.stack([grid_x, grid_y], dim=-1)
@@ -359,27 +358,18 @@ def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int,
         grid = grid.to(x.dtype)
     sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
                             padding_mode="border", align_corners=False)
-    return sampled.view(n, channels, out_h, out_w)
+    return sampled.view(n, channels, *plane_x.shape[1:])
 
 
 def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int) -> Tensor:
     """The authors' sampler: output pixel ``(s*h+i, s*w+j)`` reads ``(w + 0.5 + offset, h + 0.5 + offset)``
     through ``grid_sample``'s normalised coordinates ``2 * p / size - 1`` (``offset`` includes ``init_pos``)."""
-    n, channels, height, width = x.shape
-    offset = offset.reshape(n, 2, groups, scale, scale, height, width)
-    plane_x, plane_y = (
-        offset[:, k].permute(0, 1, 4, 2, 5, 3).reshape(n * groups, scale * height, scale * width) for k in (0, 1)
-    )
+    n, _, height, width = x.shape
+    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, scale * height, scale * width,
+                                      native=True)
     base_y = torch.arange(height, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
     base_x = torch.arange(width, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
-    grid_x = (plane_x + base_x).mul(2).div(width).sub(1)
-    grid_y = (plane_y + base_y[:, None]).mul(2).div(height).sub(1)
-    grid = torch.stack([grid_x, grid_y], dim=-1)
-    if not torch.is_autocast_enabled(x.device.type):
-        grid = grid.to(x.dtype)
-    sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
-                            padding_mode="border", align_corners=False)
-    return sampled.view(n, channels, scale * height, scale * width)
+    return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
 
 
 def _taps(
