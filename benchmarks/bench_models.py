@@ -9,8 +9,9 @@ Timed interleaved round by round (original, swapped, then reversed), medians:
   (train mode, gradients zeroed outside the timed region).
 
 The threads table times the sampler alone (``dysample_sample`` with random offsets of about a
-pixel, the paper's 1x256x120x120 x2, dense random upstream gradient) and ``F.interpolate`` bilinear
-at 1 and at 2 threads.
+pixel, the paper's 1x256x120x120 x2, dense random upstream gradient), compiled (``sampler="native"``,
+what DySample runs on the CPU) and pure PyTorch (``sampler="reference"``: ``grid_sample``), and
+``F.interpolate`` bilinear, at 1 and at 2 threads.
 
 Usage:
     python benchmarks/bench_models.py --threads 2 --rounds 10
@@ -68,7 +69,7 @@ def training_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Ca
     return step
 
 
-def sampler_steps(threads: int, rounds: int) -> dict[str, float]:
+def sampler_steps(threads: int, rounds: int, sampler: str) -> dict[str, float]:
     """Forward and forward+backward of the sampler alone and of bilinear at ``threads`` threads."""
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
@@ -78,10 +79,10 @@ def sampler_steps(threads: int, rounds: int) -> dict[str, float]:
 
     def sample_fwd() -> None:
         with torch.no_grad():
-            dysample_sample(x, offset, 2, 4)
+            dysample_sample(x, offset, 2, 4, sampler=sampler)
 
     def sample_bwd() -> None:
-        dysample_sample(x, offset, 2, 4).backward(upstream)
+        dysample_sample(x, offset, 2, 4, sampler=sampler).backward(upstream)
 
     def bilinear_fwd() -> None:
         with torch.no_grad():
@@ -120,12 +121,12 @@ def main() -> None:
               f"{1e3 * train['swapped']:.1f} | {train['swapped'] / train['original']:.2f}x |")
     print()
     print("sampler alone (dysample_sample, 1x256x120x120 x2, groups 4) and bilinear, by thread count:")
-    print("| threads | sampler fwd ms | bilinear fwd ms | fwd ratio | sampler fwd+bwd ms | bilinear fwd+bwd ms | "
-          "fwd+bwd ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for threads in (1, 2):
-        t = sampler_steps(threads, args.rounds)
-        print(f"| {threads} | {1e3 * t['sampler fwd']:.1f} | {1e3 * t['bilinear fwd']:.1f} | "
+    print("| threads | sampler | sampler fwd ms | bilinear fwd ms | fwd ratio | sampler fwd+bwd ms | "
+          "bilinear fwd+bwd ms | fwd+bwd ratio |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for threads, sampler in ((1, "native"), (2, "native"), (1, "reference"), (2, "reference")):
+        t = sampler_steps(threads, args.rounds, sampler)
+        print(f"| {threads} | {sampler} | {1e3 * t['sampler fwd']:.1f} | {1e3 * t['bilinear fwd']:.1f} | "
               f"{t['sampler fwd'] / t['bilinear fwd']:.2f}x | {1e3 * t['sampler fwd+bwd']:.1f} | "
               f"{1e3 * t['bilinear fwd+bwd']:.1f} | {t['sampler fwd+bwd'] / t['bilinear fwd+bwd']:.2f}x |")
 

@@ -5,9 +5,11 @@ rounds in a shuffled order, so every method sees the same machine state and none
 follows the heavy ones), the ratio of each to bilinear, peak
 memory allocated during forward+backward (from the PyTorch profiler's allocation timeline),
 parameters, and GFLOPs as ``torch.utils.flop_counter`` counts them (convolutions and matrix
-products; interpolation and grid_sample count as 0 there). ``paper:`` rows are the
-straightforward implementation of the paper's formulas in ``paper_reference.py``; ``exact:`` rows
-are DySample with ``positions="exact"`` (index-plus-fraction sampler).
+products; interpolation and grid_sample count as 0 there). DySample rows run what a DySample runs
+on the CPU (the compiled sampler); ``pytorch:`` rows are the same modules through the pure-PyTorch
+sampler (``grid_sample``, what runs without a C compiler); ``exact:`` rows are DySample with
+``positions="exact"`` (index-plus-fraction positions); ``paper:`` rows are the straightforward
+implementation of the paper's formulas in ``paper_reference.py``.
 
 Usage:
     python benchmarks/bench_upsamplers.py --threads 2 --rounds 30
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_reference import PaperDySample  # noqa: E402
 
 from dysample_swap import VARIANTS, DySample, create_upsampler  # noqa: E402
+from dysample_swap.sampling import dysample  # noqa: E402
 from dysample_swap.variants import variant_settings  # noqa: E402
 
 
@@ -50,6 +53,19 @@ class Interpolate(nn.Module):
         return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False if self.mode == "bilinear" else None)
 
 
+class PurePyTorch(nn.Module):
+    """A DySample forced onto the pure-PyTorch sampler (``sampler="reference"``), same parameters."""
+
+    def __init__(self, module: DySample) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.module
+        return dysample(x, m.offset.weight, m.offset.bias, m.scope.weight if m.dyscope else None, m.scale, m.style,
+                        m.groups, positions=m.positions, init_pos=m.init_pos, sampler="reference")
+
+
 def build_methods(channels: int) -> dict[str, nn.Module]:
     """The upsamplers compared, with the paper's settings for deconv and pixel shuffle (Sec. 4)."""
     methods: dict[str, nn.Module] = {
@@ -61,6 +77,7 @@ def build_methods(channels: int) -> dict[str, nn.Module]:
     }
     for variant in VARIANTS:
         methods[variant] = DySample.from_variant(variant, channels, scale=2)
+        methods[f"pytorch:{variant}"] = PurePyTorch(methods[variant])
         if variant in ("dysample", "dysample+"):
             methods[f"exact:{variant}"] = DySample.from_variant(variant, channels, scale=2, positions="exact")
         settings = variant_settings(variant)

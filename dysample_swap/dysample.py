@@ -7,7 +7,8 @@ checkpoints load with ``strict=True`` and give the same results: bit for bit at 
 (the default ``positions="grid"`` is their ``grid_sample`` arithmetic there; ``"authors"`` allows
 nothing else). ``positions="exact"`` carries positions as index plus fraction instead, without the
 float32 rounding of normalised coordinates (``~W * 2**-24`` pixels), so zero offsets reproduce
-``F.interpolate`` bit for bit at every size, at 2-3x the CPU cost. On top of it:
+``F.interpolate`` bit for bit at every size (as fast as ``"grid"`` with the compiled CPU sampler,
+2-3x slower without it). On top of it:
 
 * ``forward(x, size=...)`` / ``forward(x, scale_factor=...)`` for any output size,
 * a choice of ``anchor`` (where zero offsets sample) so a swapped network starts out
@@ -105,7 +106,8 @@ class DySample(nn.Module):
             so zero offsets equal ``F.interpolate`` bit for bit at power-of-two sizes and to ~1e-6
             elsewhere. ``"exact"``: positions as input index plus fraction, so zero offsets reproduce
             ``F.interpolate`` at every size (``nearest``: bit for bit), for models with an argmax,
-            NMS or top-k after the upsampler; 2-3x slower on the CPU. ``"authors"``: the authors'
+            NMS or top-k after the upsampler (2-3x slower on the CPU without the compiled sampler).
+            ``"authors"``: the authors'
             module only (native size, bilinear anchor).
         size, scale_factor: the output size or factor used when ``forward`` gets neither, as
             ``nn.Upsample(size=...)`` / ``nn.Upsample(scale_factor=...)`` would (at most one of

@@ -26,13 +26,23 @@ How positions are carried is ``positions`` (:data:`POSITIONS`):
   offset is added to the fraction. So with zero offsets the taps and weights are exactly
   ``F.interpolate``'s, at every size and ratio (``nearest``: bit for bit). Choose it where a
   discontinuous step follows the upsampler (argmax, NMS, top-k query selection) and the swapped
-  model must not change its output at swap time; today it runs 2-3x slower than ``"grid"`` on the
-  CPU (``benchmarks/bench_upsamplers.py``).
+  model must not change its output at swap time. With the compiled sampler it runs as fast as
+  ``"grid"``; the pure-PyTorch samplers are 2-3x slower (``benchmarks/bench_upsamplers.py``).
 * ``"authors"``: the authors' module exactly (native size, bilinear anchor only).
 
 Reading outside the input clamps the position to the border (``padding_mode="border"``).
 
-For ``positions="exact"``, two samplers compute the same bilinear read (:data:`SAMPLERS`):
+The samplers that compute the read (:data:`SAMPLERS`):
+
+* ``"native"`` (both position modes): the compiled CPU kernel of :mod:`dysample_swap.native_sampler`,
+  built with the system's C compiler on first use. It computes what the pure-PyTorch path of its
+  mode computes (``grid_sample``'s output bit for bit on AVX2 builds; the gathers' output bit for bit),
+  as fast as ``F.interpolate``, on every thread. Eager float32/float64 CPU tensors; ``"auto"`` takes
+  it there, and falls back with a warning where it cannot be built.
+* ``"reference"``: the pure-PyTorch path: ``grid_sample`` for ``positions="grid"``, the gathers of
+  :func:`reference_sample` for ``"exact"``.
+
+For ``positions="exact"`` without the kernel, two pure-PyTorch samplers compute the same read:
 
 * ``"sparse"``: each channel group's read is one sparse matrix (4 weights per output pixel)
   applied to the features with PyTorch's sparse CSR kernels (MKL), wrapped in an
@@ -66,7 +76,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dysample_swap import _torch_compat
+from dysample_swap import _torch_compat, native
+from dysample_swap.native_sampler import axis_tables, native_sample, supports
 
 logger = logging.getLogger("dysample_swap")
 
@@ -77,8 +88,8 @@ POSITIONS: tuple[str, ...] = ("grid", "exact", "authors")
 """Valid values of ``positions``: ``grid_sample``'s normalised coordinates (default, fast), index plus
 fraction (exact at zero offsets at every size), or the authors' module exactly."""
 
-SAMPLERS: tuple[str, ...] = ("auto", "sparse", "reference")
-"""Valid values of ``sampler``: ``"auto"`` picks ``"sparse"`` where it applies (see the module docstring)."""
+SAMPLERS: tuple[str, ...] = ("auto", "native", "sparse", "reference")
+"""Valid values of ``sampler``: ``"auto"`` picks ``"native"``, else ``"sparse"``, where they apply (module docstring)."""
 
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 _logged_fallbacks: set[str] = set()
@@ -255,8 +266,9 @@ def dysample_sample(
         scale_factor: alternatively, a factor as in ``F.interpolate``: output ``floor(H*sf)``,
             anchor step ``1/sf``. With neither, the output is ``scale`` times the input.
         anchor: where zero offsets sample (one of :data:`ANCHORS`).
-        sampler: one of :data:`SAMPLERS`; ``"auto"`` takes ``"sparse"`` for eager float32/float64
-            CPU tensors and ``"reference"`` otherwise.
+        sampler: one of :data:`SAMPLERS`; ``"auto"`` takes ``"native"`` for eager float32/float64 CPU
+            tensors (else ``"sparse"`` for ``positions="exact"`` there), and ``"reference"`` otherwise.
+            ``"sparse"`` exists for ``positions="exact"`` only.
         positions: ``"grid"`` (default: ``grid_sample``, fast; the authors' arithmetic at the native
             size with the bilinear anchor and ``init_pos``), ``"exact"`` (index plus fraction, see
             the module docstring), or ``"authors"``:
@@ -279,6 +291,8 @@ def dysample_sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler == "sparse" and positions != "exact":
+        raise ValueError("sampler='sparse' reads index-plus-fraction positions: use it with positions='exact'")
     n, channels, height, width = x.shape
     out_h, out_w, factors = _output_size(height, width, scale, size, scale_factor)
     coord_dtype = _coordinate_dtype(x)
@@ -288,19 +302,25 @@ def dysample_sample(
         if not authors_case:
             raise ValueError("positions='authors' reproduces the authors' module: the native size (scale times the "
                              "input), the bilinear anchor and an init_pos tensor only")
-        return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups)
+        return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups, sampler)
     if positions == "grid" and torch.onnx.is_in_onnx_export():
         positions = "exact"  # gathers: onnxruntime runs them far faster than its GridSample (same read to ~1e-6)
     if positions == "grid":
         if authors_case and coord_dtype == torch.float32:
-            return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups)
-        return _grid_sample(x, offset, scale, groups, out_h, out_w, factors, anchor)
+            return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups, sampler)
+        return _grid_sample(x, offset, scale, groups, out_h, out_w, factors, anchor, sampler)
     if positions != "exact":
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    sf_h, sf_w = factors if factors is not None else (None, None)
+    if _use_native(x, offset, sampler):
+        rows = axis_tables(height, out_h, scale, width, height * width,
+                           *anchor_index(height, out_h, anchor, sf_h, coord_dtype, x.device), rows=True)
+        cols = axis_tables(width, out_w, scale, 1, height * width,
+                           *anchor_index(width, out_w, anchor, sf_w, coord_dtype, x.device), rows=False)
+        return native_sample(x, offset, rows, cols, scale, groups, out_h, out_w, "exact")
 
     plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
                                       native=factors == (float(scale), float(scale)))
-    sf_h, sf_w = factors if factors is not None else (None, None)
     x0, x1, fx = _taps(width, out_w, anchor, sf_w, plane_x, rows=False)
     y0, y1, fy = _taps(height, out_h, anchor, sf_h, plane_y, rows=True)
     # The four taps (top-left, top-right, bottom-left, bottom-right) of every output pixel.
@@ -334,17 +354,28 @@ def _offset_planes(offset: Tensor, n: int, groups: int, scale: int, height: int,
 
 
 def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int, out_w: int,
-                 factors: tuple[float, float] | None, anchor: str) -> Tensor:
+                 factors: tuple[float, float] | None, anchor: str, sampler: str) -> Tensor:
     """``positions="grid"``: the anchor position plus the offset, read by ``grid_sample`` (border padding)."""
     n, channels, height, width = x.shape
-    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
-                                      native=factors == (float(scale), float(scale)))
     sf_h, sf_w = factors if factors is not None else (None, None)
     index_x, fraction_x = anchor_index(width, out_w, anchor, sf_w, offset.dtype, x.device)
     index_y, fraction_y = anchor_index(height, out_h, anchor, sf_h, offset.dtype, x.device)
     base_x = (index_x.to(offset.dtype) + fraction_x).add(0.5)  # pixel centres at k + 0.5
     base_y = (index_y.to(offset.dtype) + fraction_y).add(0.5)
+    if _use_native(x, offset, sampler):
+        return _native_grid(x, offset, scale, groups, base_y, base_x)
+    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
+                                      native=factors == (float(scale), float(scale)))
     return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
+
+
+def _native_grid(x: Tensor, offset: Tensor, scale: int, groups: int, base_y: Tensor, base_x: Tensor) -> Tensor:
+    """The kernel's ``"grid"`` mode at anchor positions ``base_y`` / ``base_x`` (pixel centres at ``k + 0.5``)."""
+    height, width = x.shape[2:]
+    zeros_y, zeros_x = (torch.zeros(len(base), dtype=torch.int64) for base in (base_y, base_x))
+    rows = axis_tables(height, len(base_y), scale, width, height * width, zeros_y, base_y, rows=True)
+    cols = axis_tables(width, len(base_x), scale, 1, height * width, zeros_x, base_x, rows=False)
+    return native_sample(x, offset, rows, cols, scale, groups, len(base_y), len(base_x), "grid")
 
 
 def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base_y: Tensor, groups: int) -> Tensor:
@@ -361,14 +392,16 @@ def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base
     return sampled.view(n, channels, *plane_x.shape[1:])
 
 
-def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int) -> Tensor:
+def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int, sampler: str) -> Tensor:
     """The authors' sampler: output pixel ``(s*h+i, s*w+j)`` reads ``(w + 0.5 + offset, h + 0.5 + offset)``
     through ``grid_sample``'s normalised coordinates ``2 * p / size - 1`` (``offset`` includes ``init_pos``)."""
     n, _, height, width = x.shape
-    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, scale * height, scale * width,
-                                      native=True)
     base_y = torch.arange(height, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
     base_x = torch.arange(width, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
+    if _use_native(x, offset, sampler):
+        return _native_grid(x, offset, scale, groups, base_y, base_x)
+    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, scale * height, scale * width,
+                                      native=True)
     return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
 
 
@@ -393,16 +426,45 @@ def _taps(
     return index, (index + 1).clamp(max=in_len - 1), fraction
 
 
-def _use_sparse(x: Tensor, sampler: str) -> bool:
-    """Whether to run the sparse sampler; the reasons it cannot are logged once each."""
-    if sampler != "auto":
-        return sampler == "sparse"
-    if (
+def _tracing() -> bool:
+    """Whether a tracer, compiler or exporter records this call (they get the pure-PyTorch formulation)."""
+    return (
         torch.jit.is_tracing()
         or torch.compiler.is_compiling()
         or torch.onnx.is_in_onnx_export()
         or _torch_compat.is_fx_symbolic_tracing()
-    ):
+    )
+
+
+def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
+    """Whether to run the compiled kernel: always for ``"native"`` (or an error saying why it cannot), where
+    it applies for ``"auto"`` (the reasons it does not are logged once each)."""
+    if sampler not in ("auto", "native"):
+        return False
+    if sampler == "auto" and _tracing():
+        return False
+    unsupported = supports(x, offset)
+    if sampler == "native":
+        if unsupported is not None:
+            raise ValueError(f"sampler='native' runs eager float32/float64 CPU tensors, not {unsupported}; "
+                             "use sampler='auto' or 'reference'")
+        if native.library() is None:
+            raise RuntimeError(f"sampler='native': the compiled sampler is unavailable: {native.unavailable_reason()}")
+        return True
+    if unsupported is not None:
+        if unsupported not in _logged_fallbacks:
+            _logged_fallbacks.add(unsupported)
+            logger.info("DySample sampler: %s run the pure-PyTorch sampler; the compiled one takes eager "
+                        "float32/float64 CPU tensors", unsupported)
+        return False
+    return native.library() is not None  # unavailable: native.library() has warned once
+
+
+def _use_sparse(x: Tensor, sampler: str) -> bool:
+    """Whether to run the sparse sampler; the reasons it cannot are logged once each."""
+    if sampler != "auto":
+        return sampler == "sparse"
+    if _tracing():
         return False  # export and compilation record the reference formulation (see the module docstring)
     reason = None
     if x.device.type != "cpu":

@@ -158,6 +158,13 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: s
             return apply(feats, index, weight, pixels)
 
         monkeypatch.setattr(sampling.SparseBilinear, "apply", recording_apply)
+    native_sample = sampling.native_sample
+
+    def recording_native_sample(inp: torch.Tensor, offset: torch.Tensor, *args: object) -> torch.Tensor:
+        coordinates.append(offset.dtype)
+        return native_sample(inp, offset, *args)
+
+    monkeypatch.setattr(sampling, "native_sample", recording_native_sample)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = module(x)
     assert coordinates == [torch.float32]  # grid / bilinear weights (the coordinates) built in float32 under autocast

@@ -1,0 +1,163 @@
+"""DySample's bilinear read through the compiled CPU kernel (:mod:`dysample_swap.native`), as an autograd Function.
+
+The kernel reads the offsets in the spec layout ``(N, 2*groups*scale**2, H, W)`` directly, builds the
+four taps of an output row once for all its channels, and parallelises over output rows (forward)
+and over channel groups, row cells or channel chunks (backward), so it uses every thread at batch 1.
+Its sums run in the same order at any thread count.
+
+Two position modes, each computing what its pure-PyTorch counterpart in
+:mod:`dysample_swap.sampling` computes:
+
+* ``"grid"``: the authors' ``2 * p / size - 1`` normalisation, then ``grid_sample``'s
+  unnormalisation, border clamp and fused weighted sum (the forward is ``grid_sample``'s bit for bit
+  on AVX2 builds of PyTorch; the gradients agree to float rounding, since the input gradient's
+  scatter runs in another order),
+* ``"exact"``: the anchor's integer index plus its fraction plus the offset (the forward and the
+  input gradient are the reference gathers' bit for bit; the offset gradient to float rounding).
+
+Example:
+    >>> import torch
+    >>> from dysample_swap.sampling import dysample_sample
+    >>> x, offset = torch.randn(1, 4, 5, 5), torch.zeros(1, 2 * 2 * 4, 5, 5)
+    >>> native = dysample_sample(x, offset, 2, 2, sampler="native")
+    >>> torch.equal(native, dysample_sample(x, offset, 2, 2, sampler="reference"))
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from dysample_swap import native
+
+MODES = {"exact": 0, "grid": 1}
+"""Position modes of the kernel and their codes in ``csrc/sampler.c``."""
+
+DTYPES = (torch.float32, torch.float64)
+"""The dtypes the kernel is compiled for."""
+
+
+@dataclass(frozen=True)
+class AxisTables:
+    """Per-output-index tables of one axis, as the kernel reads them.
+
+    ``offset_at``: the axis' part of the offset element's flat index inside one channel group's
+    block (rows: ``i*s*H*W + h*W`` for sub-pixel cell ``(h, i)``; columns: ``j*H*W + w``).
+    ``anchor``: the anchor's input index (mode ``"exact"``; zeros for ``"grid"``). ``fraction``: the
+    anchor's fraction (``"exact"``) or its position with pixel centres at ``k + 0.5`` (``"grid"``).
+    ``cell_start`` (rows only): output rows ``cell_start[r]:cell_start[r+1]`` take offsets from row cell ``r``.
+    """
+
+    offset_at: Tensor
+    anchor: Tensor
+    fraction: Tensor
+    cell_start: Tensor | None = None
+
+
+def axis_tables(in_len: int, out_len: int, scale: int, stride: int, plane: int, anchor: Tensor, fraction: Tensor,
+                rows: bool) -> AxisTables:
+    """Build one axis' tables; ``stride`` is the input width for rows and 1 for columns, ``plane`` is ``H*W``.
+
+    Output index ``o`` takes the offset of sub-pixel cell ``floor(o * scale * in_len / out_len)`` (the
+    cell itself at the native size).
+
+    Example:
+        >>> t = axis_tables(2, 4, 2, 1, 4, torch.zeros(4, dtype=torch.long), torch.zeros(4), rows=False)
+        >>> t.offset_at.tolist()  # cells 0..3 = (w, j) = (0,0) (0,1) (1,0) (1,1)
+        [0, 4, 1, 5]
+    """
+    if out_len == scale * in_len:
+        cells = torch.arange(out_len)
+    else:
+        cells = torch.arange(out_len, dtype=torch.float64).mul(scale * in_len / out_len).floor().long()
+    whole, sub = cells // scale, cells % scale
+    offset_at = (sub * (scale * plane if rows else plane) + whole * stride).contiguous()
+    cell_start = torch.searchsorted(cells, torch.arange(scale * in_len + 1)).contiguous() if rows else None
+    return AxisTables(offset_at, anchor.to(torch.int64).contiguous(), fraction.contiguous(), cell_start)
+
+
+def supports(x: Tensor, offset: Tensor) -> str | None:
+    """Why the kernel cannot take these tensors (``None`` when it can): eager CPU float32/float64 only.
+
+    Example:
+        >>> supports(torch.zeros(1, 1, 2, 2, dtype=torch.bfloat16), torch.zeros(1, 8, 2, 2)) is not None
+        True
+    """
+    if x.device.type != "cpu" or offset.device.type != "cpu":
+        return f"{x.device.type} tensors"
+    if x.dtype not in DTYPES or offset.dtype != x.dtype:
+        return f"{x.dtype} features with {offset.dtype} offsets"
+    return None
+
+
+class NativeSample(torch.autograd.Function):
+    """The kernel's forward and backward; see :func:`native_sample`."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
+                scale: int, groups: int, out_h: int, out_w: int, mode: str) -> Tensor:
+        lib = native.library()
+        assert lib is not None, "native_sample needs native.library()"
+        x, offset = x.contiguous(), offset.contiguous()
+        n, channels, height, width = x.shape
+        out = x.new_empty(n, channels, out_h, out_w)
+        kernel = lib.dysample_forward_f32 if x.dtype == torch.float32 else lib.dysample_forward_f64
+        failed = kernel(x.data_ptr(), offset.data_ptr(), out.data_ptr(), rows.offset_at.data_ptr(),
+                        cols.offset_at.data_ptr(), rows.anchor.data_ptr(), rows.fraction.data_ptr(),
+                        cols.anchor.data_ptr(), cols.fraction.data_ptr(), n, groups, channels // groups, height,
+                        width, out_h, out_w, scale, MODES[mode], torch.get_num_threads())
+        if failed:
+            raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+        ctx.save_for_backward(x, offset)
+        ctx.tables, ctx.shape = (rows, cols), (scale, groups, out_h, out_w, mode)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, offset = ctx.saved_tensors
+        (rows, cols), (scale, groups, out_h, out_w, mode) = ctx.tables, ctx.shape
+        need_x, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad = grad.contiguous().to(x.dtype)
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_offset = torch.zeros_like(offset) if need_offset else None
+        lib = native.library()
+        kernel = lib.dysample_backward_f32 if x.dtype == torch.float32 else lib.dysample_backward_f64
+        n, channels, height, width = x.shape
+        failed = kernel(x.data_ptr(), offset.data_ptr(), grad.data_ptr(),
+                        grad_x.data_ptr() if need_x else None, grad_offset.data_ptr() if need_offset else None,
+                        rows.offset_at.data_ptr(), cols.offset_at.data_ptr(), rows.anchor.data_ptr(),
+                        rows.fraction.data_ptr(), cols.anchor.data_ptr(), cols.fraction.data_ptr(),
+                        rows.cell_start.data_ptr(), n, groups, channels // groups, height, width, out_h, out_w,
+                        scale, MODES[mode], torch.get_num_threads())
+        if failed:
+            raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+        return grad_x, grad_offset, None, None, None, None, None, None, None
+
+
+def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables, scale: int, groups: int,
+                  out_h: int, out_w: int, mode: str) -> Tensor:
+    """Read ``x`` at the positions ``offset`` moves the anchors of ``rows`` / ``cols`` to (see the module docstring).
+
+    Args:
+        x: ``(N, C, H, W)`` float32/float64 CPU features.
+        offset: ``(N, 2*groups*scale**2, H, W)`` in ``x``'s dtype, spec layout (``"grid"``: the
+            authors' ``init_pos`` already added where their arithmetic is wanted).
+        rows, cols: :func:`axis_tables` of the height and the width.
+        scale, groups, out_h, out_w: as in :func:`dysample_swap.sampling.dysample_sample`.
+        mode: ``"grid"`` or ``"exact"``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> zero = torch.zeros(4, dtype=torch.long)
+        >>> rows = axis_tables(2, 4, 2, 2, 4, zero, torch.arange(4) / 2 + 0.25, rows=True)
+        >>> cols = axis_tables(2, 4, 2, 1, 4, zero, torch.arange(4) / 2 + 0.25, rows=False)
+        >>> native_sample(x, torch.zeros(1, 8, 2, 2), rows, cols, 2, 1, 4, 4, "grid")[0, 0, 0].tolist()
+        [0.0, 0.25, 0.75, 1.0]
+    """
+    return NativeSample.apply(x, offset, rows, cols, scale, groups, out_h, out_w, mode)
