@@ -23,7 +23,7 @@ import torch
 
 from dysample_swap.dysample import resolve_groups
 from dysample_swap.sites import UpsampleSite
-from dysample_swap.upsamplers.registry import chain_stages, create_upsampler, exact_at_swap
+from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, create_upsampler, exact_at_swap
 from dysample_swap.variants import VARIANTS, parameter_count, variant_settings
 
 Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
@@ -54,6 +54,10 @@ class SwapPolicy:
             as the paper does for SegFormer: x8 -> 3 stages); ``False`` keeps one module per site.
             A chained bilinear site does not reproduce one bilinear x4/x8 at swap time (the
             report says so); a chained nearest site does.
+        positions: how each DySample carries its sampling positions: ``"exact"`` (default): index
+            plus fraction, so zero offsets reproduce the replaced interpolation at every size (an
+            argmax, NMS or top-k after it sees the same values); ``"grid"``: the authors'
+            ``grid_sample`` arithmetic, within ~1e-6 of it off power-of-two sizes.
         strict: raise instead of warning when nothing is eligible, or when a site selected by
             ``include`` cannot be swapped.
         verbose: print the site table after swapping (it is logged at INFO level either way).
@@ -70,6 +74,7 @@ class SwapPolicy:
     groups_fallback: bool = True
     init: str = "match"
     chain: bool = True
+    positions: str = "exact"
     strict: bool = False
     verbose: bool = True
 
@@ -88,6 +93,8 @@ class SwapPolicy:
         policy = cls(**kwargs)
         if policy.init not in INITS:
             raise ValueError(f"init={policy.init!r} is not one of {INITS}")
+        if policy.positions not in SWAP_POSITIONS:
+            raise ValueError(f"positions={policy.positions!r} is not one of {SWAP_POSITIONS}")
         return policy
 
 

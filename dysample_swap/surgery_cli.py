@@ -50,6 +50,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)")
     parser.add_argument("--chain", action=argparse.BooleanOptionalAction, default=True,
                         help="x4/x8 sites as chains of x2 stages, as the paper (default; --no-chain: one module)")
+    parser.add_argument("--positions", choices=("exact", "grid"), default="exact",
+                        help="exact: zero offsets reproduce the interpolation at every size (default); "
+                             "grid: the authors' grid_sample arithmetic (~1e-6 off at odd sizes)")
     parser.add_argument("--strict", action="store_true",
                         help="fail when nothing is eligible or an --include site cannot be swapped")
 
@@ -67,7 +70,7 @@ def _inputs(args: argparse.Namespace) -> Any:
 def _policy(args: argparse.Namespace) -> dict[str, Any]:
     return {"include": args.include, "exclude": args.exclude, "swap_final": args.swap_final,
             "groups_fallback": args.groups_fallback, "init": args.init, "strict": args.strict,
-            "chain": args.chain}
+            "chain": args.chain, "positions": args.positions}
 
 
 def cost_table(report: Any, policy: dict[str, Any]) -> str:
@@ -109,7 +112,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         >>> args = argparse.Namespace(
         ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
         ...     input_shape=None, include=None, exclude=None, swap_final=False,
-        ...     groups_fallback=False, init="match", strict=False, chain=True)
+        ...     groups_fallback=False, init="match", strict=False, chain=True, positions="exact")
         >>> run_inspect(args)  # doctest: +ELLIPSIS
         path ...
         1 swapped, 1 skipped; variant dysample adds 4,128 parameters
@@ -133,7 +136,7 @@ def run_swap(args: argparse.Namespace) -> int:
         >>> args = argparse.Namespace(
         ...     model="torchvision:lraspp_mobilenet_v3_large:num_classes=4", variant="dysample",
         ...     input_shape=None, include=None, exclude=None, swap_final=False,
-        ...     groups_fallback=False, init="match", strict=False, chain=True,
+        ...     groups_fallback=False, init="match", strict=False, chain=True, positions="exact",
         ...     out=os.path.join(tempfile.mkdtemp(), "lraspp.pt"))
         >>> run_swap(args)  # doctest: +ELLIPSIS
         path ...

@@ -422,7 +422,8 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
 def _build(variant: str, decision: SiteDecision, policy: SwapPolicy, **defaults: Any) -> nn.Module:
     module = create_upsampler(variant, decision.in_channels, decision.upsampler_scale,
                               anchor=anchor_for(decision.site, policy), init=policy.init,
-                              groups_fallback=policy.groups_fallback, chain=policy.chain, **defaults)
+                              groups_fallback=policy.groups_fallback, chain=policy.chain,
+                              positions=policy.positions, **defaults)
     built = sum(p.numel() for p in module.parameters())
     if built != decision.parameters:
         raise RuntimeError(f"dysample_swap bug: {decision.path} was planned with {decision.parameters} parameters, "

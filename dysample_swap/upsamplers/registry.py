@@ -75,12 +75,12 @@ class _Entry:
 def _dysample_builder(variant: str) -> Builder:
     def build(
         channels: int, scale: int, *, anchor: str, init: str, groups_fallback: bool,
-        size: Size | None, scale_factor: Factor | None,
+        size: Size | None, scale_factor: Factor | None, positions: str,
     ) -> nn.Module:
         match = init == "match"
         return DySample.from_variant(
             variant, channels, scale, anchor=anchor if match else "bilinear", offset_init_std=0.0 if match else 0.001,
-            groups_fallback=groups_fallback, size=size, scale_factor=scale_factor,
+            groups_fallback=groups_fallback, size=size, scale_factor=scale_factor, positions=positions,
         )
 
     return build
@@ -115,6 +115,9 @@ _ENTRIES: dict[str, _Entry] = {
     "pixelshuffle": _Entry(_pixelshuffle, True, True, _STENCIL, _NEAREST),
     "bilinear": _Entry(_interpolate, False, False, _EVERY, _EVERY),
 }
+
+SWAP_POSITIONS: tuple[str, ...] = ("exact", "grid")
+"""How a replacement DySample carries its sampling positions (``DySample(positions=...)``)."""
 
 UPSAMPLERS: tuple[str, ...] = tuple(_ENTRIES)
 """The names :func:`create_upsampler` knows, DySample's four variants first."""
@@ -167,6 +170,7 @@ def create_upsampler(
     init: str = "match",
     groups_fallback: bool = True,
     chain: bool = True,
+    positions: str = "exact",
 ) -> nn.Module:
     """Build the upsampler ``name`` for ``channels`` channels and integer ``scale`` (see the module docstring).
 
@@ -183,6 +187,9 @@ def create_upsampler(
         groups_fallback: DySample only: use the largest valid group count for channel counts the
             variant's groups do not divide (:func:`dysample_swap.resolve_groups`).
         chain: build a power-of-two ``scale > 2`` as x2 stages.
+        positions: DySample only: ``"exact"`` (default: zero offsets reproduce ``anchor``'s
+            ``F.interpolate`` at every size, so a swap changes nothing before training) or ``"grid"``
+            (the authors' ``grid_sample`` arithmetic; see :class:`dysample_swap.DySample`).
 
     Raises:
         ValueError: for an unknown name (the message lists the valid names and the closest one), an
@@ -204,7 +211,9 @@ def create_upsampler(
     check_init(init)
     check_scale(scale, f"upsampler {name!r}")
     check_defaults(size, scale_factor, "create_upsampler")
-    options = {"anchor": anchor, "init": init, "groups_fallback": groups_fallback}
+    if positions not in SWAP_POSITIONS:
+        raise ValueError(f"positions={positions!r} is not one of {SWAP_POSITIONS}")
+    options = {"anchor": anchor, "init": init, "groups_fallback": groups_fallback, "positions": positions}
     stages = _stages(entry, scale, chain)
     if stages == 1:
         return entry.build(channels, scale, size=size, scale_factor=scale_factor, **options)
