@@ -18,6 +18,7 @@ from typing import Any
 
 from dysample_swap.dysample import DySample, resolve_groups
 from dysample_swap.model_spec import build_model
+from dysample_swap.native import compiled_sampler
 from dysample_swap.policy import SiteDecision, SwapPolicy
 from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
 from dysample_swap.sites import UpsampleSite
@@ -80,6 +81,7 @@ __all__ = [
     "UpsamplerCost",
     "build_model",
     "carafe",
+    "compiled_sampler",
     "create_upsampler",
     "dysample",
     "dysample_sample",

@@ -190,6 +190,20 @@ def unavailable_reason() -> str:
     return str(_state["reason"])
 
 
+def compiled_sampler() -> str:
+    """Say which sampler DySample runs on the CPU: the compiled one (and its file), or why not.
+
+    Example:
+        >>> from dysample_swap import compiled_sampler
+        >>> compiled_sampler().startswith(("compiled:", "pure PyTorch:"))
+        True
+    """
+    lib = library()
+    if lib is None:
+        return f"pure PyTorch: {unavailable_reason()}"
+    return f"compiled: {lib._name}"
+
+
 def reset() -> None:
     """Forget the loaded library, so the next :func:`library` call looks again (tests, after changing env vars).
 
