@@ -24,8 +24,12 @@ demo: venv
 test: venv
 	$(PY) -m pytest -q
 
+# Every figure of the README's Speed section: the module, whole networks and threads, ONNX Runtime.
 bench: venv
-	$(PY) benchmarks/bench_upsamplers.py --threads 2
+	$(PY) benchmarks/bench_upsamplers.py --threads 2 --rounds 20
+	$(PY) benchmarks/bench_models.py --threads 2 --rounds 10
+	$(PY) benchmarks/bench_onnx.py --threads 2 --rounds 8
+	$(PY) benchmarks/bench_onnx.py --threads 2 --rounds 8 --dynamo
 
 clean:
 	rm -rf $(VENV) runs

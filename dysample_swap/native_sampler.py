@@ -101,7 +101,8 @@ class NativeSample(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
                 scale: int, groups: int, out_h: int, out_w: int, mode: str) -> Tensor:
         lib = native.library()
-        assert lib is not None, "native_sample needs native.library()"
+        if lib is None:
+            raise RuntimeError(f"the compiled sampler is unavailable: {native.unavailable_reason()}")
         x, offset = x.contiguous(), offset.contiguous()
         n, channels, height, width = x.shape
         out = x.new_empty(n, channels, out_h, out_w)

@@ -477,8 +477,9 @@ def _use_sparse(x: Tensor, sampler: str) -> bool:
         return True
     if reason not in _logged_fallbacks:
         _logged_fallbacks.add(reason)
-        logger.info("DySample sampler: %s use the reference (gather) sampler; the sparse one takes float32/float64 "
-                    "CPU tensors with MKL", reason)
+        logger.info("DySample sampler: positions='exact' with %s uses the reference (gather) sampler, whose autograd "
+                    "keeps the four taps (4x the output) until backward; positions='grid' (grid_sample) keeps none "
+                    "(the sparse and compiled samplers take float32/float64 CPU tensors)", reason)
     return False
 
 
