@@ -418,8 +418,9 @@ def _taps(
     if rows:
         base, fraction = base.view(-1, 1), fraction.view(-1, 1)
     shifted = fraction + offset
+    bound = 2 * in_len + 2  # farther out clamps to the border anyway; int64 would overflow on huge offsets
     whole = shifted.floor()
-    index = base + whole.long()
+    index = base + whole.clamp(-bound, bound).long()
     inside = (index >= 0) & (index < in_len - 1)
     fraction = torch.where(inside, shifted - whole, torch.zeros_like(shifted))
     index = index.clamp(0, in_len - 1)

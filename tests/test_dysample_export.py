@@ -138,7 +138,7 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: s
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.05)  # offsets of a few tenths of a pixel
-    x = torch.randn(2, 64, 24, 24)
+    x = torch.randn(2, 64, 24, 24, generator=generator)  # fixed: the bf16 error bound is checked, not sampled
     reference = module(x)
 
     coordinates = []

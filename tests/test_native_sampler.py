@@ -168,3 +168,15 @@ def test_the_build_is_cached_and_shared(tmp_path) -> None:
     second = _fresh_interpreter({native.ENV_CACHE: str(tmp_path)}, code)
     assert second.stdout.strip() == "True"
     assert (tmp_path / built[0]).stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+def test_non_finite_offsets_read_what_the_reference_reads() -> None:
+    """NaN and huge offsets clamp to the border in both samplers (no undefined integer conversion)."""
+    x = torch.randn(1, 4, 5, 6)
+    offset = torch.zeros(1, 2 * 2 * 4, 5, 6)
+    offset[0, 0, 1, 2], offset[0, 13, 3, 3], offset[0, 5, 0, 0] = float("nan"), 1e30, -1e30
+    for positions in ("exact", "grid"):
+        native = dysample_sample(x, offset, 2, 2, positions=positions, sampler="native")
+        reference = dysample_sample(x, offset, 2, 2, positions=positions, sampler="reference")
+        assert torch.equal(native.isnan(), reference.isnan())
+        torch.testing.assert_close(native, reference, equal_nan=True)

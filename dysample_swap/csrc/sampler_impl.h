@@ -28,7 +28,9 @@ static inline void FN(axis)(int mode, T offset, int64_t anchor, T frac, int64_t 
         T shifted = frac + offset;
         T whole = FLOOR(shifted);
         T bound = (T)(2 * len + 2);
-        whole = whole < -bound ? -bound : (whole > bound ? bound : whole); /* far outside: clamps anyway */
+        /* far outside clamps anyway; NaN goes to -bound (clamped to pixel 0, as the reference does) */
+        whole = whole > -bound ? whole : -bound;
+        whole = whole < bound ? whole : bound;
         int64_t index = anchor + (int64_t)whole;
         if (index >= 0 && index < len - 1) {
             *i0 = index;
