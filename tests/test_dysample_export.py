@@ -169,7 +169,7 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: s
         out = module(x)
     assert coordinates == [torch.float32]  # grid / bilinear weights (the coordinates) built in float32 under autocast
     assert out.dtype == torch.float32  # the sampling reads the float32 input (grid_sample's autocast rule)
-    # only the bf16 offset convolution rounds: the error stays within bf16 rounding of the output
+    # only the bf16 offset convolution rounds: the error stays within bf16's epsilon (2**-7) of the output
     error = (out.float() - reference).abs().max().item()
-    assert error <= 2**-8 * reference.abs().max().item()
+    assert error <= 2**-7 * reference.abs().max().item()
     assert error > 0  # autocast really ran the convolution in bfloat16
