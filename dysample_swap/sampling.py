@@ -42,16 +42,19 @@ The samplers that compute the read (:data:`SAMPLERS`):
 * ``"reference"``: the pure-PyTorch path: ``grid_sample`` for ``positions="grid"``, the gathers of
   :func:`reference_sample` for ``"exact"``.
 
-For ``positions="exact"`` without the kernel, two pure-PyTorch samplers compute the same read:
+For ``positions="exact"`` without the kernel, three pure-PyTorch samplers compute the same read:
 
 * ``"sparse"``: each channel group's read is one sparse matrix (4 weights per output pixel)
   applied to the features with PyTorch's sparse CSR kernels (MKL), wrapped in an
   ``autograd.Function`` whose backward is one more sparse product (input gradient) and one
   sampled dense product (weight gradient). Eager float32/float64 on the CPU.
+* ``"gather"``: :func:`reference_sample` in an ``autograd.Function`` that keeps only its inputs
+  and recomputes the taps in backward (autograd of the composition keeps the four taps, 4x the
+  output, until backward). Eager, any device and dtype: ``"auto"`` takes it off the CPU.
 * ``"reference"``: four row gathers over a channels-last view and one batched matrix
   product, differentiated by autograd. Used under ``torch.onnx`` export (onnxruntime runs
-  it far faster than its ``GridSample``), ``torch.export``, ``torch.compile``, tracing, other
-  devices and dtypes; it is the oracle the tests compare ``"sparse"`` against.
+  it far faster than its ``GridSample``), ``torch.export``, ``torch.compile`` and tracing;
+  it is the oracle the tests compare the others against.
 
 Example:
     >>> import torch, torch.nn.functional as F
@@ -88,8 +91,9 @@ POSITIONS: tuple[str, ...] = ("grid", "exact", "authors")
 """Valid values of ``positions``: ``grid_sample``'s normalised coordinates (default, fast), index plus
 fraction (exact at zero offsets at every size), or the authors' module exactly."""
 
-SAMPLERS: tuple[str, ...] = ("auto", "native", "sparse", "reference")
-"""Valid values of ``sampler``: ``"auto"`` picks ``"native"``, else ``"sparse"``, where they apply (module docstring)."""
+SAMPLERS: tuple[str, ...] = ("auto", "native", "sparse", "gather", "reference")
+"""Valid values of ``sampler``: ``"auto"`` picks ``"native"``, else ``"sparse"`` or ``"gather"``, where they apply
+(module docstring)."""
 
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 _logged_fallbacks: set[str] = set()
@@ -267,8 +271,9 @@ def dysample_sample(
             anchor step ``1/sf``. With neither, the output is ``scale`` times the input.
         anchor: where zero offsets sample (one of :data:`ANCHORS`).
         sampler: one of :data:`SAMPLERS`; ``"auto"`` takes ``"native"`` for eager float32/float64 CPU
-            tensors (else ``"sparse"`` for ``positions="exact"`` there), and ``"reference"`` otherwise.
-            ``"sparse"`` exists for ``positions="exact"`` only.
+            tensors (else ``"sparse"`` for ``positions="exact"`` there), ``"gather"`` for ``"exact"``
+            elsewhere in eager mode, and ``"reference"`` under tracing and compilation. ``"sparse"``
+            and ``"gather"`` exist for ``positions="exact"`` only.
         positions: ``"grid"`` (default: ``grid_sample``, fast; the authors' arithmetic at the native
             size with the bilinear anchor and ``init_pos``), ``"exact"`` (index plus fraction, see
             the module docstring), or ``"authors"``:
@@ -291,8 +296,8 @@ def dysample_sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler == "sparse" and positions != "exact":
-        raise ValueError("sampler='sparse' reads index-plus-fraction positions: use it with positions='exact'")
+    if sampler in ("sparse", "gather") and positions != "exact":
+        raise ValueError(f"sampler={sampler!r} reads index-plus-fraction positions: use it with positions='exact'")
     n, channels, height, width = x.shape
     out_h, out_w, factors = _output_size(height, width, scale, size, scale_factor)
     coord_dtype = _coordinate_dtype(x)
@@ -333,6 +338,8 @@ def dysample_sample(
         feats = x.reshape(n * groups, channels // groups, height * width)
         sampled = SparseBilinear.apply(feats, index, weight.to(x.dtype), height * width)
         return sampled.view(n, channels, out_h, out_w)
+    if sampler == "gather" or (sampler == "auto" and not _tracing() and torch.is_grad_enabled()):
+        return GatherBilinear.apply(x, index, weight, groups, out_h, out_w)
     return reference_sample(x, index, weight, groups, out_h, out_w)
 
 
@@ -478,9 +485,9 @@ def _use_sparse(x: Tensor, sampler: str) -> bool:
         return True
     if reason not in _logged_fallbacks:
         _logged_fallbacks.add(reason)
-        logger.info("DySample sampler: positions='exact' with %s uses the reference (gather) sampler, whose autograd "
-                    "keeps the four taps (4x the output) until backward; positions='grid' (grid_sample) keeps none "
-                    "(the sparse and compiled samplers take float32/float64 CPU tensors)", reason)
+        logger.info("DySample sampler: positions='exact' with %s uses the gather sampler (the sparse and compiled "
+                    "ones take float32/float64 CPU tensors); it recomputes its taps in backward, about 2x the cost of "
+                    "positions='grid' (grid_sample)", reason)
     return False
 
 
@@ -514,6 +521,38 @@ def reference_sample(x: Tensor, index: Tensor, weight: Tensor, groups: int, out_
     else:
         sampled = taps.mul(weight.reshape(-1, 4, 1)).sum(1)
     return sampled.to(x.dtype).view(n, groups, out_h, out_w, -1).permute(0, 1, 4, 2, 3).reshape(n, channels, out_h, out_w)
+
+
+class GatherBilinear(torch.autograd.Function):
+    """:func:`reference_sample` that keeps only its inputs for backward and recomputes the taps there.
+
+    The same forward and gradients as autograd of :func:`reference_sample`, bit for bit; the four
+    gathered taps (4x the output) live only inside each pass instead of from forward to backward.
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> GatherBilinear.apply(x, torch.tensor([[[0, 1, 2, 3]]]), torch.full((1, 1, 4), 0.25), 1, 1, 1)
+        tensor([[[[1.5000]]]])
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, index: Tensor, weight: Tensor, groups: int,
+                out_h: int, out_w: int) -> Tensor:
+        ctx.save_for_backward(x, index, weight)
+        ctx.shape = (groups, out_h, out_w)
+        return reference_sample(x, index, weight, groups, out_h, out_w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, index, weight = ctx.saved_tensors
+        need_x, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        x, weight = x.detach().requires_grad_(need_x), weight.detach().requires_grad_(need_weight)
+        with torch.enable_grad():
+            out = reference_sample(x, index, weight, *ctx.shape)
+        inputs = [t for t, need in ((x, need_x), (weight, need_weight)) if need]
+        grads = iter(torch.autograd.grad(out, inputs, grad))
+        return (next(grads) if need_x else None), None, (next(grads) if need_weight else None), None, None, None
 
 
 def _row_starts(index: Tensor) -> Tensor:

@@ -131,3 +131,40 @@ def test_bad_sampler_and_positions_arguments() -> None:
         DySample(4, groups=2, positions="rounded")
     with pytest.raises(ValueError, match="positions='authors'.*native size"):
         DySample(4, groups=2, positions="authors")(x, size=(5, 5))
+
+
+def test_gather_sampler_equals_autograd_of_the_reference_bit_for_bit() -> None:
+    """The memory-lean gather sampler (off the CPU's default) recomputes the taps in backward: same numbers."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 7, 9, generator=generator)
+    offset = torch.randn(2, 2 * 2 * 4, 7, 9, generator=generator)
+    grad = torch.randn(2, 8, 13, 19, generator=generator)
+    results = {}
+    for sampler in ("gather", "reference"):
+        leaves = [x.clone().requires_grad_(True), offset.clone().requires_grad_(True)]
+        out = dysample_sample(*leaves, 2, 2, size=(13, 19), positions="exact", sampler=sampler)
+        out.backward(grad)
+        results[sampler] = (out.detach(), leaves[0].grad, leaves[1].grad)
+    for a, b in zip(results["gather"], results["reference"]):
+        assert torch.equal(a, b)
+
+
+def test_gather_sampler_keeps_no_taps_for_backward() -> None:
+    """autograd of the reference keeps tensors 4x the output; the gather sampler keeps its inputs only."""
+    x = torch.randn(1, 64, 32, 32, requires_grad=True)
+    offset = torch.zeros(1, 2 * 4 * 4, 32, 32, requires_grad=True)
+    saved: dict[str, int] = {}
+    for sampler in ("gather", "reference"):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            dysample_sample(x, offset, 2, 4, positions="exact", sampler=sampler)
+        saved[sampler] = total
+    output_bytes = 64 * 64 * 64 * 4
+    assert saved["reference"] >= 4 * output_bytes  # the four taps
+    assert saved["gather"] < 2 * output_bytes  # input, tap indices and weights (16 channels a group here)
