@@ -32,7 +32,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from dysample_swap import _torch_compat
+from dysample_swap import _torch_compat, native
 from dysample_swap.sampling import POSITIONS, check_anchor, dysample
 from dysample_swap.variants import variant_name, variant_settings
 
@@ -172,6 +172,7 @@ class DySample(nn.Module):
             self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=False)
         self.register_buffer("init_pos", self._bilinear_init_pos())
         self.reset_parameters()
+        native.library()  # build/load the compiled CPU sampler now, outside any torch.compile region
 
     @classmethod
     def from_variant(cls, variant: str, in_channels: int, scale: int = 2, **kwargs: object) -> DySample:

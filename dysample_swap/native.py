@@ -179,6 +179,16 @@ def library() -> ctypes.CDLL | None:
         return _state["lib"]  # type: ignore[return-value]
 
 
+def loaded() -> ctypes.CDLL | None:
+    """The library if :func:`library` has loaded it, without building or locking (safe inside ``torch.compile``).
+
+    Example:
+        >>> library() is None or loaded() is library()
+        True
+    """
+    return _state.get("lib")  # type: ignore[return-value]
+
+
 def unavailable_reason() -> str:
     """Why :func:`library` returned ``None`` (empty when the sampler loaded).
 

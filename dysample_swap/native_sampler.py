@@ -3,7 +3,9 @@
 The kernel reads the offsets in the spec layout ``(N, 2*groups*scale**2, H, W)`` directly, builds the
 four taps of an output row once for all its channels, and parallelises over output rows (forward)
 and over channel groups, row cells or channel chunks (backward), so it uses every thread at batch 1.
-Its sums run in the same order at any thread count.
+Its sums run in the same order at any thread count. It is registered as the custom operators
+``dysample_swap::native_sample`` / ``native_sample_backward`` (with fake implementations and an
+autograd formula), so ``torch.compile`` keeps it as one opaque call instead of tracing into it.
 
 Two position modes, each computing what its pure-PyTorch counterpart in
 :mod:`dysample_swap.sampling` computes:
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from dysample_swap import native
 
@@ -94,50 +96,84 @@ def supports(x: Tensor, offset: Tensor) -> str | None:
     return None
 
 
-class NativeSample(torch.autograd.Function):
-    """The kernel's forward and backward; see :func:`native_sample`."""
+def _kernel(name: str, dtype: torch.dtype):
+    lib = native.library()
+    if lib is None:
+        raise RuntimeError(f"the compiled sampler is unavailable: {native.unavailable_reason()}")
+    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
-                scale: int, groups: int, out_h: int, out_w: int, mode: str) -> Tensor:
-        lib = native.library()
-        if lib is None:
-            raise RuntimeError(f"the compiled sampler is unavailable: {native.unavailable_reason()}")
-        x, offset = x.contiguous(), offset.contiguous()
-        n, channels, height, width = x.shape
-        out = x.new_empty(n, channels, out_h, out_w)
-        kernel = lib.dysample_forward_f32 if x.dtype == torch.float32 else lib.dysample_forward_f64
-        failed = kernel(x.data_ptr(), offset.data_ptr(), out.data_ptr(), rows.offset_at.data_ptr(),
-                        cols.offset_at.data_ptr(), rows.anchor.data_ptr(), rows.fraction.data_ptr(),
-                        cols.anchor.data_ptr(), cols.fraction.data_ptr(), n, groups, channels // groups, height,
-                        width, out_h, out_w, scale, MODES[mode], torch.get_num_threads())
-        if failed:
-            raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
-        ctx.save_for_backward(x, offset)
-        ctx.tables, ctx.shape = (rows, cols), (scale, groups, out_h, out_w, mode)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, offset = ctx.saved_tensors
-        (rows, cols), (scale, groups, out_h, out_w, mode) = ctx.tables, ctx.shape
-        need_x, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad = grad.contiguous().to(x.dtype)
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_offset = torch.zeros_like(offset) if need_offset else None
-        lib = native.library()
-        kernel = lib.dysample_backward_f32 if x.dtype == torch.float32 else lib.dysample_backward_f64
-        n, channels, height, width = x.shape
-        failed = kernel(x.data_ptr(), offset.data_ptr(), grad.data_ptr(),
-                        grad_x.data_ptr() if need_x else None, grad_offset.data_ptr() if need_offset else None,
-                        rows.offset_at.data_ptr(), cols.offset_at.data_ptr(), rows.anchor.data_ptr(),
-                        rows.fraction.data_ptr(), cols.anchor.data_ptr(), cols.fraction.data_ptr(),
-                        rows.cell_start.data_ptr(), n, groups, channels // groups, height, width, out_h, out_w,
-                        scale, MODES[mode], torch.get_num_threads())
-        if failed:
-            raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
-        return grad_x, grad_offset, None, None, None, None, None, None, None
+def _pointer(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+# A custom operator (not an autograd.Function), so that torch.compile keeps it as one opaque call
+# on the CPU instead of tracing the pure-PyTorch gathers (which Inductor compiles slowly).
+@torch.library.custom_op("dysample_swap::native_sample", mutates_args=(), device_types="cpu",
+                         tags=(torch.Tag.flexible_layout,))  # it makes its inputs contiguous itself
+def _sample_op(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
+               row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor,
+               scale: int, groups: int, out_h: int, out_w: int, mode: int) -> Tensor:
+    x, offset = x.contiguous(), offset.contiguous()
+    n, channels, height, width = x.shape
+    out = x.new_empty(n, channels, out_h, out_w)
+    failed = _kernel("dysample_forward", x.dtype)(
+        _pointer(x), _pointer(offset), _pointer(out), _pointer(row_offset_at), _pointer(col_offset_at),
+        _pointer(row_anchor), _pointer(row_fraction), _pointer(col_anchor), _pointer(col_fraction), n, groups,
+        channels // groups, height, width, out_h, out_w, scale, mode, torch.get_num_threads())
+    if failed:
+        raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+    return out
+
+
+@_sample_op.register_fake
+def _(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
+      row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor,
+      scale: int, groups: int, out_h: int, out_w: int, mode: int) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1], out_h, out_w)
+
+
+@torch.library.custom_op("dysample_swap::native_sample_backward", mutates_args=(), device_types="cpu",
+                         tags=(torch.Tag.flexible_layout,))
+def _sample_backward_op(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor,
+                        row_fraction: Tensor, row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor,
+                        col_fraction: Tensor, scale: int, groups: int, out_h: int, out_w: int, mode: int,
+                        need_x: bool, need_offset: bool) -> tuple[Tensor, Tensor]:
+    x, offset, grad = x.contiguous(), offset.contiguous(), grad.contiguous().to(x.dtype)
+    grad_x = torch.zeros_like(x) if need_x else x.new_empty(0)
+    grad_offset = torch.zeros_like(offset) if need_offset else offset.new_empty(0)
+    n, channels, height, width = x.shape
+    failed = _kernel("dysample_backward", x.dtype)(
+        _pointer(x), _pointer(offset), _pointer(grad), _pointer(grad_x) if need_x else None,
+        _pointer(grad_offset) if need_offset else None, _pointer(row_offset_at), _pointer(col_offset_at),
+        _pointer(row_anchor), _pointer(row_fraction), _pointer(col_anchor), _pointer(col_fraction),
+        _pointer(row_cell_start), n, groups, channels // groups, height, width, out_h, out_w, scale, mode,
+        torch.get_num_threads())
+    if failed:
+        raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+    return grad_x, grad_offset
+
+
+@_sample_backward_op.register_fake
+def _(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
+      row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor, scale: int,
+      groups: int, out_h: int, out_w: int, mode: int, need_x: bool, need_offset: bool) -> tuple[Tensor, Tensor]:
+    return (torch.empty_like(x) if need_x else x.new_empty(0),
+            torch.empty_like(offset) if need_offset else offset.new_empty(0))
+
+
+def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(*inputs[:9])
+    ctx.sizes = inputs[9:]
+
+
+def _backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    need_x, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_x, grad_offset = _sample_backward_op(grad, *ctx.saved_tensors, *ctx.sizes, need_x, need_offset)
+    return (grad_x if need_x else None, grad_offset if need_offset else None) + (None,) * 12
+
+
+_sample_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables, scale: int, groups: int,
@@ -161,4 +197,5 @@ def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
         >>> native_sample(x, torch.zeros(1, 8, 2, 2), rows, cols, 2, 1, 4, 4, "grid")[0, 0, 0].tolist()
         [0.0, 0.25, 0.75, 1.0]
     """
-    return NativeSample.apply(x, offset, rows, cols, scale, groups, out_h, out_w, mode)
+    return _sample_op(x, offset, rows.offset_at, rows.anchor, rows.fraction, rows.cell_start, cols.offset_at,
+                      cols.anchor, cols.fraction, scale, groups, out_h, out_w, MODES[mode])

@@ -444,19 +444,33 @@ def _tracing() -> bool:
     )
 
 
+def _exporting() -> bool:
+    """Whether this call is recorded into a graph that leaves the process (trace, fx, ONNX, torch.export)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_exporting()
+        or _torch_compat.is_fx_symbolic_tracing()
+    )
+
+
 def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
     """Whether to run the compiled kernel: always for ``"native"`` (or an error saying why it cannot), where
     it applies for ``"auto"`` (the reasons it does not are logged once each)."""
     if sampler not in ("auto", "native"):
         return False
-    if sampler == "auto" and _tracing():
+    if sampler == "auto" and _exporting():
+        return False  # an exported graph must not need dysample_swap's operator (torch.compile keeps it)
+    if sampler == "auto" and torch.compiler.is_compiling() and torch.is_grad_enabled():
+        # compiled training traces the pure-PyTorch sampler: Inductor fails to lay out the views
+        # (PL's offsets) that the operator would save for backward at symbolic sizes
         return False
     unsupported = supports(x, offset)
     if sampler == "native":
         if unsupported is not None:
             raise ValueError(f"sampler='native' runs eager float32/float64 CPU tensors, not {unsupported}; "
                              "use sampler='auto' or 'reference'")
-        if native.library() is None:
+        if _native_library() is None:
             raise RuntimeError(f"sampler='native': the compiled sampler is unavailable: {native.unavailable_reason()}")
         return True
     if unsupported is not None:
@@ -465,7 +479,13 @@ def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
             logger.info("DySample sampler: %s run the pure-PyTorch sampler; the compiled one takes eager "
                         "float32/float64 CPU tensors", unsupported)
         return False
-    return native.library() is not None  # unavailable: native.library() has warned once
+    return _native_library() is not None  # unavailable: native.library() has warned once
+
+
+def _native_library() -> object | None:
+    """The compiled sampler; under ``torch.compile`` only if already loaded (building takes a lock dynamo cannot
+    trace; every DySample constructor loads it, so a model compiled after construction has it)."""
+    return native.loaded() if torch.compiler.is_compiling() else native.library()
 
 
 def _use_sparse(x: Tensor, sampler: str) -> bool:
