@@ -103,10 +103,6 @@ def _kernel(name: str, dtype: torch.dtype):
     return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
-def _pointer(t: Tensor) -> int:
-    return t.data_ptr()
-
-
 # A custom operator (not an autograd.Function), so that torch.compile keeps it as one opaque call
 # on the CPU instead of tracing the pure-PyTorch gathers (which Inductor compiles slowly).
 @torch.library.custom_op("dysample_swap::native_sample", mutates_args=(), device_types="cpu",
@@ -118,8 +114,8 @@ def _sample_op(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Ten
     n, channels, height, width = x.shape
     out = x.new_empty(n, channels, out_h, out_w)
     failed = _kernel("dysample_forward", x.dtype)(
-        _pointer(x), _pointer(offset), _pointer(out), _pointer(row_offset_at), _pointer(col_offset_at),
-        _pointer(row_anchor), _pointer(row_fraction), _pointer(col_anchor), _pointer(col_fraction), n, groups,
+        x.data_ptr(), offset.data_ptr(), out.data_ptr(), row_offset_at.data_ptr(), col_offset_at.data_ptr(),
+        row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(), n, groups,
         channels // groups, height, width, out_h, out_w, scale, mode, torch.get_num_threads())
     if failed:
         raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
@@ -144,10 +140,10 @@ def _sample_backward_op(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: 
     grad_offset = torch.zeros_like(offset) if need_offset else offset.new_empty(0)
     n, channels, height, width = x.shape
     failed = _kernel("dysample_backward", x.dtype)(
-        _pointer(x), _pointer(offset), _pointer(grad), _pointer(grad_x) if need_x else None,
-        _pointer(grad_offset) if need_offset else None, _pointer(row_offset_at), _pointer(col_offset_at),
-        _pointer(row_anchor), _pointer(row_fraction), _pointer(col_anchor), _pointer(col_fraction),
-        _pointer(row_cell_start), n, groups, channels // groups, height, width, out_h, out_w, scale, mode,
+        x.data_ptr(), offset.data_ptr(), grad.data_ptr(), grad_x.data_ptr() if need_x else None,
+        grad_offset.data_ptr() if need_offset else None, row_offset_at.data_ptr(), col_offset_at.data_ptr(),
+        row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(),
+        row_cell_start.data_ptr(), n, groups, channels // groups, height, width, out_h, out_w, scale, mode,
         torch.get_num_threads())
     if failed:
         raise MemoryError("DySample's compiled sampler could not allocate its row buffers")

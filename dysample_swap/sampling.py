@@ -434,16 +434,6 @@ def _taps(
     return index, (index + 1).clamp(max=in_len - 1), fraction
 
 
-def _tracing() -> bool:
-    """Whether a tracer, compiler or exporter records this call (they get the pure-PyTorch formulation)."""
-    return (
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-        or _torch_compat.is_fx_symbolic_tracing()
-    )
-
-
 def _exporting() -> bool:
     """Whether this call is recorded into a graph that leaves the process (trace, fx, ONNX, torch.export)."""
     return (
@@ -452,6 +442,11 @@ def _exporting() -> bool:
         or torch.compiler.is_exporting()
         or _torch_compat.is_fx_symbolic_tracing()
     )
+
+
+def _tracing() -> bool:
+    """Whether a tracer, compiler or exporter records this call (they get the pure-PyTorch formulation)."""
+    return _exporting() or torch.compiler.is_compiling()
 
 
 def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
