@@ -8,7 +8,11 @@ Spec syntax, keyword arguments separated by ``,`` (values are Python literals, e
   ``weights=None`` and ``weights_backbone=None`` unless given
   (e.g. ``torchvision:fasterrcnn_resnet50_fpn:min_size=320``);
 * ``timm:NAME[:k=v,...]`` - ``timm.create_model(NAME, pretrained=False, **kwargs)``;
-* ``package.module:function[:k=v,...]`` - any importable function returning an ``nn.Module``.
+* ``package.module:function[:k=v,...]`` - any importable function returning an ``nn.Module``,
+  built only when the caller trusts the spec (``trust_spec=True``): importing a module and calling
+  a function that a string names runs code, so a spec read from a shared file (a swap file, a
+  checkpoint's config) must never do it unasked. The three library sources above resolve only to
+  those libraries' own model constructors and are always allowed.
 
 Example:
     >>> model = build_model("torchvision:lraspp_mobilenet_v3_large:num_classes=3")
@@ -25,6 +29,30 @@ import inspect
 from typing import Any
 
 import torch.nn as nn
+
+
+OWNED_SOURCES = ("smp", "torchvision", "timm")
+"""Spec sources that resolve only to those libraries' own model constructors (always trusted)."""
+
+
+class UntrustedSpecError(ValueError):
+    """A ``package.module:function`` spec was to be built without the caller's consent.
+
+    Example:
+        >>> build_model("os:system:command='touch pwned'")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        dysample_swap.model_spec.UntrustedSpecError: the model spec "os:system:command='touch pwned'" names code ...
+    """
+
+
+def is_owned(spec: str) -> bool:
+    """Whether ``spec`` names one of the library builders in :data:`OWNED_SOURCES`.
+
+    Example:
+        >>> is_owned("smp:FPN"), is_owned("my_models:build")
+        (True, False)
+    """
+    return spec.strip().split(":", 1)[0].strip() in OWNED_SOURCES
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
@@ -84,6 +112,8 @@ def _build_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
 def _build_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
+    if not timm.is_model(name):  # also refuses hub names ("hf-hub:...") that would fetch a config
+        raise ValueError(f"timm has no model {name!r}.{_suggest(name, list(timm.list_models()))}")
     kwargs.setdefault("pretrained", False)
     return timm.create_model(name, **kwargs)
 
@@ -102,12 +132,24 @@ def _build_function(module_name: str, function: str, kwargs: dict[str, Any]) -> 
     return model
 
 
-def build_model(spec: str) -> nn.Module:
+def build_model(spec: str, *, trust_spec: bool = False) -> nn.Module:
     """Build the model a spec names, with random weights for smp/torchvision/timm models.
+
+    Args:
+        spec: the spec (see the module docstring).
+        trust_spec: allow a ``package.module:function`` spec: its module is imported and its
+            function called, which runs whatever code they hold. Pass ``True`` only for a spec you
+            wrote or checked yourself, never for one read from a file someone else can edit.
+
+    Raises:
+        UntrustedSpecError: a ``package.module:function`` spec without ``trust_spec=True``.
+        ValueError: a malformed spec, an unknown architecture, or a builder that fails.
 
     Example:
         >>> build_model("smp:Unet:encoder_name=resnet18,classes=2").segmentation_head[0].out_channels
         2
+        >>> type(build_model("torch.nn:Identity", trust_spec=True)).__name__
+        'Identity'
     """
     source, name, kwargs = parse_spec(spec)
     if source == "smp":
@@ -116,4 +158,10 @@ def build_model(spec: str) -> nn.Module:
         return _build_torchvision(name, kwargs)
     if source == "timm":
         return _build_timm(name, kwargs)
+    if not trust_spec:
+        raise UntrustedSpecError(
+            f"the model spec {spec!r} names code to import and call ({source}:{name}), and it is not "
+            f"trusted: only {', '.join(s + ':' for s in OWNED_SOURCES)} specs are built unasked. If you "
+            "wrote this spec or checked that module, pass trust_spec=True (--trust-spec on the command "
+            "line); otherwise build the model yourself and pass it (model=...)")
     return _build_function(source, name, kwargs)

@@ -120,7 +120,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         carafe ...
         0
     """
-    model = build_model(args.model)
+    model = build_model(args.model, trust_spec=True)  # typed by the user on this command line
     report = plan_swap(model, args.variant, _inputs(args), verbose=False, **_policy(args))
     print(report.table())
     print("\nwhat each upsampler would add at the swapped sites (batch and sizes of the example input):")
@@ -143,7 +143,7 @@ def run_swap(args: argparse.Namespace) -> int:
         wrote ...lraspp.pt (rebuild with dysample_swap.load_swapped(...))
         0
     """
-    model = build_model(args.model)
+    model = build_model(args.model, trust_spec=True)  # typed by the user on this command line
     swap_upsamplers(model, args.variant, _inputs(args), verbose=True, **_policy(args))
     save_swapped(model, args.out, args.model)
     print(f"wrote {args.out} (rebuild with dysample_swap.load_swapped({str(args.out)!r}))")
