@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from dysample_swap.model_spec import build_model
+from dysample_swap.model_spec import build_model, is_owned
 from dysample_swap.swap import plan_swap, swap_upsamplers
-from dysample_swap.swapfile import save_swapped
+from dysample_swap.swapfile import save_swapped, writable_target
 from dysample_swap.upsamplers import UPSAMPLERS, upsampler_cost
 
 MODEL_HELP = ("smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
@@ -143,10 +143,12 @@ def run_swap(args: argparse.Namespace) -> int:
         wrote ...lraspp.pt (rebuild with dysample_swap.load_swapped(...))
         0
     """
+    writable_target(args.out)  # before the swap, not after it
     model = build_model(args.model, trust_spec=True)  # typed by the user on this command line
     swap_upsamplers(model, args.variant, _inputs(args), verbose=True, **_policy(args))
     save_swapped(model, args.out, args.model)
-    print(f"wrote {args.out} (rebuild with dysample_swap.load_swapped({str(args.out)!r}))")
+    trust = "" if is_owned(args.model) else ", trust_spec=True"  # its spec names the user's own code
+    print(f"wrote {args.out} (rebuild with dysample_swap.load_swapped({str(args.out)!r}{trust}))")
     return 0
 
 

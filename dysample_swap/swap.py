@@ -314,6 +314,10 @@ def _share(decisions: list[SiteDecision], members: list[int], variant: str, poli
 
 
 def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: dict[str, Any]) -> _Plan:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected the network as an nn.Module (or an ultralytics YOLO object), got "
+                        f"{type(model).__name__} {model!r:.80}; build it first, e.g. "
+                        "dysample_swap.build_model('smp:FPN'), and pass the module")
     variant = upsampler_name(variant)
     policy = SwapPolicy.from_kwargs(**policy_kwargs)
     _torch_compat.require()

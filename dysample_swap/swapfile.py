@@ -34,11 +34,14 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn as nn
@@ -46,7 +49,7 @@ import torch.nn as nn
 from dysample_swap.example_inputs import make_inputs
 from dysample_swap.integrations import smp as smp_integration
 from dysample_swap.integrations import transformers as transformers_integration
-from dysample_swap.integrations.record import check_record, class_name, swap_record
+from dysample_swap.integrations.record import RecordError, check_entries, check_record, class_name, swap_record
 from dysample_swap.model_spec import build_model
 from dysample_swap.swap import swap_report, swap_upsamplers
 
@@ -54,7 +57,7 @@ FORMAT = "dysample_swap.swapped/2"
 """The ``format`` value :func:`save_swapped` writes."""
 
 _READABLE = ("dysample_swap.swapped/1", FORMAT)  # /1: a spec was required, one swap, no "class"
-_ENTRY_KEYS = ("class", "variant", "policy", "inputs")
+_ENTRY_KEYS = ("class", "variant", "policy", "inputs", "not_replayable")
 _FRAMEWORKS = (transformers_integration, smp_integration)
 
 
@@ -97,8 +100,66 @@ def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str
     """
     from dysample_swap import __version__
 
-    torch.save({"format": FORMAT, "version": __version__, "recipe": recipe_of(model, model_spec),
-                "state_dict": model.state_dict()}, file)
+    payload = {"format": FORMAT, "version": __version__, "recipe": recipe_of(model, model_spec),
+               "state_dict": model.state_dict()}
+    write_atomically(file, lambda stream: torch.save(payload, stream))
+
+
+def writable_target(file: str | os.PathLike[str]) -> None:
+    """Check that ``file`` can be written (its folder exists and takes a new file) before long work.
+
+    Raises:
+        ValueError: naming the file and why not.
+
+    Example:
+        >>> writable_target("/no/such/folder/net.pt")
+        Traceback (most recent call last):
+        ValueError: cannot write /no/such/folder/net.pt: its folder /no/such/folder does not exist; create it first
+    """
+    folder = Path(file).parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {file}: its folder {folder} does not exist; create it first")
+    if Path(file).is_dir():
+        raise ValueError(f"cannot write {file}: it is a folder; name a file in it")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write {file}: {exc.strerror or exc} in {folder}; choose a writable folder") from exc
+
+
+def write_atomically(file: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Write ``file`` through a temporary file in its folder: a failed write leaves the old file and no debris.
+
+    Raises:
+        ValueError: the write failed (``disk full`` for ENOSPC), naming the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "note.bin")
+        >>> write_atomically(path, lambda stream: stream.write(b"hello"))
+        >>> open(path, "rb").read()
+        b'hello'
+    """
+    folder = Path(file).parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(file).name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"cannot write {file}: {exc.strerror or exc}") from exc
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as stream:
+            write(stream)
+        os.replace(tmp, file)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise ValueError(f"cannot write {file}: {why}; nothing was written (any earlier file is intact)") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _is_swapped(model: nn.Module) -> bool:
@@ -145,19 +206,50 @@ def _load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: 
                          f"constructor arguments it was saved with): {exc}") from exc
 
 
-def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+def _checked_payload(payload: Any, file: str) -> tuple[str | None, list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """The model spec, swap entries and state dict of a swapped-model file, checked before anything runs."""
+    if not isinstance(payload, dict) or payload.get("format") not in _READABLE:
+        raise ValueError(f"{file}: not a dysample_swap swapped-model file (expected format {FORMAT!r}); "
+                         "write one with `dysample-swap swap MODEL --out FILE` or save_swapped()")
+    recipe, state_dict = payload.get("recipe"), payload.get("state_dict")
+    if not isinstance(recipe, dict):
+        raise RecordError(f"{file}: its recipe {recipe!r:.80} is not a dict; re-save the model with save_swapped()")
+    spec = recipe.get("model")
+    if spec is not None and not isinstance(spec, str):
+        raise RecordError(f"{file}: its model spec {spec!r:.80} is not a string")
+    then = recipe.get("then", [])
+    if not isinstance(then, list):
+        raise RecordError(f"{file}: its later swaps {then!r:.80} are not a list")
+    swaps = check_entries([{k: recipe[k] for k in _ENTRY_KEYS if k in recipe}, *then], file)
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise RecordError(f"{file}: its state_dict is not a dict of named tensors; re-save the model with save_swapped()")
+    return spec, swaps, state_dict
+
+
+def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None, *,
+                 trust_spec: bool = False) -> nn.Module:
     """Rebuild a swapped model from a file written by :func:`save_swapped` (``dysample-swap swap``).
+
+    Loading never runs code the file names: the file is read with ``torch.load(weights_only=True)``,
+    its recipe is checked (types, known upsamplers and options, bounded example-input shapes)
+    before anything is built, and its model spec is built only when it names an ``smp:``,
+    ``torchvision:`` or ``timm:`` model, unless ``trust_spec=True``.
 
     Args:
         file: the file.
         model: a freshly built, unswapped instance of the saved model's class, with its constructor
-            arguments (required when the file records no model spec); the recorded swaps are
-            re-applied to it in place.
+            arguments (required when the file records no model spec, or a ``package.module:function``
+            spec you do not trust); the recorded swaps are re-applied to it in place.
+        trust_spec: build a recorded ``package.module:function`` spec (imports that module and calls
+            that function): only for a file whose author you trust.
 
     Raises:
-        ValueError: the file is missing, corrupt or not a swapped-model file; it records no spec and
-            no ``model`` is given; ``model`` is of another class or already swapped; or the weights
-            do not fit.
+        ValueError: the file is missing, corrupt or not a swapped-model file; its recipe is
+            malformed (:class:`~dysample_swap.integrations.record.RecordError`); it records no spec
+            and no ``model`` is given; its spec is not trusted
+            (:class:`~dysample_swap.model_spec.UntrustedSpecError`); ``model`` is of another class
+            or already swapped; or the weights do not fit.
 
     Example:
         >>> import os, tempfile, torch.nn as nn
@@ -171,23 +263,42 @@ def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None) -
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{file}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError) as exc:
         raise ValueError(f"{file}: not a readable swapped-model file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") not in _READABLE:
-        raise ValueError(f"{file}: not a dysample_swap swapped-model file (expected format {FORMAT!r}); "
-                         "write one with `dysample-swap swap MODEL --out FILE` or save_swapped()")
-    recipe = payload["recipe"]
-    swaps = [{k: recipe[k] for k in _ENTRY_KEYS if k in recipe}, *recipe.get("then", [])]
+    spec, swaps, state_dict = _checked_payload(payload, str(file))
     rebuilt = model is None
     if model is None:
-        if recipe.get("model") is None:
-            saved = recipe.get("class", "model").rpartition(".")[2]
+        if spec is None:
+            saved = swaps[0].get("class", "model").rpartition(".")[2]
             raise ValueError(f"{file} records no model spec, so it cannot build the model itself; pass a "
                              f"freshly built {saved} (same constructor arguments): load_swapped(file, model=...)")
-        model = build_model(recipe["model"])
+        model = build_model(spec, trust_spec=trust_spec)
     _replay(model, swaps, str(file))
-    _load_weights(model, payload["state_dict"], str(file), rebuilt=rebuilt)
+    _load_weights(model, state_dict, str(file), rebuilt=rebuilt)
     return model
+
+
+def _weight_map(index: Path) -> dict[str, Any]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc}); "
+                         "save the model again with model.save_pretrained(directory)") from exc
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: its weight_map is not a dict of tensor name -> shard file")
+    return weight_map
+
+
+def _shard(directory: Path, name: Any) -> Path:
+    """A shard that the index names: a plain ``*.safetensors`` file name inside ``directory``, nothing else."""
+    if (not isinstance(name, str) or Path(name).name != name or name in (".", "..")
+            or not name.endswith(".safetensors")):
+        raise ValueError(f"{directory / 'model.safetensors.index.json'} names the shard {name!r:.120}, which "
+                         "is not a .safetensors file inside the directory; refusing to read it")
+    shard = directory / name
+    if shard.resolve().parent != directory.resolve():
+        raise ValueError(f"{shard} links outside {directory}; refusing to read it")
+    return shard
 
 
 def _read_safetensors(directory: Path, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
@@ -196,7 +307,7 @@ def _read_safetensors(directory: Path, keys: set[str] | None = None) -> dict[str
 
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        files = [directory / f for f in dict.fromkeys(json.loads(index.read_text())["weight_map"].values())]
+        files = [_shard(directory, name) for name in dict.fromkeys(_weight_map(index).values())]
     elif (directory / "model.safetensors").exists():
         files = [directory / "model.safetensors"]
     else:

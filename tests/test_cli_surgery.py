@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from dysample_swap.cli import main
 from dysample_swap.dysample import DySample
-from dysample_swap.model_spec import build_model, parse_spec
+from dysample_swap.model_spec import UntrustedSpecError, build_model, parse_spec
 from dysample_swap.swapfile import load_swapped
 
 FPN = "smp:FPN:encoder_name=resnet18,encoder_depth=3,decoder_segmentation_channels=32"
@@ -72,8 +72,11 @@ def test_swap_detector_spec_with_image_input(tmp_path: Path) -> None:
 def test_module_function_spec(tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
     assert main(["swap", "test_cli_surgery:tiny_model:channels=12", "--out", str(out)]) == 0
-    model = load_swapped(out)
-    assert isinstance(model[0], nn.Conv2d) and model[0].out_channels == 12
+    with pytest.raises(UntrustedSpecError, match=r"'test_cli_surgery:tiny_model:channels=12'.*trust_spec=True"):
+        load_swapped(out)  # a file's spec that names code is built only when the caller trusts it
+    for model in (load_swapped(out, trust_spec=True), load_swapped(out, model=tiny_model(channels=12))):
+        assert isinstance(model[0], nn.Conv2d) and model[0].out_channels == 12
+        assert isinstance(model[1], DySample)
 
 
 def test_load_swapped_errors(tmp_path: Path) -> None:
@@ -93,7 +96,7 @@ def test_load_swapped_errors(tmp_path: Path) -> None:
     payload["recipe"]["variant"] = "dysample-s"  # other layout: the weights no longer fit
     torch.save(payload, good)
     with pytest.raises(ValueError, match="do not fit the model rebuilt from its recipe"):
-        load_swapped(good)  # PL: other weight shapes
+        load_swapped(good, trust_spec=True)  # PL: other weight shapes
 
 
 def test_bad_specs_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,10 +32,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from typing import Any
 
 import torch.nn as nn
+
+from dysample_swap.policy import INITS
+from dysample_swap.upsamplers.registry import SWAP_POSITIONS, UPSAMPLERS
 
 RECORD_FORMAT = "dysample_swap.record/1"
 """The ``format`` value of a swap record."""
@@ -44,6 +48,23 @@ RECORD_ATTRIBUTE = "dysample_swap_record"
 """Name of the model attribute that holds the swap record."""
 
 _JSON_SCALARS = (str, bool, int, float, type(None))
+
+MAX_SWAPS = 64
+"""The most swap entries a record read from a file may hold."""
+
+MAX_INPUT_VALUES = 2**26
+"""The most values (64 Mi: 256 MiB of float32) the example inputs of one recorded swap may describe.
+
+A record read from a file is replayed on example inputs of the recorded shapes; this bound keeps a
+tampered shape (1x3x20000x20000) from allocating gigabytes."""
+
+_SELECTOR = "a path or glob, or a list of them"
+POLICY_SCHEMA: dict[str, Any] = {
+    "include": _SELECTOR, "exclude": _SELECTOR, "swap_final": bool, "groups_fallback": bool,
+    "chain": bool, "strict": bool, "init": INITS, "positions": SWAP_POSITIONS,
+}
+"""What each saveable :class:`~dysample_swap.policy.SwapPolicy` option may hold in a record:
+a type, a tuple of allowed strings, or a selector (``None``, a string or a list of strings)."""
 
 
 def is_loaded_instance(obj: Any, module: str, name: str) -> bool:
@@ -172,23 +193,142 @@ def swap_record(model: nn.Module) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+class RecordError(ValueError):
+    """A swap record read from a file does not have the layout this version writes.
+
+    Example:
+        >>> check_record({"format": RECORD_FORMAT, "swaps": [{"variant": 3}]}, "config.json")
+        Traceback (most recent call last):
+        dysample_swap.integrations.record.RecordError: config.json: swap 1 of its record: variant 3 is not a string
+    """
+
+
+def _shape_values(shape: Any, what: str) -> int:
+    """The number of values of a recorded tensor shape; raises ``RecordError`` for anything else."""
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 6
+            or not all(type(n) is int and n >= 1 for n in shape)):
+        raise RecordError(f"{what} {shape!r} is not a tensor shape (a list of 1 to 6 positive integers)")
+    return math.prod(shape)
+
+
+def _check_inputs(inputs: Any, what: str) -> None:
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= 16:
+        raise RecordError(f"{what}: inputs {inputs!r:.80} is not a list of 1 to 16 example-input descriptions")
+    values = 0
+    for item in inputs:
+        if not isinstance(item, dict) or len(item) != 1 or not {"tensor", "images"} >= item.keys():
+            raise RecordError(f"{what}: example input {item!r:.80} is not {{'tensor': SHAPE}} or "
+                              "{'images': [SHAPE, ...]}")
+        if "tensor" in item:
+            values += _shape_values(item["tensor"], f"{what}: tensor shape")
+        elif isinstance(item["images"], list) and 1 <= len(item["images"]) <= 64:
+            values += sum(_shape_values(shape, f"{what}: image shape") for shape in item["images"])
+        else:
+            raise RecordError(f"{what}: images {item['images']!r:.80} is not a list of 1 to 64 image shapes")
+    if values > MAX_INPUT_VALUES:
+        raise RecordError(f"{what}: its example inputs hold {values:,} values, more than the {MAX_INPUT_VALUES:,} "
+                          "a recorded swap may replay on (a tampered shape?); swap again on a smaller example input")
+
+
+def _check_policy(policy: Any, what: str) -> None:
+    if not isinstance(policy, dict):
+        raise RecordError(f"{what}: policy {policy!r:.80} is not a dict of swap options")
+    for key, value in policy.items():
+        allowed = POLICY_SCHEMA.get(key)
+        if allowed is None:
+            raise RecordError(f"{what}: policy option {key!r} is not one of {sorted(POLICY_SCHEMA)}")
+        if allowed is _SELECTOR:
+            ok = value is None or isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))
+        elif isinstance(allowed, tuple):
+            ok = value in allowed and isinstance(value, str)
+        else:
+            ok = type(value) is allowed
+        if not ok:
+            expected = allowed.__name__ if isinstance(allowed, type) else (
+                f"one of {allowed}" if isinstance(allowed, tuple) else allowed)
+            raise RecordError(f"{what}: policy option {key}={value!r:.80} is not {expected}")
+
+
+def check_entry(entry: Any, what: str) -> dict[str, Any]:
+    """One swap entry read from a file, checked against the layout :func:`swap_entry` writes.
+
+    Nothing in an entry is imported or called: ``class`` is only compared by name, ``variant``
+    must be a registered upsampler, ``policy`` holds only the saveable options with their types,
+    and ``inputs`` describe bounded tensor shapes.
+
+    Raises:
+        RecordError: naming ``what`` and the first field that is wrong.
+
+    Example:
+        >>> check_entry({"variant": "dysample", "policy": {"init": "paper"}, "inputs": [{"tensor": [1, 3, 8, 8]}]},
+        ...             "swap 1")["variant"]
+        'dysample'
+        >>> check_entry({"variant": "dysample", "policy": {}, "inputs": [{"tensor": [1, 3, 20000, 20000]}]},
+        ...             "swap 1")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        dysample_swap.integrations.record.RecordError: swap 1: its example inputs hold 1,200,000,000 values, ...
+    """
+    if not isinstance(entry, dict):
+        raise RecordError(f"{what}: {entry!r:.80} is not a dict")
+    unknown = sorted(set(entry) - {"class", "variant", "policy", "inputs", "not_replayable"})
+    if unknown:
+        raise RecordError(f"{what}: unknown keys {unknown}")
+    if "class" in entry and not (isinstance(entry["class"], str) and len(entry["class"]) <= 500):
+        raise RecordError(f"{what}: class {entry['class']!r:.80} is not a class name")
+    variant = entry.get("variant")
+    if not isinstance(variant, str):
+        raise RecordError(f"{what}: variant {variant!r:.80} is not a string")
+    if variant.strip().lower() not in UPSAMPLERS:
+        raise RecordError(f"{what}: variant {variant!r:.80} is not one of {', '.join(UPSAMPLERS)}")
+    if "not_replayable" in entry:
+        if not isinstance(entry["not_replayable"], str):
+            raise RecordError(f"{what}: not_replayable {entry['not_replayable']!r:.80} is not a reason")
+        return entry
+    for key in ("policy", "inputs"):
+        if key not in entry:
+            raise RecordError(f"{what}: no {key!r}")
+    _check_policy(entry["policy"], what)
+    _check_inputs(entry["inputs"], what)
+    return entry
+
+
+def check_entries(entries: Any, where: str) -> list[dict[str, Any]]:
+    """The swap entries read from ``where``, each checked by :func:`check_entry`, or a clear error.
+
+    Raises:
+        RecordError: a malformed entry, or more than :data:`MAX_SWAPS` of them.
+        ValueError: a well-formed swap that cannot be replayed (the reason it recorded).
+
+    Example:
+        >>> check_entries([{"variant": "carafe", "not_replayable": "a predicate"}], "net.pt")
+        Traceback (most recent call last):
+        ValueError: net.pt: its carafe swap cannot be re-applied: a predicate
+    """
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_SWAPS:
+        raise RecordError(f"{where}: the swaps {entries!r:.80} are not a list of 1 to {MAX_SWAPS} swap entries")
+    for number, entry in enumerate(entries, 1):
+        check_entry(entry, f"{where}: swap {number} of its record")
+    for entry in entries:
+        if "not_replayable" in entry:
+            raise ValueError(f"{where}: its {entry['variant']} swap cannot be re-applied: "
+                             f"{entry['not_replayable']}")
+    return entries
+
+
 def check_record(record: Any, where: str) -> list[dict[str, Any]]:
     """The swap entries of a record read from a file, or a clear error about what is wrong with it.
 
     Raises:
-        ValueError: naming ``where``: not a record, another format, or a swap that cannot be replayed.
+        RecordError: naming ``where``: not a record, another format, or a malformed entry.
+        ValueError: a swap that cannot be replayed.
 
     Example:
         >>> entry = {"class": "m.Net", "variant": "dysample", "policy": {}, "inputs": [{"tensor": [1, 3, 8, 8]}]}
         >>> check_record({"format": RECORD_FORMAT, "version": "0.1.0", "swaps": [entry]}, "x") == [entry]
         True
     """
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or not isinstance(
-            record.get("swaps"), list):
-        raise ValueError(f"{where}: the swap record is not a {RECORD_FORMAT!r} record (a newer or "
-                         "foreign dysample_swap version?); re-save the model with this version")
-    for entry in record["swaps"]:
-        if "not_replayable" in entry:
-            raise ValueError(f"{where}: its {entry['variant']} swap cannot be re-applied: "
-                             f"{entry['not_replayable']}")
-    return record["swaps"]
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise RecordError(f"{where}: the swap record is not a {RECORD_FORMAT!r} record (a newer or "
+                          "foreign dysample_swap version?); re-save the model with this version")
+    return check_entries(record.get("swaps"), where)

@@ -124,6 +124,9 @@ UPSAMPLERS: tuple[str, ...] = tuple(_ENTRIES)
 
 
 def _entry(name: str) -> _Entry:
+    if not isinstance(name, str):
+        raise TypeError(f"the upsampler name must be a string such as 'dysample+', not {name!r} "
+                        f"({type(name).__name__}); choose one of {', '.join(UPSAMPLERS)}")
     key = name.strip().lower()
     if key not in _ENTRIES:
         close = difflib.get_close_matches(key, UPSAMPLERS, n=1)
