@@ -42,7 +42,8 @@ class SwapPolicy:
             site with that path and every site below it; globs and predicates work too.
         exclude: sites selected here are never swapped.
         swap_final: also swap upsampling whose result is an output of the model (final
-            logits).  Default ``False``, as in the paper.
+            logits), or that no later operation reads (an auxiliary head's logits that only a
+            training loss reads).  Default ``False``, as in the paper.
         groups_fallback: when the variant's ``groups`` do not divide a site's channels, use the
             largest valid group count (the default; the table says which) instead of skipping
             the site.
@@ -289,6 +290,10 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
         return "recompute_scale_factor=True with a non-integer scale_factor"
     if "final" in site.flags and not policy.swap_final:
         return "final logits of the network (pass swap_final=True to swap)"
+    if "unused" in site.flags and not policy.swap_final:
+        return ("result unused: no later operation of the forward reads it (e.g. an auxiliary head's "
+                "logits that only a training loss reads), so a replacement would get no gradient; "
+                "pass swap_final=True to swap")
     if selects(policy.exclude, site):
         return "excluded by exclude="
     if policy.include is not None and not selects(policy.include, site):
@@ -348,8 +353,9 @@ def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -
     4. resize of the network input before any learned layer (e.g. torchvision's
     ``GeneralizedRCNNTransform``);  5. 1x1 broadcast or adaptive-pooled context (PSP, ASPP,
     PAN);  6. downsampling in any dim;  7. same-size no-op;
-    8. ``recompute_scale_factor=True`` with a non-integer factor;  9. final logits (unless
-    ``swap_final``);  10. ``exclude`` / ``include``;  11. channels the variant's groups cannot
+    8. ``recompute_scale_factor=True`` with a non-integer factor;  9. final logits, or a result
+    that nothing reads (flag ``"unused"``: a replacement would get no gradient), unless
+    ``swap_final``;  10. ``exclude`` / ``include``;  11. channels the variant's groups cannot
     divide (:func:`fit_groups`; with ``groups_fallback``, the default, only PL sites whose
     channels ``scale**2`` does not divide).
 

@@ -53,6 +53,11 @@ _POOLING_NAMES = frozenset(
     {"adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d",
      "adaptive_max_pool2d_with_indices"}
 )
+_METADATA_ONLY = frozenset(
+    {"__get__", "size", "dim", "ndimension", "numel", "nelement", "stride", "is_contiguous",
+     "data_ptr", "element_size", "is_floating_point", "is_complex", "get_device", "__len__"}
+)
+"""Tensor methods that read a tensor's metadata, not its values: they do not count as using a result."""
 _ALIASES = {
     F.upsample.__code__: "F.upsample",
     F.upsample_bilinear.__code__: "F.upsample_bilinear",
@@ -87,6 +92,8 @@ class UpsampleSite:
         helper: name of the helper function that made the call when it is not code of the
             owner itself (e.g. ``"paste_mask_in_image"``), else ``None``.
         flags: facts used by the policy: ``"final"`` (the result is an output of the model),
+            ``"unused"`` (no later operation of the forward reads the result, and it is not an
+            output: e.g. an auxiliary head's logits that only a training loss would read),
             ``"pooled"`` (the input comes from adaptive pooling), ``"input"`` (runs before any
             layer with parameters), ``"size_int"`` (``size`` passed as a single int),
             ``"recompute"`` (``recompute_scale_factor=True``), ``"antialias"``, ``"direct"``
@@ -311,6 +318,7 @@ class _Recorder(TorchFunctionMode):
         self.invocations: dict[tuple[str, int], Invocation] = {}
         self.sites: list[UpsampleSite] = []
         self.outputs: list[torch.Tensor] = []
+        self.unread: dict[int, int] = {}  # id of a site's output -> its site index, until an op reads it
         self.pooled: dict[int, torch.Tensor] = {}
         self.learned_layer_ran = False
 
@@ -335,6 +343,11 @@ class _Recorder(TorchFunctionMode):
     # -- torch function mode --------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if self.unread and getattr(func, "__name__", "") not in _METADATA_ONLY:
+            for t in _flat_tensors((args, kwargs)):
+                index = self.unread.get(id(t))
+                if index is not None and self.outputs[index] is t:
+                    del self.unread[id(t)]
         if func is F.interpolate:
             return self._interpolate(args, kwargs)
         out = func(*args, **kwargs)
@@ -406,6 +419,7 @@ class _Recorder(TorchFunctionMode):
         )
         if owner is not None:
             owner.sites.append(len(self.sites))
+        self.unread[id(out)] = len(self.sites)
         self.sites.append(site)
         self.outputs.append(out)
 
@@ -433,8 +447,29 @@ def discovery_context(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
-def _flat_tensors(value: Any) -> list[torch.Tensor]:
-    return [t for t in _torch_compat.pytree().tree_leaves(value) if isinstance(t, torch.Tensor)]
+def _flat_tensors(value: Any, depth: int = 0) -> list[torch.Tensor]:
+    """Every tensor inside ``value``: through tuples, lists, sets, dicts (transformers' ``ModelOutput``
+    is one) and dataclasses, a few levels deep.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass
+        ... class Out:
+        ...     logits: Any
+        >>> len(_flat_tensors({"a": [torch.zeros(1)], "b": Out(torch.ones(1))}))
+        2
+    """
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 8:
+        return []
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [t for item in value for t in _flat_tensors(item, depth + 1)]
+    return []
 
 
 def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -472,9 +507,12 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
         for handle in handles:
             handle.remove()
     finals = _flat_tensors(outputs)
+    unread = set(recorder.unread.values())
     sites = []
-    for site, out in zip(recorder.sites, recorder.outputs):
+    for index, (site, out) in enumerate(zip(recorder.sites, recorder.outputs)):
         if any(_same_tensor(out, f) for f in finals):
             site = site.replace(flags=site.flags | {"final"})
+        elif index in unread:
+            site = site.replace(flags=site.flags | {"unused"})
         sites.append(site)
     return Discovery(sites, recorder.invocations, inputs, outputs)
