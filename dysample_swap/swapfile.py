@@ -16,7 +16,7 @@ deterministic, so the structure comes out the same), and load the saved weights 
 ``load_swapped(file)`` builds the model from the spec; ``load_swapped(file, model=...)`` uses the
 freshly built model given (any class: the user's own, a transformers or smp model).
 
-:func:`from_pretrained` reloads a transformers or smp model saved with the framework's own
+:func:`from_pretrained` reloads a transformers, smp or other hub-mixin model saved with the framework's own
 ``model.save_pretrained(directory)``: the swap record is in its ``config.json``
 (:mod:`dysample_swap.integrations.record`).
 
@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 
 from dysample_swap.example_inputs import make_inputs
+from dysample_swap.integrations import hub_mixin as hub_mixin_integration
 from dysample_swap.integrations import smp as smp_integration
 from dysample_swap.integrations import transformers as transformers_integration
 from dysample_swap.integrations.record import RecordError, check_entries, check_record, class_name, swap_record
@@ -58,7 +59,7 @@ FORMAT = "dysample_swap.swapped/2"
 
 _READABLE = ("dysample_swap.swapped/1", FORMAT)  # /1: a spec was required, one swap, no "class"
 _ENTRY_KEYS = ("class", "variant", "policy", "inputs", "not_replayable")
-_FRAMEWORKS = (transformers_integration, smp_integration)
+_FRAMEWORKS = (transformers_integration, smp_integration, hub_mixin_integration)
 
 
 def recipe_of(model: nn.Module, model_spec: str | None = None) -> dict[str, Any]:
@@ -337,19 +338,27 @@ def _load_transformers(directory: Path, config: dict[str, Any], swaps: list[dict
     return model
 
 
-def from_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
-    """Reload a swapped transformers or smp model that was saved with its own ``model.save_pretrained(directory)``.
+def from_pretrained(directory: str | os.PathLike[str], model_class: type | None = None) -> nn.Module:
+    """Reload a swapped model that was saved with its own ``model.save_pretrained(directory)``.
 
     transformers: its own ``from_pretrained`` loads the plain model (the class in ``architectures``),
     the swaps recorded in ``config.json`` are re-applied, and the DySample weights are loaded; every
     checkpoint key must be used and every DySample weight found. smp: the class ``_model_class``
     names is built from its saved arguments, the swaps are re-applied, and ``model.safetensors`` is
-    loaded with ``strict=True``. Returned in eval mode, as the frameworks' own loaders do.
+    loaded with ``strict=True``. Any other huggingface_hub ``PyTorchModelHubMixin`` model: as smp,
+    with the class given as ``model_class`` (its config does not name it, and a class a file names
+    is never imported). Returned in eval mode, as the frameworks' own loaders do.
+
+    Args:
+        directory: what ``save_pretrained`` wrote.
+        model_class: for a ``PyTorchModelHubMixin`` model other than smp's, its class (e.g.
+            ``Detector`` for ``class Detector(FasterRCNN, PyTorchModelHubMixin)``); not needed otherwise.
 
     Raises:
         ValueError: no ``config.json`` or weights in ``directory``; a config of another framework;
             no swap record (the model was saved unswapped: load it with the framework's own
-            ``from_pretrained``); a swap that cannot be re-applied; weights that do not fit.
+            ``from_pretrained``); a hub-mixin directory without ``model_class``, or with another
+            class; a swap that cannot be re-applied; weights that do not fit.
 
     Example:
         >>> import tempfile, torch
@@ -373,8 +382,9 @@ def from_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
         raise ValueError(f"{config_path}: not a readable JSON config ({exc})") from exc
     framework = next((f for f in _FRAMEWORKS if isinstance(config, dict) and f.owns_config(config)), None)
     if framework is None:
-        raise ValueError(f"{config_path} was not written by a transformers or smp save_pretrained; "
-                         "for other models use save_swapped() and load_swapped(file, model=...)")
+        raise ValueError(f"{config_path} was not written by the save_pretrained of a swapped transformers, smp "
+                         "or PyTorchModelHubMixin model; for other models use save_swapped() and "
+                         "load_swapped(file, model=...)")
     if framework.CONFIG_KEY not in config:
         raise ValueError(f"{config_path} has no {framework.CONFIG_KEY!r} swap record: the model was saved "
                          "before it was swapped (or by an older dysample_swap). An unswapped model loads with "
@@ -383,7 +393,15 @@ def from_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
     swaps = check_record(config[framework.CONFIG_KEY], str(config_path))
     if framework is transformers_integration:
         return _load_transformers(directory, config, swaps).eval()
-    model = smp_integration.build(directory, config)
+    if framework is hub_mixin_integration:
+        saved = swaps[0].get("class", "").rpartition(".")[2] or "its class"
+        if model_class is None:
+            raise ValueError(f"{directory} was saved by a PyTorchModelHubMixin model ({saved}), whose config does not "
+                             f"name its class; pass it: dysample_swap.from_pretrained({str(directory)!r}, "
+                             f"model_class={saved})")
+        model = hub_mixin_integration.build(directory, config, model_class)
+    else:
+        model = smp_integration.build(directory, config)
     _replay(model, swaps, str(directory))
     _load_weights(model, _read_safetensors(directory), str(directory), rebuilt=True)
     return model.eval()

@@ -135,10 +135,11 @@ def swap_entry(model: nn.Module, report: Any) -> dict[str, Any]:
     return entry
 
 
-def _frameworks() -> list[Any]:
-    from dysample_swap.integrations import smp, transformers
+def _framework(model: nn.Module) -> Any:
+    """The integration that keeps ``model``'s framework config, or ``None`` (most specific first)."""
+    from dysample_swap.integrations import hub_mixin, smp, transformers
 
-    return [transformers, smp]
+    return next((f for f in (transformers, smp, hub_mixin) if f.owns(model)), None)
 
 
 def record_swap(model: nn.Module, report: Any) -> None:
@@ -160,9 +161,9 @@ def record_swap(model: nn.Module, report: Any) -> None:
     swaps = list(previous["swaps"]) if isinstance(previous, dict) else []
     record = {"format": RECORD_FORMAT, "version": __version__, "swaps": [*swaps, swap_entry(model, report)]}
     setattr(model, RECORD_ATTRIBUTE, record)
-    for framework in _frameworks():
-        if framework.owns(model):
-            framework.write_record(model, copy.deepcopy(record))
+    framework = _framework(model)
+    if framework is not None:
+        framework.write_record(model, copy.deepcopy(record))
 
 
 def forget_swaps(model: nn.Module) -> None:
@@ -177,9 +178,9 @@ def forget_swaps(model: nn.Module) -> None:
     """
     if hasattr(model, RECORD_ATTRIBUTE):
         delattr(model, RECORD_ATTRIBUTE)
-    for framework in _frameworks():
-        if framework.owns(model):
-            framework.write_record(model, None)
+    framework = _framework(model)
+    if framework is not None:
+        framework.write_record(model, None)
 
 
 def swap_record(model: nn.Module) -> dict[str, Any] | None:
