@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import random
@@ -43,19 +45,64 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (a temporary file, then ``os.replace``).
 
-    An interruption while writing never leaves a half-written ``path`` behind.
+    An interruption or a failed write never leaves a half-written ``path`` behind: a write that
+    fails (disk full, no permission) removes its temporary file, keeps ``path`` as it was and
+    raises :class:`CheckpointError` saying what failed.
 
     Example:
         >>> import tempfile, os
         >>> save_checkpoint(os.path.join(tempfile.mkdtemp(), "a.pt"), {"step": 1}).name
         'a.pt'
+        >>> not_a_dir = tempfile.mkstemp()[1]
+        >>> save_checkpoint(os.path.join(not_a_dir, "a.pt"), {"step": 1})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dysample_swap.finetune.checkpoint.CheckpointError: ...a.pt: cannot write the checkpoint: File exists (the partial file was removed; ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            torch.save({"format_version": FORMAT_VERSION, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = _os_error(err)
+        if cause is None:
+            raise
+        raise CheckpointError(_write_failure(path, cause)) from err
     return path
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: itself, or the one torch's writer wrapped in a RuntimeError."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _write_failure(path: Path, err: OSError) -> str:
+    """One line: which write failed, why (``disk full`` for ENOSPC), what was kept, what to do.
+
+    Example:
+        >>> _write_failure(Path("run/last.pt"), OSError(errno.ENOSPC, "No space left on device"))
+        'run/last.pt: disk full while writing the checkpoint (the partial file was removed; run/last.pt was not written); free disk space, then run again'
+    """
+    kept = "the previous checkpoint is kept" if path.is_file() else f"{path} was not written"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what, fix = "disk full while writing the checkpoint", "free disk space, then"
+    else:
+        what = f"cannot write the checkpoint: {err.strerror or err}"
+        fix = "check that the run directory can be written, then"
+    resume = " continue with --resume" if path.is_file() else " run again"
+    return f"{path}: {what} (the partial file was removed; {kept}); {fix}{resume}"
 
 
 def load_checkpoint(path: str | Path, signature: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -77,17 +124,22 @@ def load_checkpoint(path: str | Path, signature: Mapping[str, Any] | None = None
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found; pass the path of a checkpoint "
                               "written by `dysample-swap finetune` (RUN_DIR/checkpoints/last.pt)")
+    cut_off = ("it was probably cut off while being written (a crash, a full disk): delete it and "
+               "train again, or resume from a copy of an earlier checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: cannot read checkpoint (the file is empty, 0 bytes); {cut_off}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index comes last
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt: not a complete "
+                              f"torch.save archive); {cut_off}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: cannot read checkpoint (it holds Python objects that weights_only loading "
-            f"refuses, so it was not written by dysample-swap: {str(err).splitlines()[0]})") from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint (truncated or corrupt: {str(err).splitlines()[0]}); "
-            "it was probably cut off while being written: delete it and resume from an earlier "
-            "checkpoint, or train again") from err
+            f"refuses, so it was not written by dysample-swap: {_first_line(err)})") from err
+    except Exception as err:  # torch.load fails on damaged archives in many ways
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt: "
+                              f"{_first_line(err)}); {cut_off}") from err
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not a dysample-swap training checkpoint (no format_version "
                               "key); a bare state dict cannot be resumed or evaluated here")
@@ -97,6 +149,17 @@ def load_checkpoint(path: str | Path, signature: Mapping[str, Any] | None = None
     if signature is not None:
         check_signature(path, state.get("signature", {}), signature)
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type name when it has none.
+
+    Example:
+        >>> _first_line(EOFError()), _first_line(ValueError("bad\\nmore"))
+        ('EOFError', 'bad')
+    """
+    lines = str(err).splitlines()
+    return lines[0] if lines and lines[0].strip() else type(err).__name__
 
 
 def check_signature(path: str | Path, found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
