@@ -387,6 +387,72 @@ def _check(cfg: Config) -> None:
                           f"level={c.level}")
 
 
+#: Keys a resumed run may change: labels, the budget (``finetune --resume`` continues to a larger
+#: one), when to log, evaluate and checkpoint, and the resources used; none of them changes what
+#: the steps compute. Every other key (model, swap, data, seed, optimiser, schedule, precision,
+#: batch size, ...) must be as the run was started.
+RESUME_FREE = ("name", "description", "train.max_steps", "train.epochs", "train.stop_after",
+               "train.checkpoint_every", "train.log_every", "train.eval_every", "train.num_workers",
+               "train.device", "train.progress", "eval.batch_size", "eval.num_images",
+               "compare.arms", "compare.seeds", "compare.jobs", "compare.resamples",
+               "compare.level", "compare.visualize")
+
+#: The budget keys, fixed when a comparison resumes (its arms must share one budget).
+BUDGET = ("train.max_steps", "train.epochs")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_differences(found: Mapping[str, Any], cfg: Config,
+                       free: Sequence[str] = RESUME_FREE) -> list[str]:
+    """The settings where ``cfg`` differs from ``found`` (the config a run was started with, as
+    :meth:`Config.to_dict` wrote it), apart from the keys in ``free``; one ``key: old -> new``
+    text per difference.
+
+    Example:
+        >>> started = build_config({}, ["train.lr=0.01"]).to_dict()
+        >>> resume_differences(started, build_config({}, ["train.lr=0.5", "train.max_steps=2000",
+        ...                                                "data.seed=7"]))
+        ['train.lr is 0.01 in the run but 0.5 here', 'data.seed is not set in the run but 7 here']
+    """
+    old, new = _flatten(found), _flatten(cfg.to_dict())
+    missing = object()
+    diffs = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        before, after = old.get(key, missing), new.get(key, missing)
+        if key in free or before == after:
+            continue
+        said = [f"{value!r}" if value is not missing else "not set" for value in (before, after)]
+        diffs.append(f"{key} is {said[0]} in the run but {said[1]} here")
+    return diffs
+
+
+def check_resume(found: Mapping[str, Any], cfg: Config, where: str | Path,
+                 free: Sequence[str] = RESUME_FREE) -> None:
+    """Raise :class:`ConfigError` if ``cfg`` changes a setting of the run recorded in ``where``
+    (:func:`resume_differences`): resuming would then no longer continue that run.
+
+    Example:
+        >>> check_resume(Config().to_dict(), build_config({}, ["seed=1"]), "runs/x/config.yaml")
+        Traceback (most recent call last):
+        ...
+        dysample_swap.finetune.config.ConfigError: cannot resume runs/x/config.yaml with changed settings: seed is 0 in the run but 1 here; resume with the run's own recipe and --set overrides (its config.yaml), or train into a new --out
+    """
+    diffs = resume_differences(found, cfg, free)
+    if diffs:
+        raise ConfigError(f"cannot resume {where} with changed settings: {'; '.join(diffs)}; resume "
+                          "with the run's own recipe and --set overrides (its config.yaml), or train "
+                          "into a new --out")
+
+
 #: The arm name of the unswapped network in ``compare``.
 ORIGINAL = "original"
 

@@ -131,6 +131,31 @@ def sum_across_ranks(values: list[float], ctx: DistContext) -> list[float]:
     return tensor.tolist()
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (a no-op in one process).
+
+    Example:
+        >>> barrier(DistContext(0, 1, 0, torch.device("cpu")))
+    """
+    if ctx.distributed:
+        dist.barrier()
+
+
+def gather_across_ranks(values: list[float], ctx: DistContext) -> list[list[float]]:
+    """``values`` of every rank, in rank order (every rank gets them all).
+
+    Example:
+        >>> gather_across_ranks([1.0, 2.0], DistContext(0, 1, 0, torch.device("cpu")))
+        [[1.0, 2.0]]
+    """
+    if not ctx.distributed:
+        return [list(values)]
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    gathered = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, tensor)
+    return [t.tolist() for t in gathered]
+
+
 class TrainSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled by ``seed`` and epoch, equal shards) that can start
     part-way through an epoch, so a resumed run reads exactly the batches it had not read yet.

@@ -11,7 +11,11 @@ checkpoints that resume exactly:
   global RNGs, whose state after each step is saved in the checkpoint;
 * Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes ``checkpoints/last.pt`` and raises
   :class:`TrainingInterrupted`; a ``KeyboardInterrupt`` raised inside a step (before the optimiser
-  update) saves the state after the last completed step.
+  update) saves the state after the last completed step;
+* the checkpoint keeps the training losses summed since the last log record (every rank's), so a
+  resumed run logs the same losses as an uninterrupted one at any ``train.log_every``;
+* resuming checks the recipe against the run's (:func:`~dysample_swap.finetune.config.check_resume`):
+  only the budget, logging/evaluation/checkpoint intervals and resources may change.
 
 Example:
     >>> import tempfile
@@ -52,9 +56,10 @@ from tqdm.auto import tqdm
 from dysample_swap.finetune.checkpoint import (
     CheckpointError, check_signature, load_checkpoint, load_model_state, rng_state, save_checkpoint,
     set_rng_state)
-from dysample_swap.finetune.config import Config
+from dysample_swap.finetune.config import Config, check_resume
 from dysample_swap.finetune.distributed import (
-    DistContext, ShardSampler, TrainSampler, any_rank, broadcast_buffers, sum_across_ranks)
+    DistContext, ShardSampler, TrainSampler, any_rank, broadcast_buffers, gather_across_ranks,
+    sum_across_ranks)
 from dysample_swap.finetune.optim import build_optimizer, upsampler_parameters
 from dysample_swap.finetune.runlog import MetricsLog
 from dysample_swap.finetune.schedule import build_scheduler
@@ -268,13 +273,15 @@ class Trainer:
         self.log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
         self._rng_after_step = rng_state()
+        self._loss_sum, self._loss_count = 0.0, 0  # this rank's losses since the last log record
         self._stop_requested = False
         self._updating = False
         self.per_image_counts: np.ndarray | None = None
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly where this run is (after the last full step).
+        """Everything needed to continue exactly where this run is (after the last full step),
+        but the logging window, which :meth:`save` collects from every rank.
 
         Example:
             >>> # torch.save(trainer.state_dict(), "last.pt")
@@ -293,24 +300,35 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save(self) -> Path | None:
-        """Write ``checkpoints/last.pt`` (rank 0); returns its path.
+    def save(self, synced: bool = True) -> Path | None:
+        """Write ``checkpoints/last.pt`` (rank 0) with every rank's training-loss sums since the
+        last log record; returns its path.
+
+        ``synced``: every rank calls this at the same step. ``False`` (an abort inside a step,
+        where only this rank is here) keeps rank 0's sums only.
 
         Example:
             >>> # trainer.save()  ->  Path("runs/x/checkpoints/last.pt")
         """
+        window = [self._loss_sum, float(self._loss_count)]
+        if synced:
+            windows = gather_across_ranks(window, self.ctx)
+        else:
+            windows = [window] + [[0.0, 0.0]] * (self.ctx.world_size - 1)
         if self.ctx.is_main:
-            save_checkpoint(self.checkpoint_path, self.state_dict())
+            save_checkpoint(self.checkpoint_path, {**self.state_dict(), "log_window": windows})
         return self.checkpoint_path
 
     def load(self, path: Path) -> None:
-        """Restore a checkpoint written by :meth:`save` (checked against this arm and position).
+        """Restore a checkpoint written by :meth:`save`, checked against this arm, position and
+        recipe (:func:`~dysample_swap.finetune.config.check_resume`).
 
         Example:
             >>> # trainer.load(Path("runs/x/checkpoints/last.pt"))
         """
         state = load_checkpoint(path, self.arm.signature)
         check_signature(path, state["position"], self.state_dict()["position"])
+        check_resume(state["config"], self.cfg, path)
         load_model_state(self.model, state["model"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -322,7 +340,12 @@ class Trainer:
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
         self._rng_after_step = state["rng"]
         set_rng_state(state["rng"])
-        self.log.truncate_after(self.step)
+        # Checkpoints written before the window was saved start an empty one.
+        window = state.get("log_window", [[0.0, 0.0]] * self.ctx.world_size)[self.ctx.rank]
+        self._loss_sum, self._loss_count = float(window[0]), int(window[1])
+        # With a window under way, a training record at this step was the partial one of a run
+        # stopped between two log steps: the next record covers the whole window.
+        self.log.truncate_after(self.step, partial=self._loss_count > 0)
 
     # ----------------------------------------------------------------- loop
     def _batches(self) -> Iterator[Any]:
@@ -404,7 +427,7 @@ class Trainer:
             self.load(self.checkpoint_path)
         else:
             self.log.truncate_after(0)  # a fresh run starts a fresh log
-        loss_sum, loss_count, train_time, images = 0.0, 0, 0.0, 0
+        train_time, images = 0.0, 0
         last_loss: float | None = None
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {self.arm.name}",
                    dynamic_ncols=True, disable=not progress_enabled(t.progress, self.ctx))
@@ -417,17 +440,21 @@ class Trainer:
                     loss = self._train_step(batch)
                     images += self.task.batch_size(batch) * self.ctx.world_size
                     train_time += time.perf_counter() - tick
-                    loss_sum, loss_count = loss_sum + loss, loss_count + 1
+                    self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
                     bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == self.stop_at:
-                        total, count = sum_across_ranks([loss_sum, loss_count], self.ctx)
+                    # Records every log_every steps and at the end of the budget; a run stopped
+                    # before (train.stop_after) also logs its partial window, which it keeps.
+                    on_grid = self.step % t.log_every == 0 or self.step == self.total_steps
+                    if on_grid or self.step == self.stop_at:
+                        total, count = sum_across_ranks([self._loss_sum, self._loss_count], self.ctx)
                         last_loss = total / count
                         record = {"split": "train", "step": self.step, "epoch": self.epoch,
                                   "loss": last_loss, "lr": self.optimizer.param_groups[0]["lr"],
                                   "img_per_s": images / train_time}
                         self.log.write(record)
                         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
-                        loss_sum, loss_count = 0.0, 0
+                    if on_grid:
+                        self._loss_sum, self._loss_count = 0.0, 0
                     if t.eval_every and self.step % t.eval_every == 0 and self.step < self.stop_at:
                         self._evaluate()
                     if t.checkpoint_every and self.step % t.checkpoint_every == 0:
@@ -440,7 +467,7 @@ class Trainer:
             except KeyboardInterrupt:
                 if self._updating:  # stopped inside the optimiser update: state is inconsistent
                     raise
-                raise TrainingInterrupted(self.step, self.save()) from None
+                raise TrainingInterrupted(self.step, self.save(synced=False)) from None
         self.save()
         metrics = self._evaluate()
         return FitResult(steps=self.step, total_steps=self.total_steps,

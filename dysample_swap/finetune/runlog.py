@@ -44,19 +44,24 @@ class MetricsLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(json_safe(record)) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop records logged after ``step`` (they are redone when a run resumes from ``step``).
+    def truncate_after(self, step: int, partial: bool = False) -> None:
+        """Drop records logged after ``step`` (they are redone when a run resumes from ``step``);
+        with ``partial``, also the training record at ``step`` (a run stopped between two
+        ``log_every`` steps logs its unfinished window there; resumed, it logs the whole window).
 
         Example:
             >>> import tempfile, os
             >>> log = MetricsLog(os.path.join(tempfile.mkdtemp(), "m.jsonl"))
-            >>> for s in (1, 2, 3): log.write({"step": s})
+            >>> for s in (1, 2, 3): log.write({"split": "train", "step": s})
             >>> log.truncate_after(2); [r["step"] for r in read_log(log.path)]
             [1, 2]
+            >>> log.truncate_after(2, partial=True); [r["step"] for r in read_log(log.path)]
+            [1]
         """
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step]
+        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step
+                and not (partial and r.get("step") == step and r.get("split") == "train")]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
