@@ -5,6 +5,7 @@ Example:
     $ dysample-swap finetune demo --out runs/demo-ft --resume
     $ dysample-swap evaluate demo --checkpoint runs/demo-ft/checkpoints/last.pt
     $ dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 2 --out runs/demo
+    $ dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 3 --out runs/demo --resume
     $ dysample-swap visualize runs/demo/dysample+/seed0/checkpoints/last.pt image.png --out offsets.png
 """
 
@@ -56,7 +57,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     common(ft)
     ft.add_argument("--out", type=Path, help="run directory (default runs/<recipe name>)")
     ft.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from checkpoints/last.pt")
+                    help="continue the run in --out from checkpoints/last.pt (same settings; only "
+                    "the budget, log/eval/checkpoint intervals and resources may change)")
     ft.set_defaults(run=finetune_command)
 
     ev = commands.add_parser("evaluate", help="score a checkpoint on the recipe's validation data")
@@ -79,6 +81,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     cmp.add_argument("--seeds", type=int, help="seeds per arm: seed, seed+1, ... (default 1)")
     cmp.add_argument("--jobs", type=int, help="train this many runs at a time in worker processes "
                      "(default 0: one after another in this process)")
+    again = cmp.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the comparison in --out: keep its finished runs, continue the "
+                       "interrupted ones, train the missing ones (more --arms/--seeds allowed; "
+                       "other settings must be the same)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the comparison in --out (its runs are deleted and retrained)")
     cmp.set_defaults(run=compare_command)
 
     vis = commands.add_parser("visualize", help="draw a DySample site's sampling offsets on an image",
@@ -94,6 +103,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     vis.add_argument("--arrows", type=int, default=24, help="arrows along each side (default 24)")
     vis.add_argument("--out", type=Path, default=Path("offsets.png"), help="PNG to write")
     vis.add_argument("--list-sites", action="store_true", help="list the DySample sites and exit")
+    vis.add_argument("--trust-spec", action="store_true",
+                     help="build the checkpoint's model even if its config names a "
+                     "package.module:function spec, which runs that module's code: only for a "
+                     "checkpoint whose origin you trust (smp:, torchvision:, timm: specs need no flag)")
     vis.set_defaults(run=visualize_command)
 
 
@@ -280,11 +293,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    """``dysample-swap compare RECIPE [--arms A,B,...] [--seeds N] [--jobs N] [--set K=V ...] [--out DIR]``.
+    """``dysample-swap compare RECIPE [--arms A,B,...] [--seeds N] [--jobs N] [--set K=V ...]
+    [--out DIR] [--resume | --overwrite]``.
 
     Example:
         >>> # compare_command(argparse.Namespace(recipe="demo", overrides=[], preset=None,
-        >>> #     out=Path("runs/demo"), arms="original,dysample,dysample+", seeds=2, jobs=None))
+        >>> #     out=Path("runs/demo"), arms="original,dysample,dysample+", seeds=2, jobs=None,
+        >>> #     resume=False, overwrite=False))
     """
     from dysample_swap.finetune.runner import compare_arms, compare_seeds, run_compare
 
@@ -299,7 +314,8 @@ def compare_command(args: argparse.Namespace) -> int:
         if ctx.is_main:
             print(f"{cfg.name}: {len(arms)} arms ({', '.join(arms)}) x {len(seeds)} seed(s) "
                   f"({', '.join(map(str, seeds))}) -> {out}", flush=True)
-        summary = run_compare(cfg, out, ctx=ctx, report=lambda line: print(line, flush=True))
+        summary = run_compare(cfg, out, ctx=ctx, report=lambda line: print(line, flush=True),
+                              resume=args.resume, overwrite=args.overwrite)
         if ctx.is_main:
             print(f"\n{cfg.name}: {len(arms)} arms x {len(seeds)} seed(s); within a seed every arm "
                   f"has the same initial weights, data order and budget ({summary['steps']} steps "
@@ -313,18 +329,20 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def visualize_command(args: argparse.Namespace) -> int:
-    """``dysample-swap visualize CHECKPOINT IMAGE [--site S] [--group G] [--arrows N] [--out PNG]``.
+    """``dysample-swap visualize CHECKPOINT IMAGE [--site S] [--group G] [--arrows N] [--out PNG]
+    [--trust-spec]``.
 
     Example:
         >>> # visualize_command(argparse.Namespace(checkpoint=Path("last.pt"), image=Path("a.png"),
-        >>> #     site=None, group=None, arrows=24, out=Path("offsets.png"), list_sites=False))
+        >>> #     site=None, group=None, arrows=24, out=Path("offsets.png"), list_sites=False,
+        >>> #     trust_spec=False))
     """
     from dysample_swap.finetune.visualize import (
         dysample_sites, load_checkpoint_model, visualize_offsets)
 
     def job() -> int:
         if args.list_sites:
-            model, _, _ = load_checkpoint_model(args.checkpoint)
+            model, _, _ = load_checkpoint_model(args.checkpoint, trust_spec=args.trust_spec)
             sites = dysample_sites(model)
             print(format_table(["index", "DySample site", "module"],
                                [[k, name, dict(model.named_modules())[name].extra_repr()]
@@ -334,7 +352,8 @@ def visualize_command(args: argparse.Namespace) -> int:
         site = int(args.site) if args.site is not None and args.site.lstrip("-").isdigit() else args.site
         field = visualize_offsets(args.checkpoint, args.image, site=site, out=args.out,
                                   group=args.group, arrows=args.arrows,
-                                  title=f"{args.checkpoint} on {args.image.name}")
+                                  title=f"{args.checkpoint} on {args.image.name}",
+                                  trust_spec=args.trust_spec)
         length = field.magnitude(args.group)
         line = (f"{field.site} ({field.variant}, {field.input_size[0]}x{field.input_size[1]} -> "
                 f"{field.output_size[0]}x{field.output_size[1]}): offset length mean "

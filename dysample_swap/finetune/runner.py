@@ -39,6 +39,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,8 +50,10 @@ import torch
 
 from dysample_swap.finetune.checkpoint import (
     CheckpointError, check_signature, load_checkpoint, load_model_state)
-from dysample_swap.finetune.config import ORIGINAL, Config, ConfigError, build_config, save_config
-from dysample_swap.finetune.distributed import DistContext, init_distributed
+from dysample_swap.finetune.config import (
+    BUDGET, ORIGINAL, RESUME_FREE, Config, ConfigError, build_config, check_resume, known_upsamplers,
+    load_config, save_config)
+from dysample_swap.finetune.distributed import DistContext, barrier, init_distributed
 from dysample_swap.finetune.engine import Arm, FitResult, Trainer, count_parameters, evaluate
 from dysample_swap.finetune.memory import PeakMemory
 from dysample_swap.finetune.plots import plot_curves, plot_predictions
@@ -115,16 +118,24 @@ def model_spec(cfg: Config, num_classes: int) -> str:
     return cfg.model.spec.replace("{num_classes}", str(num_classes))
 
 
-def build_base_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+def build_base_model(cfg: Config, num_classes: int, *, trust_spec: bool = False) -> torch.nn.Module:
     """The original network, randomly initialised from ``cfg.seed``.
 
+    ``trust_spec``: build a ``package.module:function`` spec (it runs that module's code); pass
+    ``True`` only for a recipe the caller chose, never for a config read back from a file
+    (:func:`dysample_swap.model_spec.build_model`). The jobs below (:func:`run_finetune`,
+    :func:`run_compare`, :func:`run_evaluate`) build the spec of the ``cfg`` they are given.
+
     Example:
-        >>> # build_base_model(load_config("demo"), 6)  ->  smp Unet
+        >>> build_base_model(build_config({}, ["model.spec=os:getcwd"]), 2)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dysample_swap.model_spec.UntrustedSpecError: the model spec 'os:getcwd' names code to import and call ...
     """
     from dysample_swap.model_spec import build_model
 
     seed_everything(cfg.seed)
-    return build_model(model_spec(cfg, num_classes))
+    return build_model(model_spec(cfg, num_classes), trust_spec=trust_spec)
 
 
 def signature(cfg: Config, num_classes: int, swapped: bool,
@@ -239,13 +250,18 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> Path:
 
 def _train_arm(cfg: Config, arm: Arm, task: Any, train_set: Any, val_set: Any, ctx: DistContext,
                out_dir: Path, resume: bool) -> tuple[FitResult, dict[str, Any]]:
+    """Train ``arm`` into ``out_dir``; ``config.yaml`` is written first for a new run, and only
+    after the checkpoint accepted the settings (:meth:`Trainer.load`) for a resumed one."""
     seed_everything(cfg.seed)
+    if ctx.is_main and not resume:
+        save_config(cfg, out_dir / "config.yaml")
     start = time.perf_counter()
     with PeakMemory(ctx.device) as peak:
         trainer = Trainer(cfg, arm, task, train_set, val_set, ctx, out_dir)
         result = trainer.fit(resume=resume)
     summary = arm_summary(cfg, arm, result, ctx, time.perf_counter() - start, peak)
     if ctx.is_main:
+        save_config(cfg, out_dir / "config.yaml")
         _write_json(out_dir / "summary.json", summary)
         if result.per_image_counts is not None:
             np.save(out_dir / PER_IMAGE_FILE, result.per_image_counts)
@@ -256,7 +272,9 @@ def run_finetune(cfg: Config, out_dir: Path, resume: bool = False,
                  ctx: DistContext | None = None) -> dict[str, Any]:
     """Train the recipe's model (swapped unless ``swap.enabled`` is false) into ``out_dir``.
 
-    Without ``resume``, an ``out_dir`` that already holds a checkpoint is refused.
+    Without ``resume``, an ``out_dir`` that already holds a checkpoint is refused. With it, the
+    run continues from its checkpoint if ``cfg`` keeps its settings (only the budget, intervals
+    and resources may change: :data:`~dysample_swap.finetune.config.RESUME_FREE`).
 
     Example:
         >>> # run_finetune(load_config("demo"), Path("runs/demo-ft"))["metrics"]["mIoU"]
@@ -271,10 +289,8 @@ def run_finetune(cfg: Config, out_dir: Path, resume: bool = False,
                               "continue it, or choose another --out")
     train_set, val_set = load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    base = build_base_model(cfg, task.num_classes)
+    base = build_base_model(cfg, task.num_classes, trust_spec=True)  # the caller's own recipe
     arm = make_arm(cfg, base, task, val_set, swapped=cfg.swap.enabled, verbose=ctx.is_main)
-    if ctx.is_main:
-        save_config(cfg, out_dir / "config.yaml")
     result, summary = _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume)
     if ctx.is_main:
         summary["plots"] = write_plots(cfg, [arm], {arm.name: [read_log(out_dir / "metrics.jsonl")]},
@@ -331,43 +347,45 @@ def run_dir(out_dir: Path, arm: str, seed: int) -> Path:
 
 
 def train_one(cfg: Config, arm_name: str, out_dir: Path, ctx: DistContext,
-              data: tuple[Any, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
+              data: tuple[Any, Any] | None = None, verbose: bool = True,
+              resume: bool = False) -> dict[str, Any]:
     """Train one arm of ``compare`` with ``cfg.seed`` into ``out_dir``: build the original
-    network from the seed, swap in ``arm_name`` (unless ``original``), train, evaluate.
+    network from the seed, swap in ``arm_name`` (unless ``original``), train (``resume``: from
+    ``out_dir``'s checkpoint), evaluate.
 
     Example:
         >>> # train_one(cfg, "dysample+", Path("runs/demo/dysample+/seed0"), ctx)["metrics"]
     """
     train_set, val_set = data or load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    base = build_base_model(cfg, task.num_classes)
+    base = build_base_model(cfg, task.num_classes, trust_spec=True)  # the caller's own recipe
     arm = make_arm(cfg, base, task, val_set, swapped=arm_name != ORIGINAL, verbose=verbose,
                    variant=arm_name)
-    if ctx.is_main:
-        save_config(cfg, out_dir / "config.yaml")
-    return _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume=False)[1]
+    return _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume)[1]
 
 
-def _worker(config: dict[str, Any], arm_name: str, out_dir: str, threads: int) -> dict[str, Any]:
+def _worker(config: dict[str, Any], arm_name: str, out_dir: str, threads: int,
+            resume: bool) -> dict[str, Any]:
     """One compare run in a worker process (``compare.jobs`` > 0): quiet, ``threads`` threads."""
     torch.set_num_threads(threads)
     cfg = build_config(config, ["train.progress=never"])
     return json_safe(train_one(cfg, arm_name, Path(out_dir), init_distributed(cfg.train.device),
-                               verbose=False))
+                               verbose=False, resume=resume))
 
 
-def _run_all(cfg: Config, runs: Sequence[tuple[str, int]], out_dir: Path, ctx: DistContext,
+def _run_all(cfg: Config, runs: Sequence[tuple[str, int, bool]], out_dir: Path, ctx: DistContext,
              report: Callable[[str], None]) -> None:
-    """Train every ``(arm, seed)`` of ``runs``: in this process or in ``compare.jobs`` workers."""
+    """Train every ``(arm, seed, resume)`` of ``runs`` (``resume``: continue the run's
+    checkpoint): in this process or in ``compare.jobs`` workers."""
     total = len(runs)
     if cfg.compare.jobs == 0:
-        data = load_datasets(cfg)
-        for k, (arm, seed) in enumerate(runs, 1):
-            report(f"[{k}/{total}] training {arm}, seed {seed}")
+        data = load_datasets(cfg) if runs else None
+        for k, (arm, seed, resume) in enumerate(runs, 1):
+            report(f"[{k}/{total}] {'resuming' if resume else 'training'} {arm}, seed {seed}")
             start = time.perf_counter()
             seed_cfg = dataclasses.replace(cfg, seed=seed)
             summary = train_one(seed_cfg, arm, run_dir(out_dir, arm, seed), ctx, data,
-                                verbose=ctx.is_main and seed == cfg.seed)
+                                verbose=ctx.is_main and seed == cfg.seed, resume=resume)
             report(f"[{k}/{total}] {arm}, seed {seed}: {_headline(summary)} "
                    f"({time.perf_counter() - start:.0f} s)")
         return
@@ -380,8 +398,8 @@ def _run_all(cfg: Config, runs: Sequence[tuple[str, int]], out_dir: Path, ctx: D
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(cfg.compare.jobs, mp_context=spawn) as pool:
         futures = {pool.submit(_worker, dataclasses.replace(cfg, seed=seed).to_dict(), arm,
-                               str(run_dir(out_dir, arm, seed)), threads): (arm, seed)
-                   for arm, seed in runs}
+                               str(run_dir(out_dir, arm, seed)), threads, resume): (arm, seed)
+                   for arm, seed, resume in runs}
         try:
             for k, future in enumerate(concurrent.futures.as_completed(futures), 1):
                 arm, seed = futures[future]
@@ -486,14 +504,51 @@ def load_arm(cfg: Config, checkpoint: Path, task: Any, val_set: Any,
     swapped = bool(found.get("swapped", cfg.swap.enabled))
     variant = found.get("variant") if swapped else None
     check_signature(checkpoint, found, signature(cfg, task.num_classes, swapped, variant))
-    arm = make_arm(cfg, build_base_model(cfg, task.num_classes), task, val_set, swapped=swapped,
-                   verbose=False, variant=variant)
+    arm = make_arm(cfg, build_base_model(cfg, task.num_classes, trust_spec=True), task, val_set,
+                   swapped=swapped, verbose=False, variant=variant)  # cfg: the caller's recipe
     load_model_state(arm.model, state["model"], checkpoint)
     return arm
 
 
+def _finished(run: Path) -> bool:
+    """Whether the run directory ``run`` holds a run that trained its whole budget."""
+    summary = run / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("completed") is True
+
+
+def _claim_out(cfg: Config, out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check that ``out_dir`` may take this comparison: empty of one, or ``resume`` with the same
+    settings (budget included), or ``overwrite``."""
+    held = [path for path in (out_dir / "config.yaml", out_dir / "summary.json") if path.is_file()]
+    if resume and overwrite:
+        raise ConfigError("--resume continues the comparison in --out and --overwrite replaces it; "
+                          "pass one of them")
+    if held and not (resume or overwrite):
+        raise ConfigError(f"{out_dir} already holds a comparison ({held[0]}); pass --resume to train "
+                          "its missing runs (finished runs are kept), --overwrite to replace it, or "
+                          "choose another --out")
+    if resume:
+        started = out_dir / "config.yaml"
+        if not started.is_file():
+            raise ConfigError(f"nothing to resume: {started} does not exist; run without --resume, "
+                              "or pass the --out of the comparison to continue")
+        check_resume(load_config(started).to_dict(), cfg, started,
+                     free=[key for key in RESUME_FREE if key not in BUDGET])
+
+
+def _clear_comparison(out_dir: Path) -> None:
+    """Delete what a comparison wrote in ``out_dir``: its summary, offset pictures and the run
+    directories of every arm it may have had (so no old run is kept by a later ``--resume``); the
+    rest is rewritten."""
+    (out_dir / "summary.json").unlink(missing_ok=True)
+    for arm in (ORIGINAL, *known_upsamplers()):
+        (out_dir / f"offsets_{arm}.png").unlink(missing_ok=True)
+        shutil.rmtree(out_dir / arm, ignore_errors=True)
+
+
 def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None,
-                report: Callable[[str], None] | None = None) -> dict[str, Any]:
+                report: Callable[[str], None] | None = None, *, resume: bool = False,
+                overwrite: bool = False) -> dict[str, Any]:
     """Train every arm of ``compare_arms(cfg)`` with every seed of ``compare_seeds(cfg)`` (same
     initial weights, data order and budget within a seed) and write ``out_dir/<arm>/seed<k>/``,
     ``out_dir/summary.json`` (:func:`summarize_compare`), ``curves.png``, ``predictions.png``
@@ -501,6 +556,12 @@ def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None,
     validation image; :func:`~dysample_swap.finetune.visualize.visualize_offsets`).
 
     ``report`` receives one line per started / finished run (the CLI prints them).
+
+    An ``out_dir`` that holds a comparison (its ``config.yaml`` or ``summary.json``) is refused,
+    unless ``resume`` (train the runs it lacks, continue the unfinished ones from their
+    checkpoints and keep the finished ones; the settings must be the comparison's, budget
+    included, but arms and seeds may be added) or ``overwrite`` (delete its runs and summary,
+    then train as into an empty ``out_dir``).
 
     Example:
         >>> # run_compare(load_config("demo", ["compare.arms=[original,dysample,dysample+]"]),
@@ -512,9 +573,20 @@ def run_compare(cfg: Config, out_dir: Path, ctx: DistContext | None = None,
     report = report if report is not None and ctx.is_main else (lambda line: None)
     start = time.perf_counter()
     arms, seeds = compare_arms(cfg), compare_seeds(cfg)
+    _claim_out(cfg, out_dir, resume, overwrite)
+    runs = [(arm, seed) for seed in seeds for arm in arms]
+    kept = [run for run in runs if resume and _finished(run_dir(out_dir, *run))]
+    todo = [(arm, seed, resume and (run_dir(out_dir, arm, seed) / "checkpoints" / "last.pt").is_file())
+            for arm, seed in runs if (arm, seed) not in kept]
+    barrier(ctx)  # every rank has read out_dir before rank 0 changes it
     if ctx.is_main:
+        if overwrite:
+            _clear_comparison(out_dir)
         save_config(cfg, out_dir / "config.yaml")
-    _run_all(cfg, [(arm, seed) for seed in seeds for arm in arms], out_dir, ctx, report)
+    if kept:
+        report(f"kept {len(kept)} finished run(s): "
+               f"{', '.join(f'{arm}, seed {seed}' for arm, seed in kept)}")
+    _run_all(cfg, todo, out_dir, ctx, report)
     if not ctx.is_main:
         return {}
     train_set, val_set = load_datasets(cfg)

@@ -237,7 +237,8 @@ def load_image_input(path: str | Path, task: SegmentationTask | DetectionTask,
     return normalize_image(image)
 
 
-def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None
+def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *,
+                          trust_spec: bool = False
                           ) -> tuple[nn.Module, SegmentationTask | DetectionTask, Any]:
     """Rebuild the model of a training checkpoint (the engine's ``last.pt``) from the recipe it
     records, without its dataset; returns ``(model in eval mode, task, config)``.
@@ -246,6 +247,11 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None
     ``data.image_size``), which gives the structure of training whenever the model's upsampling
     sites do not depend on the input size (as for every supported model at the training size).
 
+    The model spec comes from the checkpoint, a file anyone who could write it may have edited:
+    ``smp:``, ``torchvision:`` and ``timm:`` specs are built, a ``package.module:function`` spec
+    (which imports and runs that code) only with ``trust_spec=True``; otherwise
+    :class:`~dysample_swap.model_spec.UntrustedSpecError` names the spec and the way out.
+
     Example:
         >>> # model, task, cfg = load_checkpoint_model("runs/demo/dysample+/seed0/checkpoints/last.pt")
     """
@@ -253,13 +259,21 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None
     from dysample_swap.finetune.config import build_config
     from dysample_swap.finetune.data.common import parse_image_size
     from dysample_swap.finetune.runner import build_base_model, swap_model
+    from dysample_swap.model_spec import UntrustedSpecError
 
     state = load_checkpoint(checkpoint)
     cfg = build_config(state["config"])
     found = state.get("signature", {})
     num_classes = int(found.get("num_classes", 0))
     task = _task_for(cfg.task, num_classes, cfg.eval.score_threshold)
-    model = build_base_model(cfg, num_classes)
+    try:
+        model = build_base_model(cfg, num_classes, trust_spec=trust_spec)
+    except UntrustedSpecError as err:
+        raise UntrustedSpecError(
+            f"{checkpoint}: its config's model spec {cfg.model.spec!r} imports and runs a Python "
+            "function, and a checkpoint's config is not trusted: if you trust where this checkpoint "
+            "came from, pass --trust-spec (Python: trust_spec=True); otherwise build the model "
+            "yourself, load the checkpoint's weights and pass the model") from err
     if found.get("swapped"):
         if image is None:
             height, width = parse_image_size(cfg.data.get("image_size", 64))
@@ -292,7 +306,7 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
                       site: str | int | None = None, out: str | Path | None = "offsets.png", *,
                       group: int | None = None, arrows: int = 24,
                       task: SegmentationTask | DetectionTask | None = None,
-                      title: str | None = None) -> OffsetField:
+                      title: str | None = None, trust_spec: bool = False) -> OffsetField:
     """Run a model on ``image`` and draw the sampling offsets of one DySample site.
 
     Args:
@@ -308,6 +322,9 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
         task: the task adapter (input layout, picture); default from the checkpoint, or
             segmentation (ImageNet-normalised input, one image batch) for a model.
         title: a line added to the figure title.
+        trust_spec: for a checkpoint, build its config's model spec even if it is a
+            ``package.module:function`` spec (:func:`load_checkpoint_model`); only for a checkpoint
+            whose origin you trust.
 
     Returns:
         the :class:`OffsetField` of the chosen site.
@@ -325,7 +342,7 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
     else:
         path = Path(model_or_checkpoint)
         given = image if isinstance(image, Tensor) else None
-        model, task, cfg = load_checkpoint_model(path, given)
+        model, task, cfg = load_checkpoint_model(path, given, trust_spec=trust_spec)
         inputs = given if given is not None else load_image_input(
             image, task, cfg.data.get("image_size"))
     candidates = _choose(model, site)
