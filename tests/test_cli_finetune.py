@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import errno
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from dysample_swap.cli import main
+from dysample_swap.finetune import checkpoint as checkpoint_module
 from dysample_swap.finetune.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +210,97 @@ def test_finetune_and_evaluate_instance_segmentation(tmp_path: Path,
                              str(out / "checkpoints" / "last.pt"))
     assert status == 0 and "segm/AP" in stdout
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["signature"]["task"] == "instance"
+
+
+# ---------------------------------------------------------------- damaged runs, changed settings
+#: A two-stage tiny decoder (tests/test_compare.py) at 24 px: a run takes a fraction of a second.
+TINY_NET = ["model.spec=test_compare:tiny_net:num_classes={num_classes}", "data.image_size=24",
+            "data.num_samples=8", "data.num_val_samples=2", "train.batch_size=4",
+            "train.max_steps=1", "train.lr=0.01", "train.log_every=1", "eval.batch_size=2",
+            "eval.num_images=0", "train.progress=never", "swap.policy.verbose=false"]
+
+
+def _one_line_error(err: str) -> str:
+    assert err.startswith("dysample-swap ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _damaged(kind: str) -> bytes:
+    if kind == "empty":
+        return b""
+    if kind == "garbage":
+        return bytes(range(256)) * 40
+    whole = io.BytesIO()
+    torch.save({"format_version": 1, "model": {"w": torch.arange(4096.0)}}, whole)
+    return whole.getvalue()[: len(whole.getvalue()) // 2]
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "garbage"])
+def test_a_damaged_checkpoint_is_a_one_line_error(kind: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(_damaged(kind))
+    image = tmp_path / "image.png"
+    image.write_bytes(base64.b64decode(  # a 1x1 PNG
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"))
+    for argv in (["finetune", "demo", "--out", str(tmp_path / "run"), "--resume"],
+                 ["evaluate", "demo", "--checkpoint", str(checkpoint)],
+                 ["visualize", str(checkpoint), str(image)]):
+        status, _, err = _run(capsys, *argv, *(_overrides(TINY_NET) if argv[0] != "visualize" else []))
+        assert status == 2, (argv, err)
+        line = _one_line_error(err)
+        assert f"{checkpoint}: cannot read checkpoint" in line
+        assert "truncated or corrupt" in line or "empty, 0 bytes" in line
+        assert "delete it and train again" in line
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert _run(capsys, "finetune", "demo", "--out", str(out), *_overrides(TINY_NET))[0] == 0
+    before = {name: (out / name).read_bytes()
+              for name in ("config.yaml", "checkpoints/last.pt", "metrics.jsonl", "summary.json")}
+    status, _, err = _run(capsys, "finetune", "demo", "--out", str(out), "--resume",
+                          *_overrides(TINY_NET + ["train.lr=0.5", "data.seed=7"]))
+    assert status == 2
+    line = _one_line_error(err)
+    assert "train.lr is 0.01 in the run but 0.5 here" in line
+    assert "data.seed is 0 in the run but 7 here" in line
+    assert {name: (out / name).read_bytes() for name in before} == before   # nothing rewritten
+    # The budget, intervals and resources may change: the run continues, config.yaml follows.
+    status, _, err = _run(capsys, "finetune", "demo", "--out", str(out), "--resume",
+                          *_overrides(TINY_NET + ["train.max_steps=2", "train.eval_every=1",
+                                                  "train.device=cpu"]))
+    assert status == 0, err
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 2
+
+
+class _FullDisk(io.FileIO):
+    """A file on a disk with ``room`` bytes left: writes past it store what fits, then ENOSPC."""
+
+    room = 4096
+
+    def write(self, data: Any) -> int:
+        left = self.room - self.tell()
+        if len(data) > left:
+            super().write(bytes(data)[:max(left, 0)])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_during_a_checkpoint_write(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    assert _run(capsys, "finetune", "demo", "--out", str(out), *_overrides(TINY_NET))[0] == 0
+    saved = (out / "checkpoints" / "last.pt").read_bytes()
+    assert len(saved) > _FullDisk.room
+    monkeypatch.setattr(checkpoint_module, "open", _FullDisk, raising=False)
+    status, _, err = _run(capsys, "finetune", "demo", "--out", str(out), "--resume",
+                          *_overrides(TINY_NET + ["train.max_steps=2"]))
+    assert status == 2
+    line = _one_line_error(err)
+    assert f"{out / 'checkpoints' / 'last.pt'}: disk full while writing the checkpoint" in line
+    assert "the partial file was removed; the previous checkpoint is kept" in line
+    assert os.listdir(out / "checkpoints") == ["last.pt"]                 # no temporary file left
+    assert (out / "checkpoints" / "last.pt").read_bytes() == saved        # last.pt intact

@@ -172,3 +172,62 @@ def test_a_rival_upsampler_is_an_arm_like_any_other(rival: str, tmp_path: Path,
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["arms"][rival]["swapped_sites"] == 2 and rival in summary["differences"]["arms"]
     assert not (tmp_path / f"offsets_{rival}.png").exists()   # no DySample: nothing to draw
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_an_occupied_out_is_refused_unless_resume_or_overwrite(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cmp"
+    quick = ["train.max_steps=2", "eval.num_images=0", "compare.visualize=false"]
+    assert main(["compare", "demo", "--out", str(out), *_argv(*quick)]) == 0
+    first = _files(out)
+    capsys.readouterr()
+
+    assert main(["compare", "demo", "--out", str(out), *_argv(*quick)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} already holds a comparison" in err
+    assert "--resume" in err and "--overwrite" in err
+    # Changed settings (the budget too: every arm of a comparison shares one) are refused.
+    for change, said in (("train.lr=0.5", "train.lr is 0.01 in the run but 0.5 here"),
+                         ("train.max_steps=3", "train.max_steps is 2 in the run but 3 here")):
+        assert main(["compare", "demo", "--out", str(out), "--resume", *_argv(*quick, change)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err
+    assert _files(out) == first                                   # nothing deleted or rewritten
+
+    # --resume with everything finished keeps every run as it was.
+    assert main(["compare", "demo", "--out", str(out), "--resume", *_argv(*quick)]) == 0
+    assert "kept 2 finished run(s)" in capsys.readouterr().out
+    again = _files(out)
+    runs = [name for name in first if name.startswith(("original/", "dysample+/"))]
+    assert runs and {name: again[name] for name in runs} == {name: first[name] for name in runs}
+
+
+def test_resume_continues_a_comparison_and_overwrite_replaces_it(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cmp"
+    quick = ["eval.num_images=0", "compare.visualize=false", "train.eval_every=0"]
+    # Stopped after 2 of 3 steps (as after Ctrl-C), then resumed with a second seed added.
+    assert main(["compare", "demo", "--out", str(out), *_argv(*quick, "train.stop_after=2")]) == 0
+    assert main(["compare", "demo", "--out", str(out), "--resume", "--seeds", "2",
+                 *_argv(*quick)]) == 0
+    stdout = capsys.readouterr().out
+    assert "resuming original, seed 0" in stdout and "training dysample+, seed 1" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["steps"] == 3
+    # The resumed runs match runs trained without a stop (same seed, same steps).
+    assert main(["compare", "demo", "--out", str(tmp_path / "straight"), *_argv(*quick)]) == 0
+    for arm in ("original", "dysample+"):
+        resumed, straight = out / arm / "seed0", tmp_path / "straight" / arm / "seed0"
+        assert (resumed / "metrics.jsonl").read_text().count('"train"') == 3
+        assert [json.loads(l).get("loss") for l in (resumed / "metrics.jsonl").read_text().splitlines()
+                if '"train"' in l] == [json.loads(l).get("loss") for l in
+                                        (straight / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+
+    stale = out / "original" / "seed1" / "stale.txt"
+    stale.write_text("from the replaced comparison")
+    assert main(["compare", "demo", "--out", str(out), "--overwrite", *_argv(*quick)]) == 0
+    assert not stale.exists() and json.loads((out / "summary.json").read_text())["seeds"] == [0]

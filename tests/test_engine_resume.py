@@ -110,6 +110,48 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup: Setup, reference: 
     assert _train_losses(tmp_path) == _train_losses(reference.out_dir)
 
 
+def _interrupt_at_step(trainer: Trainer, step: int) -> None:
+    """Send SIGINT during the forward of training step ``step`` (the engine finishes that step)."""
+    calls = {"n": 0}
+
+    def hook(module: nn.Module, inputs: Any) -> None:
+        if module.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    trainer.model.down.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c at step 5", "stop_after=4"])
+def test_logged_losses_survive_an_interruption_between_logs(setup: Setup, reference: Trainer,
+                                                            tmp_path: Path, how: str) -> None:
+    # The reference logs every step, so its records are the per-step losses; a run logging every
+    # 3 steps must log the mean of each window of them, interrupted mid-window or not.
+    per_step = dict(_train_losses(reference.out_dir))
+    expected = [(3, (per_step[1] + per_step[2] + per_step[3]) / 3),
+                (6, (per_step[4] + per_step[5] + per_step[6]) / 3),
+                (8, (per_step[7] + per_step[8]) / 2)]
+    cfg = _config("train.log_every=3")
+    if how.startswith("ctrl-c"):
+        first = setup.trainer(tmp_path, cfg)
+        _interrupt_at_step(first, 5)
+        with pytest.raises(TrainingInterrupted) as info:
+            first.fit()
+        assert info.value.step == 5
+        assert _train_losses(tmp_path) == expected[:1]
+    else:
+        first = setup.trainer(tmp_path, _config("train.log_every=3", "train.stop_after=4"))
+        assert not first.fit().completed
+        # The stopped run reports its partial window (step 4 alone) ...
+        assert _train_losses(tmp_path) == [expected[0], (4, per_step[4])]
+    resumed = setup.trainer(tmp_path, cfg)
+    assert resumed.fit(resume=True).completed
+    _assert_same_state(reference, resumed)
+    # ... and, resumed, logs every window whole, as an uninterrupted run does.
+    assert _train_losses(tmp_path) == expected
+
+
 def test_keyboard_interrupt_inside_a_step_checkpoints_the_last_full_step(
         setup: Setup, reference: Trainer, tmp_path: Path) -> None:
     trainer = setup.trainer(tmp_path)
@@ -135,15 +177,7 @@ def test_keyboard_interrupt_inside_a_step_checkpoints_the_last_full_step(
 def test_sigint_finishes_the_step_then_checkpoints(setup: Setup, reference: Trainer,
                                                    tmp_path: Path) -> None:
     trainer = setup.trainer(tmp_path)
-    calls = {"n": 0}
-
-    def hook(module: nn.Module, inputs: Any) -> None:
-        if module.training:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                os.kill(os.getpid(), signal.SIGINT)  # arrives during step 2
-
-    trainer.model.down.register_forward_pre_hook(hook)
+    _interrupt_at_step(trainer, 2)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.fit()
     assert info.value.step == 2  # step 2 completed before stopping

@@ -10,7 +10,10 @@ from PIL import Image
 
 from dysample_swap import DySample
 from dysample_swap.cli import main
+from dysample_swap.finetune.checkpoint import save_checkpoint
+from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.visualize import sampling_offsets, visualize_offsets
+from dysample_swap.model_spec import UntrustedSpecError
 from dysample_swap.sampling import POSITIONS
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -83,12 +86,14 @@ def test_visualize_command_on_a_trained_checkpoint(tmp_path: Path, capsys: pytes
     Image.effect_mandelbrot((48, 40), (-2.0, -1.5, 1.0, 1.5), 60).convert("RGB").save(image)
     checkpoint = run / "checkpoints" / "last.pt"
     capsys.readouterr()
-    assert main(["visualize", str(checkpoint), str(image), "--list-sites"]) == 0
+    # The model spec names a test function: built from a checkpoint only with --trust-spec.
+    assert main(["visualize", str(checkpoint), str(image), "--list-sites", "--trust-spec"]) == 0
     listing = capsys.readouterr().out
     assert listing.split("\n")[2].split()[:2] == ["0", "up1"] and "variant=dysample+" in listing
 
     out = tmp_path / "offsets.png"
-    assert main(["visualize", str(checkpoint), str(image), "--site", "0", "--out", str(out)]) == 0
+    assert main(["visualize", str(checkpoint), str(image), "--site", "0", "--out", str(out),
+                 "--trust-spec"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("up1 (dysample+, 8x8 -> 16x16)")     # the image at the recipe's 32 px
     assert "dynamic scope mean" in printed and f"wrote {out}" in printed
@@ -96,5 +101,26 @@ def test_visualize_command_on_a_trained_checkpoint(tmp_path: Path, capsys: pytes
     with Image.open(out) as picture:
         assert picture.width > 1000 and picture.height > 400     # three readable panels
 
-    assert main(["visualize", str(checkpoint), str(image), "--site", "99"]) == 2
+    assert main(["visualize", str(checkpoint), str(image), "--site", "99", "--trust-spec"]) == 2
     assert "site index 99 out of range" in capsys.readouterr().err
+
+
+def test_a_checkpoint_spec_that_runs_code_is_not_built(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    # An edited checkpoint whose config names os.system as the model builder.
+    marker = tmp_path / "pwned"
+    spec = f"os:system:command='touch {marker}'"
+    config = build_config({"model": {"spec": spec}, "data": {"format": "synthetic"}}).to_dict()
+    checkpoint = save_checkpoint(tmp_path / "last.pt", {
+        "config": config, "signature": {"num_classes": 2, "swapped": False}, "model": {}})
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (16, 16)).save(image)
+
+    for extra in ([], ["--list-sites"]):
+        assert main(["visualize", str(checkpoint), str(image), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"{checkpoint}: its config's model spec {spec!r}" in err and "--trust-spec" in err
+    with pytest.raises(UntrustedSpecError, match="trust_spec=True"):
+        visualize_offsets(checkpoint, image, out=None)
+    assert not marker.exists()
