@@ -3,8 +3,8 @@
 Many vision libraries build their networks on the mixin (``class Detector(FasterRCNN,
 PyTorchModelHubMixin)``). Its ``save_pretrained(directory)`` writes ``model.safetensors`` and, from the
 model's ``_hub_mixin_config`` (the ``__init__`` arguments it captured), ``config.json``. The swap
-record goes into that dict under ``_dysample_swap``, as for smp (:mod:`.smp`, whose hub mixin is a
-subclass of this one and is handled there).
+record goes into that dict under ``_dysample_swap``. smp models are mixin models too: their record
+is written here, and :mod:`.smp` rebuilds them from the class their config names.
 
 The config does not say which class wrote it, and a class named by a file is never imported, so
 reloading takes the class from the caller: ``dysample_swap.from_pretrained(directory,

@@ -137,9 +137,9 @@ def swap_entry(model: nn.Module, report: Any) -> dict[str, Any]:
 
 def _framework(model: nn.Module) -> Any:
     """The integration that keeps ``model``'s framework config, or ``None`` (most specific first)."""
-    from dysample_swap.integrations import hub_mixin, smp, transformers
+    from dysample_swap.integrations import hub_mixin, transformers
 
-    return next((f for f in (transformers, smp, hub_mixin) if f.owns(model)), None)
+    return next((f for f in (transformers, hub_mixin) if f.owns(model)), None)
 
 
 def record_swap(model: nn.Module, report: Any) -> None:

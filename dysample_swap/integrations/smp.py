@@ -3,16 +3,15 @@
 smp models are huggingface_hub ``PyTorchModelHubMixin`` classes: ``model.save_pretrained(directory)``
 writes ``model.safetensors`` and ``config.json`` from the model's ``_hub_mixin_config`` (its
 ``__init__`` arguments) plus ``_model_class``. The swap record goes into that dict under
-``_dysample_swap``: smp drops underscore keys before calling ``__init__`` and leaves them out of
+``_dysample_swap`` (written by :mod:`.hub_mixin`, as for every mixin model): smp drops underscore keys before calling ``__init__`` and leaves them out of
 the model card. ``smp.from_pretrained`` still builds the plain model and then refuses the
 DySample weights (unexpected keys); :func:`dysample_swap.from_pretrained` rebuilds the swapped one.
 
 Nothing here imports smp until an smp model or config is in hand.
 
 Example:
-    >>> import torch.nn as nn
-    >>> owns(nn.Conv2d(3, 3, 1)), owns_config({"_model_class": "FPN", "classes": 2})
-    (False, True)
+    >>> owns_config({"_model_class": "FPN", "classes": 2})
+    True
 """
 
 from __future__ import annotations
@@ -22,40 +21,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.integrations.record import is_loaded_instance
+from dysample_swap.integrations.hub_mixin import CONFIG_KEY
 
-CONFIG_KEY = "_dysample_swap"
-"""The ``config.json`` key (and ``_hub_mixin_config`` key) that holds the swap record."""
-
-
-def owns(model: nn.Module) -> bool:
-    """Whether ``model`` is an smp model (``SMPHubMixin``), without importing smp.
-
-    Example:
-        >>> owns(nn.Identity())
-        False
-    """
-    return is_loaded_instance(model, "segmentation_models_pytorch.base.hub_mixin", "SMPHubMixin")
-
-
-def write_record(model: nn.Module, record: dict[str, Any] | None) -> None:
-    """Put the swap record into ``model``'s hub-mixin config (``None``: remove it).
-
-    Example:
-        >>> import segmentation_models_pytorch as smp
-        >>> model = smp.Linknet("resnet18", encoder_weights=None, encoder_depth=3)
-        >>> write_record(model, {"swaps": []})
-        >>> model.config["_dysample_swap"]
-        {'swaps': []}
-        >>> write_record(model, None)
-        >>> "_dysample_swap" in model.config
-        False
-    """
-    config = model._hub_mixin_config
-    if record is not None:
-        config[CONFIG_KEY] = record
-    else:
-        config.pop(CONFIG_KEY, None)
+__all__ = ["CONFIG_KEY", "build", "owns_config"]
 
 
 def owns_config(config: dict[str, Any]) -> bool:
