@@ -96,6 +96,15 @@ def supports(x: Tensor, offset: Tensor) -> str | None:
     return None
 
 
+def _check_status(status: int) -> None:
+    """Raise for a nonzero status of the kernel (the codes are listed in ``csrc/sampler_impl.h``)."""
+    if status == 1:
+        raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+    if status:
+        raise ValueError("DySample's compiled sampler got an input with zero height or width for a nonempty "
+                         "output: there is no pixel to read; skip the upsampler for empty feature maps")
+
+
 def _kernel(name: str, dtype: torch.dtype):
     lib = native.library()
     if lib is None:
@@ -113,12 +122,11 @@ def _sample_op(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Ten
     x, offset = x.contiguous(), offset.contiguous()
     n, channels, height, width = x.shape
     out = x.new_empty(n, channels, out_h, out_w)
-    failed = _kernel("dysample_forward", x.dtype)(
+    status = _kernel("dysample_forward", x.dtype)(
         x.data_ptr(), offset.data_ptr(), out.data_ptr(), row_offset_at.data_ptr(), col_offset_at.data_ptr(),
         row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(), n, groups,
         channels // groups, height, width, out_h, out_w, scale, mode, torch.get_num_threads())
-    if failed:
-        raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+    _check_status(status)
     return out
 
 
@@ -139,14 +147,13 @@ def _sample_backward_op(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: 
     grad_x = torch.zeros_like(x) if need_x else x.new_empty(0)
     grad_offset = torch.zeros_like(offset) if need_offset else offset.new_empty(0)
     n, channels, height, width = x.shape
-    failed = _kernel("dysample_backward", x.dtype)(
+    status = _kernel("dysample_backward", x.dtype)(
         x.data_ptr(), offset.data_ptr(), grad.data_ptr(), grad_x.data_ptr() if need_x else None,
         grad_offset.data_ptr() if need_offset else None, row_offset_at.data_ptr(), col_offset_at.data_ptr(),
         row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(),
         row_cell_start.data_ptr(), n, groups, channels // groups, height, width, out_h, out_w, scale, mode,
         torch.get_num_threads())
-    if failed:
-        raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
+    _check_status(status)
     return grad_x, grad_offset
 
 

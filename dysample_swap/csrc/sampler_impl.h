@@ -8,6 +8,9 @@
  *   frac_row / frac_col: MODE_EXACT: the anchor's fraction; MODE_GRID: the anchor position with
  *     pixel centres at k + 0.5 (what the authors add the offset to before normalising).
  *   cell_start[r] .. cell_start[r + 1]: the output rows whose offsets come from row cell r (s*H cells).
+ * Both entry points return 0 (done; at once for an empty output), 1 (a row buffer could not be allocated)
+ * or 2 (an input with no pixels, H*W == 0, for a nonempty output: nothing to read, nothing written).
+ * Any finite or non-finite offset reads inside the input (NaN as position 0, +-inf at the border).
  */
 #define CAT2(a, b) a##_##b
 #define CAT(a, b) CAT2(a, b)
@@ -113,6 +116,8 @@ int FN(dysample_forward)(const T *x, const T *offset, T *out, const int64_t *off
     const int64_t hw = h * w, howo = ho * wo, block = s * s * hw;
     const int64_t tasks = n * groups * ho;
     int failed = 0;
+    if (tasks == 0 || cg == 0 || wo == 0) return 0; /* an empty output: nothing to write */
+    if (hw == 0) return 2;                          /* output pixels with no input pixel to read */
 #pragma omp parallel num_threads(threads)
     {
         TAP *taps = (TAP *)malloc(sizeof(TAP) * (size_t)wo);
@@ -224,6 +229,8 @@ int FN(dysample_backward)(const T *x, const T *offset, const T *grad_out, T *gra
                           int64_t s, int mode, int threads) {
     const int64_t slices = n * groups, cells = s * h;
     int failed = 0;
+    if (slices == 0 || cg == 0 || ho == 0 || wo == 0) return 0; /* an empty output: no gradient to spread */
+    if (h * w == 0) return 2;                                    /* output pixels with no input pixel read */
     /* Enough slices: one pass per slice computes both gradients. Otherwise the offset gradient runs per
      * row cell (each cell's output rows in one task) and the input gradient per channel chunk (each
      * plane in one task): the same sums in the same order either way, so results do not depend on
