@@ -7,6 +7,16 @@ time. The library is cached under ``$DYSAMPLE_SWAP_CACHE`` (default
 compiler, the flags and the processor's features, and written atomically, so parallel
 processes (DDP ranks, pytest workers) share one build.
 
+A cached library is code this process runs, so it is loaded only when it is provably the one
+built here: the cache directory is created with mode 0700, and where the configured directory
+sits in a directory that another user owns or that group/others can write (``/tmp``), the user's
+id is appended to its name (``/tmp/x`` becomes ``/tmp/x-uid1000``), so nobody else can claim the
+name first. A cache directory or library that another user owns or that group/others can write
+is never used: a warning says why, and the library is built into a private temporary directory
+of this process instead. Each build records its SHA-256 next to it (``<library>.sha256``, written
+atomically after the build); before ``dlopen`` the file must match it, and a missing digest or a
+mismatch (a truncated, replaced or foreign file) is rebuilt, after a warning, never loaded.
+
 Where it cannot be built (no compiler, a failed build) or is switched off
 (``DYSAMPLE_SWAP_NATIVE=0``), :func:`library` returns ``None`` once a warning has said why; the
 samplers in :mod:`dysample_swap.sampling` then run their pure-PyTorch paths, which compute the same
@@ -21,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -68,16 +80,82 @@ def _compiler() -> str | None:
 
 
 def cache_dir() -> Path:
-    """Where built libraries live (see the module docstring).
+    """Where built libraries live: the configured directory, with ``-uid<id>`` appended to its name where
+    its parent is shared with other users (see the module docstring).
 
     Example:
-        >>> cache_dir().name
-        'dysample_swap'
+        >>> cache_dir().name.startswith("dysample_swap") or os.environ.get(ENV_CACHE) is not None
+        True
     """
     if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dysample_swap"
+        configured = Path(os.environ[ENV_CACHE]).absolute()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        configured = Path(base).absolute() / "dysample_swap"
+    parent = next(p for p in configured.parents if p.exists())  # the nearest one that exists decides
+    if _untrusted(parent):
+        return configured.with_name(f"{configured.name}-uid{os.getuid()}")
+    return configured
+
+
+def _untrusted(path: Path) -> str:
+    """Why ``path`` must not be trusted: another user owns it, or group/others can write it (``""``: neither).
+
+    POSIX owners and modes only; elsewhere nothing is refused.
+
+    Example:
+        >>> _untrusted(Path("/")) != "" if os.name == "posix" and os.getuid() != 0 else True
+        True
+    """
+    if os.name != "posix":
+        return ""
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.getuid()})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group or others can write {path} (mode {stat.filemode(info.st_mode)})"
+    return ""
+
+
+def _cache_directory() -> Path:
+    """:func:`cache_dir`, created with mode 0700, where it is safe to load from; else (after a warning saying
+    why) a private temporary directory of this process, removed at exit."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = _untrusted(directory)
+    except OSError as error:
+        problem = f"{directory} cannot be created ({error})"
+    if not problem:
+        return directory
+    private = tempfile.mkdtemp(prefix="dysample_swap-")  # mode 0700, a name nobody can predict
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    logger.warning("DySample: not using the compiled sampler's cache: %s; building it into %s for this process "
+                   "instead (point %s at a directory only you can write to keep the build)", problem, private,
+                   ENV_CACHE)
+    return Path(private)
+
+
+def _digest_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _refusal(target: Path) -> str:
+    """Why the cached library ``target`` must not be loaded (``""``: it is the file this user built)."""
+    digest = _digest_path(target)
+    for path in (target, digest):
+        if not path.exists():
+            return f"{path} is missing"
+        problem = _untrusted(path)
+        if problem:
+            return problem
+    if digest.read_text(encoding="ascii", errors="replace").strip() != _sha256(target):
+        return f"{target} does not match the SHA-256 recorded at its build (a truncated or replaced file)"
+    return ""
 
 
 def _cpu_features() -> str:
@@ -106,8 +184,8 @@ def _build_key(compiler: str) -> str:
 
 
 def _build(compiler: str, target: Path) -> tuple[str, ...]:
-    """Compile into ``target`` atomically; returns the flags that worked. Raises RuntimeError with the log."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Compile into ``target`` (in an existing directory) atomically, then record its SHA-256; returns the flags
+    that worked. Raises RuntimeError with the log."""
     errors = []
     for flags in _FLAG_SETS:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
@@ -119,12 +197,21 @@ def _build(compiler: str, target: Path) -> tuple[str, ...]:
             result = None
             errors.append(f"{' '.join(command)}: {error}")
         if result is not None and result.returncode == 0:
+            digest = _sha256(Path(tmp))
             os.replace(tmp, target)
+            _write_atomically(_digest_path(target), digest + "\n")
             return flags
         if result is not None:
             errors.append(f"{' '.join(command)}:\n{result.stderr.strip()[-2000:]}")
         Path(tmp).unlink(missing_ok=True)
     raise RuntimeError("\n".join(errors))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(text)
+    os.replace(tmp, path)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -146,13 +233,19 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (set CC, or install cc/gcc/clang)"
-    target = cache_dir() / f"dysample_sampler-{_build_key(compiler)}.so"
-    if not target.exists():
+    target = _cache_directory() / f"dysample_sampler-{_build_key(compiler)}.so"
+    refusal = _refusal(target)
+    if refusal and (target.exists() or _digest_path(target).exists()):
+        logger.warning("DySample: not loading the cached compiled sampler: %s; rebuilding it", refusal)
+    if refusal:
         try:
             flags = _build(compiler, target)
         except (RuntimeError, OSError) as error:
             return None, f"building {SOURCE_DIR / 'sampler.c'} with {compiler} failed:\n{error}"
         logger.info("DySample: built the compiled CPU sampler (%s) into %s", " ".join(flags), target)
+        refusal = _refusal(target)  # checked again right before dlopen
+        if refusal:
+            return None, f"the library just built is not the one loaded: {refusal}"
     try:
         lib = _declare(ctypes.CDLL(str(target)))
     except (OSError, AttributeError) as error:

@@ -163,7 +163,8 @@ def test_the_build_is_cached_and_shared(tmp_path) -> None:
     first = _fresh_interpreter({native.ENV_CACHE: str(tmp_path)}, code)
     assert first.stdout.strip() == "True", first.stderr
     built = sorted(p.name for p in tmp_path.iterdir())
-    assert len(built) == 1 and built[0].endswith(".so")  # no temporary files left behind
+    assert len(built) == 2 and built[0].endswith(".so")  # no temporary files left behind
+    assert built[1] == built[0] + ".sha256"  # the digest checked before every load
     mtime = (tmp_path / built[0]).stat().st_mtime_ns
     second = _fresh_interpreter({native.ENV_CACHE: str(tmp_path)}, code)
     assert second.stdout.strip() == "True"
