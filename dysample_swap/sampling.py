@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -164,19 +165,75 @@ def _step(in_len: int, out_len: int, scale_factor: float | None, dtype: torch.dt
     return torch.ones((), dtype=dtype, device=device) * in_len / out_len
 
 
-def _output_size(
-    height: int, width: int, scale: int, size: Sequence[int] | None, scale_factor: float | Sequence[float] | None
+def size_pair(value: float | Sequence[float], name: str) -> tuple:
+    """``value`` per axis ``(height, width)``: a number for both, or a pair; ``name`` says which argument it is.
+
+    Example:
+        >>> size_pair(2, "scale_factor"), size_pair((3, 4), "size")
+        ((2, 2), (3, 4))
+    """
+    if isinstance(value, (numbers.Real, torch.SymInt, torch.SymFloat)):
+        return value, value
+    pair = tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be one number or a pair (height, width), got {value!r}; pass one or two")
+    return pair
+
+
+def _checked_size(value: int, axis: str) -> int:
+    """One axis of ``size``: a whole number of pixels >= 1 (a symbolic size passes unchecked)."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"size must be whole numbers of pixels (as F.interpolate requires), got {value!r} for the "
+                         f"{axis}; pass integers, e.g. round it")
+    if value < 1:
+        raise ValueError(f"size must be at least 1 pixel per axis, got {value} for the {axis}; pass a positive "
+                         f"output size")
+    return int(value)
+
+
+def _checked_factor(value: float, length: int, axis: str) -> tuple[int, float]:
+    """One axis of ``scale_factor``: a finite number > 0 that leaves an output pixel; returns the length and factor."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale_factor must be a finite number > 0, got {value!r} for the {axis}; pass e.g. "
+                         f"scale_factor=2, or an explicit size=(height, width)")
+    out = _scaled(length, float(value))
+    if isinstance(out, int) and isinstance(length, int) and out < 1 <= length:
+        raise ValueError(f"scale_factor={value!r} leaves no output pixel for the input {axis} {length} "
+                         f"(floor({length} * {value!r}) = {out}); use a factor of at least 1/{length}, or pass size=")
+    return out, float(value)
+
+
+def output_size(
+    height: int, width: int, scale: int, size: int | Sequence[int] | None, scale_factor: float | Sequence[float] | None
 ) -> tuple[int, int, tuple[float, float] | None]:
-    """Resolve the output size and the per-axis scale factors the anchor must use."""
+    """The output size ``F.interpolate`` gives for ``size`` / ``scale_factor`` (``scale`` times the input for
+    neither), and the per-axis factors the anchor must use (``None`` for a size). Every upsampler resolves
+    its ``forward(x, size=, scale_factor=)`` here.
+
+    Raises:
+        ValueError: naming the argument and the fix, when both are given, for a size that is not a whole
+            number >= 1, and for a factor that is not a finite number > 0 or leaves no output pixel.
+
+    Example:
+        >>> output_size(13, 13, 2, None, 1.5), output_size(4, 5, 2, (7, 9), None), output_size(4, 5, 2, None, None)
+        ((19, 19, (1.5, 1.5)), (7, 9, None), (8, 10, (2.0, 2.0)))
+        >>> output_size(4, 4, 2, (5.5, 4), None)
+        Traceback (most recent call last):
+            ...
+        ValueError: size must be whole numbers of pixels (as F.interpolate requires), got 5.5 for the height; pass integers, e.g. round it
+    """
     if size is not None and scale_factor is not None:
-        raise ValueError("pass either size or scale_factor to DySample, not both")
+        raise ValueError("pass either size or scale_factor, not both")
     if size is not None:
-        out_h, out_w = (size, size) if isinstance(size, int) else tuple(size)
+        out_h, out_w = (_checked_size(v, axis) for v, axis in zip(size_pair(size, "size"), ("height", "width")))
         return out_h, out_w, None
     if scale_factor is None:
         return scale * height, scale * width, (float(scale), float(scale))
-    sf_h, sf_w = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-    return _scaled(height, float(sf_h)), _scaled(width, float(sf_w)), (float(sf_h), float(sf_w))
+    sf_h, sf_w = size_pair(scale_factor, "scale_factor")
+    (out_h, sf_h), (out_w, sf_w) = _checked_factor(sf_h, height, "height"), _checked_factor(sf_w, width, "width")
+    return out_h, out_w, (sf_h, sf_w)
 
 
 def _scaled(length: int, factor: float) -> int:
@@ -184,6 +241,14 @@ def _scaled(length: int, factor: float) -> int:
     if float(factor).is_integer():
         return length * int(factor)  # an integer product stays an exact symbolic expression
     return math.floor(length * factor)
+
+
+def _check_plane(x: Tensor) -> None:
+    """Refuse an input of zero height or width (nothing to read); a symbolic size passes unchecked."""
+    height, width = x.shape[-2:]
+    if isinstance(height, int) and isinstance(width, int) and height * width == 0:
+        raise ValueError(f"DySample cannot upsample an input of zero height or width (shape {tuple(x.shape)}): no "
+                         "pixel to read; skip the upsampler for empty feature maps (an empty batch is fine)")
 
 
 def _coordinate_dtype(x: Tensor) -> torch.dtype:
@@ -232,6 +297,7 @@ def dysample(
         >>> (y - F.interpolate(x, size=(9, 9), mode="bilinear")).abs().max().item() < 1e-6
         True
     """
+    _check_plane(x)
     s2 = scale * scale
     feats = x.unflatten(1, (-1, s2)).flatten(2, 3) if style == "pl" else x
     if scope_weight is None:
@@ -298,8 +364,9 @@ def dysample_sample(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler in ("sparse", "gather") and positions != "exact":
         raise ValueError(f"sampler={sampler!r} reads index-plus-fraction positions: use it with positions='exact'")
+    _check_plane(x)
     n, channels, height, width = x.shape
-    out_h, out_w, factors = _output_size(height, width, scale, size, scale_factor)
+    out_h, out_w, factors = output_size(height, width, scale, size, scale_factor)
     coord_dtype = _coordinate_dtype(x)
     offset = offset.to(coord_dtype)
     authors_case = factors == (float(scale), float(scale)) and anchor == "bilinear" and init_pos is not None
@@ -394,6 +461,10 @@ def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base
     grid = torch.stack([grid_x, grid_y], dim=-1)
     if not torch.is_autocast_enabled(x.device.type):
         grid = grid.to(x.dtype)
+    # grid_sample's CPU backward with border padding writes out of bounds for a NaN coordinate (a segfault,
+    # PyTorch 2.x), so NaN becomes -1: the forward reads pixel 0 along that axis for both (as the compiled
+    # sampler does), and border positions have zero position gradient either way.
+    grid = grid.masked_fill(grid.isnan(), -1.0)
     sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
                             padding_mode="border", align_corners=False)
     return sampled.view(n, channels, *plane_x.shape[1:])
@@ -426,8 +497,9 @@ def _taps(
         base, fraction = base.view(-1, 1), fraction.view(-1, 1)
     shifted = fraction + offset
     bound = 2 * in_len + 2  # farther out clamps to the border anyway; int64 would overflow on huge offsets
-    whole = shifted.floor()
-    index = base + whole.clamp(-bound, bound).long()
+    whole = shifted.floor().clamp(-bound, bound)
+    whole = whole.masked_fill(whole.isnan(), -bound)  # NaN reads pixel 0, as the compiled sampler (no NaN to int)
+    index = base + whole.long()
     inside = (index >= 0) & (index < in_len - 1)
     fraction = torch.where(inside, shifted - whole, torch.zeros_like(shifted))
     index = index.clamp(0, in_len - 1)
@@ -535,7 +607,8 @@ def reference_sample(x: Tensor, index: Tensor, weight: Tensor, groups: int, out_
         sampled = torch.matmul(weight.reshape(-1, 1, 4), taps)
     else:
         sampled = taps.mul(weight.reshape(-1, 4, 1)).sum(1)
-    return sampled.to(x.dtype).view(n, groups, out_h, out_w, -1).permute(0, 1, 4, 2, 3).reshape(n, channels, out_h, out_w)
+    sampled = sampled.to(x.dtype).view(n, groups, out_h, out_w, channels // groups)  # no -1: n may be 0
+    return sampled.permute(0, 1, 4, 2, 3).reshape(n, channels, out_h, out_w)
 
 
 class GatherBilinear(torch.autograd.Function):
@@ -625,7 +698,10 @@ class SparseBilinear(torch.autograd.Function):
                 matrix = _read_matrix(crow, index[b], weight[b], ctx.in_pixels)
                 if grad_feats is not None:
                     torch.mm(grad[b], matrix, out=grad_feats[b])
-                if grad_weight is not None:
+                if grad_weight is not None and ctx.in_pixels == 1:  # every tap reads the one pixel, and
+                    # sampled_addmm rejects a one-column matrix with several entries a row
+                    grad_weight[b] = (grad[b].t() @ feats[b]).expand(-1, 4)
+                elif grad_weight is not None:
                     sampled = torch.sparse.sampled_addmm(matrix, grad[b].t(), feats[b], beta=0.0)
                     grad_weight[b] = sampled.values().view(-1, 4)
         return grad_feats, None, grad_weight, None

@@ -21,39 +21,38 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from dysample_swap.sampling import output_size, size_pair
+
 Size = int | Sequence[int]
 Factor = float | Sequence[float]
-
-
-def _pair(value: int | float | Sequence[int] | Sequence[float]) -> tuple:
-    return (value, value) if isinstance(value, (int, float)) else tuple(value)
 
 
 def requested_hw(height: int, width: int, scale: int, size: Size | None, scale_factor: Factor | None) -> tuple[int, int]:
     """The output size ``F.interpolate`` gives for ``size`` / ``scale_factor``; ``scale`` times the input for neither.
 
+    DySample's own rule (:func:`dysample_swap.sampling.output_size`), so every upsampler accepts and
+    refuses the same requests.
+
     Raises:
-        ValueError: when both ``size`` and ``scale_factor`` are given.
+        ValueError: naming the problem and the fix, when both ``size`` and ``scale_factor`` are given, for a
+            size that is not a whole number >= 1, and for a factor that is not a finite number > 0 or
+            leaves no output pixel.
 
     Example:
         >>> requested_hw(13, 13, 2, None, 1.5), requested_hw(13, 13, 2, (25, 27), None), requested_hw(4, 5, 2, None, None)
         ((19, 19), (25, 27), (8, 10))
+        >>> requested_hw(4, 4, 2, (0, 5), None)
+        Traceback (most recent call last):
+            ...
+        ValueError: size must be at least 1 pixel per axis, got 0 for the height; pass a positive output size
     """
-    if size is not None and scale_factor is not None:
-        raise ValueError("pass either size or scale_factor, not both")
-    if size is not None:
-        out_h, out_w = _pair(size)
-        return int(out_h), int(out_w)
-    if scale_factor is None:
-        return scale * height, scale * width
-    sf_h, sf_w = _pair(scale_factor)
-    return math.floor(height * sf_h), math.floor(width * sf_w)
+    out_h, out_w, _ = output_size(height, width, scale, size, scale_factor)
+    return out_h, out_w
 
 
 def native_rows(in_len: int, out_len: int, scale: int, scale_factor: float | None) -> Tensor:
@@ -95,7 +94,7 @@ def fit_native(y: Tensor, scale: int, size: Size | None, scale_factor: Factor | 
     """
     height, width = y.shape[-2] // scale, y.shape[-1] // scale
     out_h, out_w = requested_hw(height, width, scale, size, scale_factor)
-    sf_h, sf_w = _pair(scale_factor) if scale_factor is not None else (None, None)
+    sf_h, sf_w = size_pair(scale_factor, "scale_factor") if scale_factor is not None else (None, None)
     for dim, (in_len, out_len, factor) in ((-2, (height, out_h, sf_h)), (-1, (width, out_w, sf_w))):
         if out_len != scale * in_len:
             y = y.index_select(dim, native_rows(in_len, out_len, scale, factor).to(y.device))
