@@ -24,6 +24,13 @@ def test_a_swap_file_loads_and_computes_what_it_did() -> None:
         assert torch.equal(model(*X), torch.load(RELEASE / "usernet_output.pt"))
 
 
+def test_a_pickled_swapped_model_loads_and_computes_what_it_did() -> None:
+    model = torch.load(RELEASE / "usernet_pickled.pt", weights_only=False)  # a pickle: trusted, our own file
+    with torch.no_grad():
+        assert torch.equal(model(*X), torch.load(RELEASE / "usernet_output.pt"))
+    assert dysample_swap.swap_report(model).swapped
+
+
 def test_a_save_pretrained_directory_loads_and_computes_what_it_did() -> None:
     model = dysample_swap.from_pretrained(RELEASE / "dpt")
     assert any(isinstance(m, dysample_swap.DySample) for m in model.modules())
