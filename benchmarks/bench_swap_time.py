@@ -16,9 +16,9 @@ import warnings
 
 import torch
 
-from dysample_swap.example_inputs import default_inputs, native_size
-from dysample_swap.model_spec import build_model
-from dysample_swap.swap import swap_report, swap_upsamplers
+from dysample_swap.surgery.example_inputs import default_inputs, native_size
+from dysample_swap.surgery.model_spec import build_model
+from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 
 MODELS = (
     "torchvision:fasterrcnn_resnet50_fpn",

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_reference import PaperDySample  # noqa: E402
 
 from dysample_swap import VARIANTS, DySample, create_upsampler  # noqa: E402
-from dysample_swap.sampling import dysample  # noqa: E402
-from dysample_swap.variants import variant_settings  # noqa: E402
+from dysample_swap.upsamplers.dysample.sampling import dysample  # noqa: E402
+from dysample_swap.upsamplers.dysample.variants import variant_settings  # noqa: E402
 
 
 class Interpolate(nn.Module):

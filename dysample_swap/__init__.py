@@ -16,14 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dysample_swap.dysample import DySample, resolve_groups
-from dysample_swap.model_spec import build_model
-from dysample_swap.native import compiled_sampler
-from dysample_swap.policy import SiteDecision, SwapPolicy
-from dysample_swap.sampling import ANCHORS, dysample, dysample_sample
-from dysample_swap.sites import UpsampleSite
-from dysample_swap.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers, unswap
-from dysample_swap.swapfile import from_pretrained, load_swapped, save_swapped
+from dysample_swap import _moved, integrations  # integrations: registers the framework hooks the surgery calls
+from dysample_swap.integrations.pretrained import from_pretrained
+from dysample_swap.surgery.model_spec import build_model
+from dysample_swap.surgery.persist import load_swapped, save_swapped
+from dysample_swap.surgery.policy import SiteDecision, SwapPolicy
+from dysample_swap.surgery.sites import UpsampleSite
+from dysample_swap.surgery.swap import SwapReport, find_upsamplers, plan_swap, swap_report, swap_upsamplers, unswap
 from dysample_swap.upsamplers import (
     INITS,
     UPSAMPLERS,
@@ -39,8 +38,18 @@ from dysample_swap.upsamplers import (
     module_cost,
     upsampler_cost,
 )
-from dysample_swap.variants import VARIANTS
+from dysample_swap.upsamplers.dysample import (
+    ANCHORS,
+    VARIANTS,
+    DySample,
+    compiled_sampler,
+    dysample,
+    dysample_sample,
+    resolve_groups,
+)
+from dysample_swap.version import __version__
 
+_moved.alias_old_paths()  # 0.1.0's pickles name modules by their old paths
 _LAZY = {
     "build_dataset": "dysample_swap.finetune.data",
     "detection_collate": "dysample_swap.finetune.data",
@@ -99,4 +108,3 @@ __all__ = [
     "unswap",
     *_LAZY,
 ]
-__version__ = "0.1.0"

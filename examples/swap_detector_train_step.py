@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from dysample_swap.finetune.data import build_dataset
-from dysample_swap.model_spec import build_model
-from dysample_swap.swap import swap_report, swap_upsamplers
+from dysample_swap.surgery.model_spec import build_model
+from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 
 
 def main() -> None:

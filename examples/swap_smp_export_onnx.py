@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from dysample_swap.model_spec import build_model
-from dysample_swap.swap import swap_report, swap_upsamplers
+from dysample_swap.surgery.model_spec import build_model
+from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 
 
 def main(path: Path) -> None:

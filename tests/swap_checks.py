@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from dysample_swap.dysample import DySample
-from dysample_swap.swap import SwapReport, find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.surgery.swap import SwapReport, find_upsamplers, swap_report, swap_upsamplers
 
 RTOL = 1e-4
 """Float32 tolerance, relative to the largest output magnitude: grid_sample positions are good to

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from dysample_swap.cli import main
-from dysample_swap.dysample import DySample
-from dysample_swap.model_spec import UntrustedSpecError, build_model, parse_spec
-from dysample_swap.swapfile import load_swapped
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.surgery.model_spec import UntrustedSpecError, build_model, parse_spec
+from dysample_swap.surgery.persist import load_swapped
 
 FPN = "smp:FPN:encoder_name=resnet18,encoder_depth=3,decoder_segmentation_channels=32"
 

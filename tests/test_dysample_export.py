@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dysample_swap.sampling as sampling
+import dysample_swap.upsamplers.dysample.sampling as sampling
 from dysample_swap import DySample
 
 

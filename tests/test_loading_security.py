@@ -20,9 +20,9 @@ import torch.nn as nn
 import dysample_swap
 from dysample_swap import load_swapped, save_swapped, swap_upsamplers
 from dysample_swap.cli import main
-from dysample_swap.integrations.record import MAX_INPUT_VALUES, POLICY_SCHEMA, RecordError
-from dysample_swap.model_spec import UntrustedSpecError, build_model
-from dysample_swap.policy import SwapPolicy
+from dysample_swap.surgery.record import MAX_INPUT_VALUES, POLICY_SCHEMA, RecordError
+from dysample_swap.surgery.model_spec import UntrustedSpecError, build_model
+from dysample_swap.surgery.policy import SwapPolicy
 
 
 def plain() -> nn.Sequential:

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dysample_swap import DySample, native
-from dysample_swap.sampling import dysample, dysample_sample
+from dysample_swap import DySample
+from dysample_swap.upsamplers.dysample import native
+from dysample_swap.upsamplers.dysample.sampling import dysample, dysample_sample
 
 # (input size, output size or None for the native x2, scale): power-of-two, odd, non-integer ratios
 SIZES = [((8, 8), None, 2), ((13, 11), None, 2), ((15, 17), (45, 51), 3), ((10, 10), (25, 19), 2),

@@ -84,8 +84,8 @@ def test_named_recipe_resolves_from_a_non_editable_install(tmp_path: Path) -> No
                     "--no-build-isolation", "--target", str(target), str(source)],
                    check=True, capture_output=True, text=True, timeout=600)
     assert (target / "dysample_swap" / "recipes" / "demo.yaml").is_file()
-    assert (target / "dysample_swap" / "csrc" / "sampler.c").is_file()  # the compiled sampler's source ships too
-    assert (target / "dysample_swap" / "csrc" / "sampler_impl.h").is_file()
+    assert (target / "dysample_swap" / "upsamplers" / "dysample" / "csrc" / "sampler.c").is_file()  # the compiled sampler's source ships too
+    assert (target / "dysample_swap" / "upsamplers" / "dysample" / "csrc" / "sampler_impl.h").is_file()
     elsewhere = tmp_path / "elsewhere"        # no ./recipes here, and no source tree nearby
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dysample_swap import DySample, native
-from dysample_swap.sampling import dysample_sample
+from dysample_swap import DySample
+from dysample_swap.upsamplers.dysample import native
+from dysample_swap.upsamplers.dysample.sampling import dysample_sample
 from dysample_swap.upsamplers import UPSAMPLERS, create_upsampler
 
 COMPILER = native._compiler()
@@ -32,7 +33,8 @@ ROOT = os.name == "posix" and os.geteuid() == 0
 FORWARD = """
 import logging, torch, torch.nn.functional as F
 logging.basicConfig()
-from dysample_swap import DySample, native
+from dysample_swap import DySample
+from dysample_swap.upsamplers.dysample import native
 x = torch.randn(1, 8, 5, 5)
 y = DySample(8, groups=2, offset_init_std=0.0)(x)
 assert torch.allclose(y, F.interpolate(x, scale_factor=2, mode="bilinear"), atol=1e-5), y.flatten()[:4]
@@ -238,7 +240,7 @@ def test_the_exact_samplers_train_on_a_one_pixel_input(sampler: str) -> None:
 
 PROBE = """
 import os, torch
-from dysample_swap.sampling import dysample_sample
+from dysample_swap.upsamplers.dysample.sampling import dysample_sample
 nan, inf = float("nan"), float("inf")
 samplers = [("grid", "reference"), ("exact", "reference"), ("exact", "gather"), ("exact", "sparse"),
             ("authors", "reference")]
@@ -277,7 +279,7 @@ def test_no_tensor_kills_any_sampler(pristine: Path, tmp_path: Path, native_on: 
 @needs_compiler
 def test_an_empty_input_plane_is_refused_by_the_kernel(pristine: Path, tmp_path: Path) -> None:
     """The kernel's own guard: output pixels with no input pixel raise instead of reading out of bounds."""
-    code = ("import torch\nfrom dysample_swap.native_sampler import axis_tables, native_sample\n"
+    code = ("import torch\nfrom dysample_swap.upsamplers.dysample.native_sampler import axis_tables, native_sample\n"
             "zero = torch.zeros(2, dtype=torch.long)\n"
             "rows = axis_tables(0, 2, 2, 0, 0, zero, torch.zeros(2), rows=True)\n"
             "cols = axis_tables(0, 2, 2, 1, 0, zero, torch.zeros(2), rows=False)\n"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dysample_swap import DySample, dysample, dysample_sample
-from dysample_swap.sampling import SparseBilinear, reference_sample
+from dysample_swap.upsamplers.dysample.sampling import SparseBilinear, reference_sample
 
 INTERPOLATE_MODE = {
     "bilinear": {"mode": "bilinear", "align_corners": False},

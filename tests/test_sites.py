@@ -1,4 +1,4 @@
-"""Runtime discovery (dysample_swap.sites): attribution, shapes, flags, and that nothing changes."""
+"""Runtime discovery (dysample_swap.surgery.sites): attribution, shapes, flags, and that nothing changes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dysample_swap.policy import upsampler_scale
-from dysample_swap.sites import ROOT, discover, discovery_context, module_at
-from dysample_swap.swap import find_upsamplers
+from dysample_swap.surgery.policy import upsampler_scale
+from dysample_swap.surgery.sites import ROOT, discover, discovery_context, module_at
+from dysample_swap.surgery.swap import find_upsamplers
 from swap_checks import assert_unchanged, snapshot
 
 

@@ -9,8 +9,8 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.fx
 
-from dysample_swap.dysample import DySample
-from dysample_swap.swap import find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap
 
 CNN = "resnet18"

@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dysample_swap.swap import find_upsamplers
+from dysample_swap.surgery.swap import find_upsamplers
 from swap_checks import check_swap
 
 

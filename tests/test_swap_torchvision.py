@@ -12,7 +12,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models import detection, segmentation
 
-from dysample_swap.swap import find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap
 
 SMALL = {"min_size": 128, "max_size": 160, "box_detections_per_img": 5}

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.functional import interpolate as resize
 
-from dysample_swap.dysample import DySample
-from dysample_swap.swap import find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap, dysample_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore:`nn.functional.upsample.* is deprecated:UserWarning")

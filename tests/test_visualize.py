@@ -13,8 +13,8 @@ from dysample_swap.cli import main
 from dysample_swap.finetune.checkpoint import save_checkpoint
 from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.visualize import sampling_offsets, visualize_offsets
-from dysample_swap.model_spec import UntrustedSpecError
-from dysample_swap.sampling import POSITIONS
+from dysample_swap.surgery.model_spec import UntrustedSpecError
+from dysample_swap.upsamplers.dysample.sampling import POSITIONS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -4,7 +4,7 @@ A recipe is a YAML file with the sections ``model``, ``swap``, ``data``, ``train
 (plus ``name``, ``description``, ``task``, ``seed``). Every key has a default here, so a recipe
 only writes what it changes. ``data`` is passed as-is to
 :func:`dysample_swap.finetune.data.build_dataset`, which checks its keys per data format;
-``swap.policy`` is passed as keyword arguments to :func:`dysample_swap.swap.swap_upsamplers`.
+``swap.policy`` is passed as keyword arguments to :func:`dysample_swap.surgery.swap.swap_upsamplers`.
 
 Overrides use dotted keys and YAML-typed values (``train.lr=1e-3``, ``train.grad_clip=null``,
 ``train.milestones=[0.5,0.9]``). A key that does not exist is an error naming the closest one.
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """What network to build.
 
-    ``spec`` is a :func:`dysample_swap.model_spec.build_model` spec; the text ``{num_classes}``
+    ``spec`` is a :func:`dysample_swap.surgery.model_spec.build_model` spec; the text ``{num_classes}``
     in it is replaced by the dataset's class count (detection: including background).
 
     Example:

@@ -3,7 +3,7 @@ learning-rate multiplier.
 
 The upsampler parameters are those the swap added (``compare`` knows them by name, for DySample
 and rival upsamplers alike), or by default the parameters of
-:class:`dysample_swap.dysample.DySample` modules. As in the paper they share the learning rate and
+:class:`dysample_swap.upsamplers.dysample.module.DySample` modules. As in the paper they share the learning rate and
 weight decay of the rest; ``train.dysample_lr_mult`` scales their learning rate.
 
 Example:
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dysample_swap.dysample import DySample
+from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.finetune.config import TrainConfig
 
 

@@ -123,16 +123,16 @@ def build_base_model(cfg: Config, num_classes: int, *, trust_spec: bool = False)
 
     ``trust_spec``: build a ``package.module:function`` spec (it runs that module's code); pass
     ``True`` only for a recipe the caller chose, never for a config read back from a file
-    (:func:`dysample_swap.model_spec.build_model`). The jobs below (:func:`run_finetune`,
+    (:func:`dysample_swap.surgery.model_spec.build_model`). The jobs below (:func:`run_finetune`,
     :func:`run_compare`, :func:`run_evaluate`) build the spec of the ``cfg`` they are given.
 
     Example:
         >>> build_base_model(build_config({}, ["model.spec=os:getcwd"]), 2)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        dysample_swap.model_spec.UntrustedSpecError: the model spec 'os:getcwd' names code to import and call ...
+        dysample_swap.surgery.model_spec.UntrustedSpecError: the model spec 'os:getcwd' names code to import and call ...
     """
-    from dysample_swap.model_spec import build_model
+    from dysample_swap.surgery.model_spec import build_model
 
     seed_everything(cfg.seed)
     return build_model(model_spec(cfg, num_classes), trust_spec=trust_spec)
@@ -163,7 +163,7 @@ def swap_model(cfg: Config, model: torch.nn.Module, variant: str, example_inputs
         >>> swap_model(Config(), net, "dysample", torch.rand(1, 3, 8, 8), verbose=False)[1]
         1
     """
-    from dysample_swap.swap import swap_report, swap_upsamplers
+    from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 
     seed_everything(cfg.seed + 1)
     model.eval()

@@ -2,7 +2,7 @@
 
 :func:`visualize_offsets` runs a model (or a training checkpoint's model) on one image with a
 forward hook on the chosen :class:`~dysample_swap.DySample`. The hook takes the module's input and
-recomputes, with the module's own weights, through :mod:`dysample_swap.sampling`
+recomputes, with the module's own weights, through :mod:`dysample_swap.upsamplers.dysample.sampling`
 (:func:`sampling_offsets`):
 
 * where each output pixel samples the input (the sampler run on coordinate maps that the
@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from dysample_swap import sampling  # noqa: E402
-from dysample_swap.dysample import DySample  # noqa: E402
+from dysample_swap.upsamplers.dysample import sampling
+from dysample_swap.upsamplers.dysample.module import DySample  # noqa: E402
 from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask  # noqa: E402
 
 
@@ -135,7 +135,7 @@ def sampling_offsets(module: DySample, x: Tensor, size: Sequence[int] | None = N
                      scale_factor: float | Sequence[float] | None = None
                      ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Anchor, offsets and dynamic scope of ``module`` on input ``x``, recomputed with the
-    module's weights through :func:`dysample_swap.sampling.dysample`.
+    module's weights through :func:`dysample_swap.upsamplers.dysample.sampling.dysample`.
 
     The sampler is run on ``x`` with, in every channel group, two extra channels holding each
     pixel's x and y centre, which the offset (and scope) projections read with zero weight: the
@@ -250,7 +250,7 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
     The model spec comes from the checkpoint, a file anyone who could write it may have edited:
     ``smp:``, ``torchvision:`` and ``timm:`` specs are built, a ``package.module:function`` spec
     (which imports and runs that code) only with ``trust_spec=True``; otherwise
-    :class:`~dysample_swap.model_spec.UntrustedSpecError` names the spec and the way out.
+    :class:`~dysample_swap.surgery.model_spec.UntrustedSpecError` names the spec and the way out.
 
     Example:
         >>> # model, task, cfg = load_checkpoint_model("runs/demo/dysample+/seed0/checkpoints/last.pt")
@@ -259,7 +259,7 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
     from dysample_swap.finetune.config import build_config
     from dysample_swap.finetune.data.common import parse_image_size
     from dysample_swap.finetune.runner import build_base_model, swap_model
-    from dysample_swap.model_spec import UntrustedSpecError
+    from dysample_swap.surgery.model_spec import UntrustedSpecError
 
     state = load_checkpoint(checkpoint)
     cfg = build_config(state["config"])

@@ -1,11 +1,14 @@
-"""Integrations with frameworks that own their models' training loops.
+"""Integrations with frameworks that own their models' training loops and save formats.
 
-* ``ultralytics``: :func:`dysample_swap.integrations.ultralytics.swap_yolo` swaps the
-  upsamplers of a ``YOLO`` object so that its own ``train()``, ``val()``, ``predict()`` and
-  ``export()`` keep DySample.
-* ``transformers``, ``smp``: :func:`record_swap` (called by every ``swap_upsamplers``) keeps the
-  swap record on the model and in its framework config, so ``model.save_pretrained`` saves it
-  and :func:`dysample_swap.from_pretrained` reloads the swapped model; :func:`forget_swaps` drops it.
+Each framework plugs into the surgery through :mod:`dysample_swap.surgery.hooks`, registered here
+when the package is imported; the surgery itself never imports a framework.
+
+* ``ultralytics``: :func:`dysample_swap.integrations.ultralytics.swap_yolo` swaps the upsamplers
+  of a ``YOLO`` object so that its own ``train()``, ``val()``, ``predict()`` and ``export()`` keep
+  DySample (``swap_upsamplers(yolo)`` dispatches to it).
+* ``transformers``, huggingface_hub ``PyTorchModelHubMixin`` (smp's models included): every swap's
+  record is mirrored in the framework's config, so ``model.save_pretrained`` saves it, and
+  :func:`dysample_swap.from_pretrained` (:mod:`.pretrained`) reloads the swapped model.
 
 The predicates here never import a framework: an object can only come from a framework that
 is already imported, so they look in ``sys.modules`` (``import dysample_swap`` stays free of
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dysample_swap.integrations.record import forget_swaps, is_loaded_instance, record_swap, swap_record
+from dysample_swap.integrations import hub_mixin, transformers
+from dysample_swap.surgery.hooks import FrameworkHooks, is_loaded_instance, register
 
 
 def is_ultralytics_model(obj: Any) -> bool:
@@ -46,3 +50,18 @@ def is_ultralytics_network(obj: Any) -> bool:
         False
     """
     return is_loaded_instance(obj, "ultralytics.nn.tasks", "BaseModel")
+
+
+def _swap_yolo(model: Any, variant: str, example_inputs: Any, **policy: Any) -> Any:
+    from dysample_swap.integrations.ultralytics import swap_yolo  # imports ultralytics: only for its objects
+
+    return swap_yolo(model, variant, example_inputs, **policy)
+
+
+register(FrameworkHooks("ultralytics", owns=is_ultralytics_model, swap=_swap_yolo))
+register(FrameworkHooks(
+    "ultralytics network", owns=is_ultralytics_network,
+    alone="YOLO.train() rebuilds the network from its YAML and would drop the swap; pass the YOLO object "
+          "itself (swap_upsamplers(yolo, ...)) so that training keeps it"))
+register(FrameworkHooks("transformers", owns=transformers.owns, write_record=transformers.write_record))
+register(FrameworkHooks("huggingface_hub", owns=hub_mixin.owns, write_record=hub_mixin.write_record))

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.integrations.record import is_loaded_instance
+from dysample_swap.surgery.hooks import is_loaded_instance
 
 logger = logging.getLogger("dysample_swap")
 

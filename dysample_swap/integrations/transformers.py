@@ -1,7 +1,7 @@
 """transformers: the swap record rides in ``model.config``, so ``model.save_pretrained`` saves it.
 
 ``PretrainedConfig`` serialises any attribute it does not know into ``config.json`` and sets it
-back on load, so ``model.config.dysample_swap`` (see :mod:`dysample_swap.integrations.record`)
+back on load, so ``model.config.dysample_swap`` (see :mod:`dysample_swap.surgery.record`)
 survives ``save_pretrained`` / ``AutoConfig.from_pretrained``. transformers' own
 ``from_pretrained`` still builds the plain model and drops every DySample weight (it reports
 them as UNEXPECTED); :func:`dysample_swap.from_pretrained` loads that plain model, re-applies
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.integrations.record import is_loaded_instance
+from dysample_swap.surgery.hooks import is_loaded_instance
 
 CONFIG_KEY = "dysample_swap"
 """The ``config.json`` key (and ``model.config`` attribute) that holds the swap record."""

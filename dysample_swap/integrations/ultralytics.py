@@ -29,10 +29,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dysample_swap.example_inputs import first_conv_channels
+from dysample_swap.surgery.example_inputs import first_conv_channels
 from dysample_swap.integrations import is_ultralytics_model
-from dysample_swap.sites import join_path
-from dysample_swap.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_report, swap_upsamplers
+from dysample_swap.surgery.sites import join_path
+from dysample_swap.surgery.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_report, swap_upsamplers
 
 DEFAULT_VARIANT = "dysample+"
 """The variant :func:`swap_yolo` uses when none is given and the network is not swapped yet."""
@@ -198,7 +198,7 @@ def _check_reattach(report: SwapReport, variant: str | None, example_inputs: Any
 def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None, **policy: Any) -> Any:
     """Swap the upsamplers of an ultralytics ``YOLO`` object for DySample so that its training keeps them.
 
-    ``yolo.model`` is swapped in place by :func:`~dysample_swap.swap.swap_upsamplers`: each
+    ``yolo.model`` is swapped in place by :func:`~dysample_swap.surgery.swap.swap_upsamplers`: each
     ``nn.Upsample`` layer of the network's layer list becomes a DySample that keeps ultralytics'
     ``.i``, ``.f``, ``.type`` and ``.np``. The object also gets a training callback
     (:class:`KeepSwapInTraining`), so ``yolo.train(...)`` trains the swapped network: the DySample
@@ -213,7 +213,7 @@ def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None,
         yolo: an ultralytics ``Model`` (``YOLO``, ``RTDETR``, ...) holding a PyTorch network.
         variant: the DySample variant; default ``"dysample+"`` (the recorded one when already swapped).
         example_inputs: discovery inputs; default :func:`default_yolo_input` (``1x3x64x64`` for YOLOv8).
-        **policy: :class:`~dysample_swap.policy.SwapPolicy` options, as for ``swap_upsamplers``.
+        **policy: :class:`~dysample_swap.surgery.policy.SwapPolicy` options, as for ``swap_upsamplers``.
 
     Returns:
         ``yolo`` itself.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dysample_swap.sampling import check_anchor
+from dysample_swap.upsamplers.dysample.sampling import check_anchor
 from dysample_swap.upsamplers.options import check_defaults, check_init, check_scale
 from dysample_swap.upsamplers.sizing import Factor, Size, fit_native
 

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from dysample_swap.dysample import DySample
+from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.upsamplers.carafe import CARAFEPack
 from dysample_swap.upsamplers.chain import UpsamplerChain
 from dysample_swap.upsamplers.deconv import DeconvUpsampler

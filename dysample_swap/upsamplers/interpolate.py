@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dysample_swap.sampling import check_anchor
+from dysample_swap.upsamplers.dysample.sampling import check_anchor
 from dysample_swap.upsamplers.options import check_defaults
 from dysample_swap.upsamplers.sizing import Factor, Size
 

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dysample_swap.dysample import DySample
-from dysample_swap.sampling import ANCHORS, check_anchor
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.upsamplers.dysample.sampling import ANCHORS, check_anchor
 from dysample_swap.upsamplers.carafe import CARAFEPack
 from dysample_swap.upsamplers.chain import UpsamplerChain
 from dysample_swap.upsamplers.deconv import DeconvUpsampler
@@ -57,7 +57,7 @@ from dysample_swap.upsamplers.interpolate import InterpolateUpsampler
 from dysample_swap.upsamplers.options import check_defaults, check_init, check_scale
 from dysample_swap.upsamplers.pixelshuffle import PixelShuffleUpsampler
 from dysample_swap.upsamplers.sizing import Factor, Size
-from dysample_swap.variants import VARIANTS
+from dysample_swap.upsamplers.dysample.variants import VARIANTS
 
 Builder = Callable[..., nn.Module]
 """``build(channels, scale, *, anchor, init, groups_fallback, size, scale_factor) -> module``."""

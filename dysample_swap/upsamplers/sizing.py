@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dysample_swap.sampling import output_size, size_pair
+from dysample_swap.upsamplers.dysample.sampling import output_size, size_pair
 
 Size = int | Sequence[int]
 Factor = float | Sequence[float]
@@ -35,7 +35,7 @@ Factor = float | Sequence[float]
 def requested_hw(height: int, width: int, scale: int, size: Size | None, scale_factor: Factor | None) -> tuple[int, int]:
     """The output size ``F.interpolate`` gives for ``size`` / ``scale_factor``; ``scale`` times the input for neither.
 
-    DySample's own rule (:func:`dysample_swap.sampling.output_size`), so every upsampler accepts and
+    DySample's own rule (:func:`dysample_swap.upsamplers.dysample.sampling.output_size`), so every upsampler accepts and
     refuses the same requests.
 
     Raises:

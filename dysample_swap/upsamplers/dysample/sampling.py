@@ -34,7 +34,7 @@ Reading outside the input clamps the position to the border (``padding_mode="bor
 
 The samplers that compute the read (:data:`SAMPLERS`):
 
-* ``"native"`` (both position modes): the compiled CPU kernel of :mod:`dysample_swap.native_sampler`,
+* ``"native"`` (both position modes): the compiled CPU kernel of :mod:`dysample_swap.upsamplers.dysample.native_sampler`,
   built with the system's C compiler on first use. It computes what the pure-PyTorch path of its
   mode computes (``grid_sample``'s output bit for bit on AVX2 builds; the gathers' output bit for bit),
   as fast as ``F.interpolate``, on every thread. Eager float32/float64 CPU tensors; ``"auto"`` takes
@@ -80,8 +80,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dysample_swap import _torch_compat, native
-from dysample_swap.native_sampler import axis_tables, native_sample, supports
+from dysample_swap import _torch_compat
+from dysample_swap.upsamplers.dysample import native
+from dysample_swap.upsamplers.dysample.native_sampler import axis_tables, native_sample, supports
 
 logger = logging.getLogger("dysample_swap")
 

@@ -1,4 +1,4 @@
-"""DySample's bilinear read through the compiled CPU kernel (:mod:`dysample_swap.native`), as an autograd Function.
+"""DySample's bilinear read through the compiled CPU kernel (:mod:`dysample_swap.upsamplers.dysample.native`), as an autograd Function.
 
 The kernel reads the offsets in the spec layout ``(N, 2*groups*scale**2, H, W)`` directly, builds the
 four taps of an output row once for all its channels, and parallelises over output rows (forward)
@@ -8,7 +8,7 @@ Its sums run in the same order at any thread count. It is registered as the cust
 autograd formula), so ``torch.compile`` keeps it as one opaque call instead of tracing into it.
 
 Two position modes, each computing what its pure-PyTorch counterpart in
-:mod:`dysample_swap.sampling` computes:
+:mod:`dysample_swap.upsamplers.dysample.sampling` computes:
 
 * ``"grid"``: the authors' ``2 * p / size - 1`` normalisation, then ``grid_sample``'s
   unnormalisation, border clamp and fused weighted sum (the forward is ``grid_sample``'s bit for bit
@@ -19,7 +19,7 @@ Two position modes, each computing what its pure-PyTorch counterpart in
 
 Example:
     >>> import torch
-    >>> from dysample_swap.sampling import dysample_sample
+    >>> from dysample_swap.upsamplers.dysample.sampling import dysample_sample
     >>> x, offset = torch.randn(1, 4, 5, 5), torch.zeros(1, 2 * 2 * 4, 5, 5)
     >>> native = dysample_sample(x, offset, 2, 2, sampler="native")
     >>> torch.equal(native, dysample_sample(x, offset, 2, 2, sampler="reference"))
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from dysample_swap import native
+from dysample_swap.upsamplers.dysample import native
 
 MODES = {"exact": 0, "grid": 1}
 """Position modes of the kernel and their codes in ``csrc/sampler.c``."""
@@ -188,7 +188,7 @@ def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
         offset: ``(N, 2*groups*scale**2, H, W)`` in ``x``'s dtype, spec layout (``"grid"``: the
             authors' ``init_pos`` already added where their arithmetic is wanted).
         rows, cols: :func:`axis_tables` of the height and the width.
-        scale, groups, out_h, out_w: as in :func:`dysample_swap.sampling.dysample_sample`.
+        scale, groups, out_h, out_w: as in :func:`dysample_swap.upsamplers.dysample.sampling.dysample_sample`.
         mode: ``"grid"`` or ``"exact"``.
 
     Example:

@@ -2,12 +2,13 @@
 
 ``swap_upsamplers`` calls :func:`record_swap` at the end of every swap. The record is a
 JSON-able dict kept on the model (``model.dysample_swap_record``) and, for frameworks that save
-their own config, mirrored where that config lives, so the framework's usual ``save_pretrained``
-writes it into ``config.json``:
+their own config, mirrored where that config lives through the framework's ``write_record`` hook
+(:mod:`.hooks`), so the framework's usual ``save_pretrained`` writes it into ``config.json``:
 
 * transformers: ``model.config.dysample_swap``;
-* segmentation_models_pytorch: the ``_dysample_swap`` key of the hub-mixin config (the leading
-  underscore keeps smp's own loader and model card from treating it as an ``__init__`` argument).
+* huggingface_hub ``PyTorchModelHubMixin`` models (smp's included): the ``_dysample_swap`` key of
+  the hub-mixin config (the leading underscore keeps smp's own loader and model card from
+  treating it as an ``__init__`` argument).
 
 Layout::
 
@@ -33,13 +34,14 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.policy import INITS
+from dysample_swap.surgery.hooks import hooks_for
+from dysample_swap.surgery.policy import INITS
 from dysample_swap.upsamplers.registry import SWAP_POSITIONS, UPSAMPLERS
+from dysample_swap.version import __version__
 
 RECORD_FORMAT = "dysample_swap.record/1"
 """The ``format`` value of a swap record."""
@@ -63,21 +65,8 @@ POLICY_SCHEMA: dict[str, Any] = {
     "include": _SELECTOR, "exclude": _SELECTOR, "swap_final": bool, "groups_fallback": bool,
     "chain": bool, "strict": bool, "init": INITS, "positions": SWAP_POSITIONS,
 }
-"""What each saveable :class:`~dysample_swap.policy.SwapPolicy` option may hold in a record:
+"""What each saveable :class:`~dysample_swap.surgery.policy.SwapPolicy` option may hold in a record:
 a type, a tuple of allowed strings, or a selector (``None``, a string or a list of strings)."""
-
-
-def is_loaded_instance(obj: Any, module: str, name: str) -> bool:
-    """Whether ``obj`` is an instance of class ``name`` of ``module``, without importing ``module``.
-
-    An object can only come from a module that is already imported, so this looks in ``sys.modules``.
-
-    Example:
-        >>> is_loaded_instance(nn.Identity(), "torch.nn", "Module"), is_loaded_instance(1, "not_imported", "X")
-        (True, False)
-    """
-    base = getattr(sys.modules.get(module), name, None)
-    return isinstance(base, type) and isinstance(obj, base)
 
 
 def class_name(model: nn.Module) -> str:
@@ -135,11 +124,11 @@ def swap_entry(model: nn.Module, report: Any) -> dict[str, Any]:
     return entry
 
 
-def _framework(model: nn.Module) -> Any:
-    """The integration that keeps ``model``'s framework config, or ``None`` (most specific first)."""
-    from dysample_swap.integrations import hub_mixin, transformers
-
-    return next((f for f in (transformers, hub_mixin) if f.owns(model)), None)
+def _write_framework_record(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """Mirror ``record`` where ``model``'s framework saves its config (see :mod:`.hooks`)."""
+    hooks = hooks_for(model, having="write_record")
+    if hooks is not None and hooks.write_record is not None:
+        hooks.write_record(model, record)
 
 
 def record_swap(model: nn.Module, report: Any) -> None:
@@ -155,15 +144,11 @@ def record_swap(model: nn.Module, report: Any) -> None:
         >>> [s["variant"] for s in swap_record(net)["swaps"]]
         ['dysample-s']
     """
-    from dysample_swap import __version__
-
     previous = getattr(model, RECORD_ATTRIBUTE, None)
     swaps = list(previous["swaps"]) if isinstance(previous, dict) else []
     record = {"format": RECORD_FORMAT, "version": __version__, "swaps": [*swaps, swap_entry(model, report)]}
     setattr(model, RECORD_ATTRIBUTE, record)
-    framework = _framework(model)
-    if framework is not None:
-        framework.write_record(model, copy.deepcopy(record))
+    _write_framework_record(model, copy.deepcopy(record))
 
 
 def forget_swaps(model: nn.Module) -> None:
@@ -178,9 +163,7 @@ def forget_swaps(model: nn.Module) -> None:
     """
     if hasattr(model, RECORD_ATTRIBUTE):
         delattr(model, RECORD_ATTRIBUTE)
-    framework = _framework(model)
-    if framework is not None:
-        framework.write_record(model, None)
+    _write_framework_record(model, None)
 
 
 def swap_record(model: nn.Module) -> dict[str, Any] | None:
@@ -200,7 +183,7 @@ class RecordError(ValueError):
     Example:
         >>> check_record({"format": RECORD_FORMAT, "swaps": [{"variant": 3}]}, "config.json")
         Traceback (most recent call last):
-        dysample_swap.integrations.record.RecordError: config.json: swap 1 of its record: variant 3 is not a string
+        dysample_swap.surgery.record.RecordError: config.json: swap 1 of its record: variant 3 is not a string
     """
 
 
@@ -268,7 +251,7 @@ def check_entry(entry: Any, what: str) -> dict[str, Any]:
         >>> check_entry({"variant": "dysample", "policy": {}, "inputs": [{"tensor": [1, 3, 20000, 20000]}]},
         ...             "swap 1")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        dysample_swap.integrations.record.RecordError: swap 1: its example inputs hold 1,200,000,000 values, ...
+        dysample_swap.surgery.record.RecordError: swap 1: its example inputs hold 1,200,000,000 values, ...
     """
     if not isinstance(entry, dict):
         raise RecordError(f"{what}: {entry!r:.80} is not a dict")

@@ -5,7 +5,7 @@ upsampling in decoders and FPNs; leave alone, with a reason, everything DySample
 reproduce or should not replace (see :func:`decide`).
 
 Example:
-    >>> from dysample_swap.policy import SwapPolicy
+    >>> from dysample_swap.surgery.policy import SwapPolicy
     >>> SwapPolicy.from_kwargs(exclude="decoder.p4*").swap_final
     False
 """
@@ -21,10 +21,10 @@ from typing import Any, Union
 
 import torch
 
-from dysample_swap.dysample import resolve_groups
-from dysample_swap.sites import UpsampleSite
+from dysample_swap.upsamplers.dysample.module import resolve_groups
+from dysample_swap.surgery.sites import UpsampleSite
 from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, create_upsampler, exact_at_swap
-from dysample_swap.variants import VARIANTS, parameter_count, variant_settings
+from dysample_swap.upsamplers.dysample.variants import VARIANTS, parameter_count, variant_settings
 
 Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
 """A path (``"decoder.p4"`` also selects everything under it), an ``fnmatch`` glob
@@ -120,7 +120,7 @@ def selects(selector: Selector | None, site: UpsampleSite) -> bool:
 
 @dataclass(frozen=True)
 class SiteDecision:
-    """What the surgery decided for one observed :class:`~dysample_swap.sites.UpsampleSite`.
+    """What the surgery decided for one observed :class:`~dysample_swap.surgery.sites.UpsampleSite`.
 
     The observation's fields (``path``, ``kind``, ``mode``, ``in_channels``, shapes, ``source``
     ...) read through: ``decision.path is decision.site.path``.

@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from dysample_swap.swap import find_upsamplers, swap_upsamplers, swap_report
+    >>> from dysample_swap.surgery.swap import find_upsamplers, swap_upsamplers, swap_report
     >>> net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Upsample(scale_factor=2),
     ...                     nn.Conv2d(16, 2, 1))
     >>> [(s.path, s.action) for s in find_upsamplers(net)]
@@ -26,12 +26,14 @@ import torch
 import torch.nn as nn
 
 from dysample_swap import _torch_compat
-from dysample_swap.example_inputs import default_inputs, describe_inputs, native_size
-from dysample_swap.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, replacement, selects,
+from dysample_swap.surgery.example_inputs import default_inputs, describe_inputs, native_size
+from dysample_swap.surgery.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, replacement, selects,
                                   shared_call_reason, unroutable_reason)
-from dysample_swap.rewrite import (OwnerPlan, Replacement, apply_eager, apply_fx, free_name, is_rewritten,
+from dysample_swap.surgery.rewrite import (OwnerPlan, Replacement, apply_eager, apply_fx, free_name, is_rewritten,
                                    plan_owner, restore)
-from dysample_swap.sites import ROOT, Discovery, discover, discovery_context, join_path, module_at
+from dysample_swap.surgery.hooks import hooks_for
+from dysample_swap.surgery.record import forget_swaps, record_swap
+from dysample_swap.surgery.sites import ROOT, Discovery, discover, discovery_context, join_path, module_at
 from dysample_swap.upsamplers.registry import create_upsampler, upsampler_name
 
 logger = logging.getLogger("dysample_swap")
@@ -75,10 +77,10 @@ class SwapReport:
 
     Attributes:
         variant: the upsampler variant.
-        sites: one :class:`~dysample_swap.policy.SiteDecision` per executed upsampling call
+        sites: one :class:`~dysample_swap.surgery.policy.SiteDecision` per executed upsampling call
             (its observation is ``.site``; its fields read through).
         parameters_added: trainable parameters the new modules add.
-        inputs: shapes of the example inputs (:func:`~dysample_swap.example_inputs.describe_inputs`),
+        inputs: shapes of the example inputs (:func:`~dysample_swap.surgery.example_inputs.describe_inputs`),
             ``None`` when they are not plain tensors or lists of tensors.
         policy: the policy keyword arguments as given.
         originals: the ``nn.Upsample`` layers replaced in place, by path (kept for :func:`unswap`).
@@ -195,7 +197,7 @@ def swap_report(model: nn.Module) -> SwapReport:
 
 
 def _bad_inputs(model: nn.Module, example_inputs: Any, exc: Exception) -> ValueError:
-    from dysample_swap.example_inputs import first_conv_channels
+    from dysample_swap.surgery.example_inputs import first_conv_channels
 
     described = describe_inputs(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
     shown = described if described is not None else type(example_inputs).__name__
@@ -405,10 +407,10 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
             of images is wrapped).  Omitted: ``1x3xHxW`` for image models (H = W = 128, else
             224, 256, 512), a list of one ``3x128x160`` image for torchvision detectors.
         **policy: ``variant`` (default ``"dysample+"``: which upsampler, so which channel counts
-            fit) and the :class:`~dysample_swap.policy.SwapPolicy` options.
+            fit) and the :class:`~dysample_swap.surgery.policy.SwapPolicy` options.
 
     Returns:
-        One :class:`~dysample_swap.policy.SiteDecision` per executed call; what discovery
+        One :class:`~dysample_swap.surgery.policy.SiteDecision` per executed call; what discovery
         observed is its ``.site`` (whose fields it also reads through: ``.path``, ``.mode``...).
 
     Example:
@@ -498,7 +500,7 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
             for ablations: ``"carafe"``, ``"deconv"``, ``"pixelshuffle"``, ``"bilinear"`` (a no-op
             arm); see :data:`~dysample_swap.upsamplers.UPSAMPLERS`.
         example_inputs: as in :func:`find_upsamplers`.
-        **policy: :class:`~dysample_swap.policy.SwapPolicy` options (``include``, ``exclude``,
+        **policy: :class:`~dysample_swap.surgery.policy.SwapPolicy` options (``include``, ``exclude``,
             ``swap_final``, ``groups_fallback``, ``init``, ``chain``, ``strict``, ``verbose``).
 
     Example:
@@ -510,16 +512,12 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
         >>> torch.allclose(net(x), before, atol=1e-6)
         True
     """
-    from dysample_swap import integrations
-
-    if integrations.is_ultralytics_model(model):
-        from dysample_swap.integrations.ultralytics import swap_yolo
-
-        return swap_yolo(model, variant, example_inputs, **policy)
-    if integrations.is_ultralytics_network(model) and not _FRAMEWORK_SWAP.get():
-        warnings.warn(f"swapping an ultralytics {type(model).__name__} alone: YOLO.train() rebuilds the network "
-                      "from its YAML and would drop the swap; pass the YOLO object itself "
-                      "(swap_upsamplers(yolo, ...)) so that training keeps it", stacklevel=2)
+    framework = hooks_for(model, having="swap")
+    if framework is not None and framework.swap is not None:
+        return framework.swap(model, variant, example_inputs, **policy)
+    framework = hooks_for(model, having="alone")
+    if framework is not None and not _FRAMEWORK_SWAP.get():
+        warnings.warn(f"swapping the {framework.name} {type(model).__name__} alone: {framework.alone}", stacklevel=2)
     plan = _plan(model, variant, example_inputs, policy)
     report = plan.report
     previous = getattr(model, REPORT_ATTRIBUTE, None)
@@ -539,7 +537,7 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
             apply_eager(module, built)
     setattr(model, REPORT_ATTRIBUTE, report)
     _self_check(model, plan)
-    integrations.record_swap(model, report)
+    record_swap(model, report)
     logger.info("swap_upsamplers(%s):\n%s", type(model).__name__, report.table())
     if plan.policy.verbose:
         print(report.table())
@@ -565,8 +563,6 @@ def unswap(model: nn.Module) -> dict[str, nn.Module]:
         >>> list(removed), type(net[1]).__name__, torch.equal(net(x), before)
         (['1'], 'Upsample', True)
     """
-    from dysample_swap import integrations
-
     report: SwapReport | None = swap_report(model)
     removed: dict[str, nn.Module] = {}
     while report is not None:  # the latest swap first
@@ -584,5 +580,5 @@ def unswap(model: nn.Module) -> dict[str, nn.Module]:
                     removed[join_path(d.owner, d.replacement)] = owner._modules.pop(d.replacement)
         report = report.previous
     delattr(model, REPORT_ATTRIBUTE)
-    integrations.forget_swaps(model)
+    forget_swaps(model)
     return removed

@@ -1,6 +1,6 @@
 """DySample, the point-sampling upsampler of "Learning to Upsample by Learning to Sample" (ICCV 2023).
 
-A thin ``nn.Module`` over :func:`dysample_swap.sampling.dysample`. The first five
+A thin ``nn.Module`` over :func:`dysample_swap.upsamplers.dysample.sampling.dysample`. The first five
 constructor arguments, the state-dict names (``offset.weight``, ``offset.bias``,
 ``scope.weight``, ``init_pos``) and the formulas match the authors' module, so their
 checkpoints load with ``strict=True`` and give the same results: bit for bit at the native size
@@ -32,9 +32,10 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from dysample_swap import _torch_compat, native
-from dysample_swap.sampling import POSITIONS, check_anchor, dysample
-from dysample_swap.variants import variant_name, variant_settings
+from dysample_swap import _torch_compat
+from dysample_swap.upsamplers.dysample import native
+from dysample_swap.upsamplers.dysample.sampling import POSITIONS, check_anchor, dysample
+from dysample_swap.upsamplers.dysample.variants import variant_name, variant_settings
 
 # The sampler shows up as one leaf call in fx graphs: its shape arithmetic runs at run time.
 torch.fx.wrap("dysample")

@@ -37,7 +37,7 @@ helper functions are not routed.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from dysample_swap.rewrite import compile_forward
+    >>> from dysample_swap.surgery.rewrite import compile_forward
     >>> callable(compile_forward)
     True
 """
@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from dysample_swap import _torch_compat
-from dysample_swap.sites import (Invocation, UpsampleSite, calling_module, first_user_frame,
+from dysample_swap.surgery.sites import (Invocation, UpsampleSite, calling_module, first_user_frame,
                                  is_upsample_module, join_path)
 
 logger = logging.getLogger("dysample_swap")
@@ -80,7 +80,7 @@ class Replacement:
     """One DySample that replaces one call (graph node, or k-th routed eager call) of an owner.
 
     Example:
-        >>> from dysample_swap.dysample import DySample
+        >>> from dysample_swap.upsamplers.dysample.module import DySample
         >>> Replacement(0, "dysample_0", DySample(8)).name
         'dysample_0'
     """
@@ -261,7 +261,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
 
     Example:
         >>> import torch, torch.nn as nn
-        >>> from dysample_swap.sites import discover, discovery_context
+        >>> from dysample_swap.surgery.sites import discover, discovery_context
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2))
         >>> with discovery_context(net):
         ...     d = discover(net, torch.rand(1, 3, 4, 4))
@@ -470,8 +470,8 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
 
     Example:
         >>> import torch, torch.nn as nn
-        >>> from dysample_swap.dysample import DySample
-        >>> from dysample_swap.sites import discover, discovery_context
+        >>> from dysample_swap.upsamplers.dysample.module import DySample
+        >>> from dysample_swap.surgery.sites import discover, discovery_context
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2))
         >>> with discovery_context(net):
         ...     d = discover(net, torch.rand(1, 3, 4, 4))
@@ -560,7 +560,7 @@ def apply_eager(owner: nn.Module, replacements: list[Replacement]) -> None:
 
     Example:
         >>> import torch, torch.nn as nn, torch.nn.functional as F
-        >>> from dysample_swap.dysample import DySample
+        >>> from dysample_swap.upsamplers.dysample.module import DySample
         >>> class Up(nn.Module):
         ...     def forward(self, x):
         ...         return F.interpolate(x, scale_factor=2.0)

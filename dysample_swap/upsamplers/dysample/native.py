@@ -19,11 +19,11 @@ mismatch (a truncated, replaced or foreign file) is rebuilt, after a warning, ne
 
 Where it cannot be built (no compiler, a failed build) or is switched off
 (``DYSAMPLE_SWAP_NATIVE=0``), :func:`library` returns ``None`` once a warning has said why; the
-samplers in :mod:`dysample_swap.sampling` then run their pure-PyTorch paths, which compute the same
+samplers in :mod:`dysample_swap.upsamplers.dysample.sampling` then run their pure-PyTorch paths, which compute the same
 values, slower.
 
 Example:
-    >>> from dysample_swap import native
+    >>> from dysample_swap.upsamplers.dysample import native
     >>> lib = native.library()
     >>> lib is None or lib.dysample_abi_version() == native.ABI_VERSION
     True

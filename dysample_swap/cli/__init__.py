@@ -3,7 +3,7 @@
 Sub-commands are registered by the modules that implement them, so this file only
 dispatches:
 
-* ``inspect`` / ``swap``                    -> :mod:`dysample_swap.surgery_cli`
+* ``inspect`` / ``swap``                    -> :mod:`dysample_swap.cli.surgery`
 * ``finetune`` / ``evaluate`` / ``compare`` -> :mod:`dysample_swap.finetune.cli`
 
 Example:
@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         >>> parser.prog
         'dysample-swap'
     """
-    from dysample_swap import surgery_cli
+    from dysample_swap.cli import surgery as surgery_cli
     from dysample_swap.finetune import cli as finetune_cli
 
     parser = argparse.ArgumentParser(
@@ -50,6 +49,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.run(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from dysample_swap.model_spec import build_model, is_owned
-from dysample_swap.swap import plan_swap, swap_upsamplers
-from dysample_swap.swapfile import save_swapped, writable_target
+from dysample_swap.surgery.model_spec import build_model, is_owned
+from dysample_swap.surgery.swap import plan_swap, swap_upsamplers
+from dysample_swap.surgery.persist import save_swapped, writable_target
 from dysample_swap.upsamplers import UPSAMPLERS, upsampler_cost
 
 MODEL_HELP = ("smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "

@@ -41,7 +41,7 @@ class UntrustedSpecError(ValueError):
     Example:
         >>> build_model("os:system:command='touch pwned'")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        dysample_swap.model_spec.UntrustedSpecError: the model spec "os:system:command='touch pwned'" names code ...
+        dysample_swap.surgery.model_spec.UntrustedSpecError: the model spec "os:system:command='touch pwned'" names code ...
     """
 
 

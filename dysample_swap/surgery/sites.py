@@ -16,7 +16,7 @@ touched.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from dysample_swap.sites import discover
+    >>> from dysample_swap.surgery.sites import discover
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Upsample(scale_factor=2))
     >>> found = discover(net, torch.rand(1, 3, 8, 8))
     >>> [(s.path, s.kind, s.output_shape) for s in found.sites]
@@ -47,7 +47,7 @@ ROOT = "<root>"
 """How the path of the model itself is written in sites and reports."""
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # dysample_swap/
 _INTERPOLATE_SIG = inspect.signature(F.interpolate)
 _POOLING_NAMES = frozenset(
     {"adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d",
@@ -98,10 +98,10 @@ class UpsampleSite:
             layer with parameters), ``"size_int"`` (``size`` passed as a single int),
             ``"recompute"`` (``recompute_scale_factor=True``), ``"antialias"``, ``"direct"``
             (the calling Python frame is code of ``owner`` itself, so the eager fallback can
-            route it), ``"per_item"`` (set by the policy's :func:`~dysample_swap.policy.mark_per_item`).
+            route it), ``"per_item"`` (set by the policy's :func:`~dysample_swap.surgery.policy.mark_per_item`).
 
     Observations only: what was decided for a site (action, reason, scale, replacement) is a
-    :class:`~dysample_swap.policy.SiteDecision`.
+    :class:`~dysample_swap.surgery.policy.SiteDecision`.
 
     Example:
         >>> site = UpsampleSite(path="up", kind="module", mode="nearest", align_corners=None,
