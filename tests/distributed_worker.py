@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.distributed import init_distributed, shutdown_distributed
 from dysample_swap.finetune.engine import Trainer
-from dysample_swap.finetune.runner import load_datasets, make_arm, seed_everything
+from dysample_swap.finetune.builders import load_datasets, make_arm, seed_everything
 from dysample_swap.finetune.tasks import make_task
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,7 +15,7 @@ from dysample_swap.finetune.checkpoint import load_checkpoint, load_model_state
 from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.distributed import DistContext, TrainSampler
 from dysample_swap.finetune.engine import evaluate
-from dysample_swap.finetune.runner import load_datasets, make_arm
+from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.tasks import make_task
 
 HERE = Path(__file__).parent

@@ -18,7 +18,7 @@ from dysample_swap.finetune.config import Config, build_config
 from dysample_swap.finetune.distributed import DistContext
 from dysample_swap.finetune.engine import Trainer, TrainingInterrupted
 from dysample_swap.finetune.runlog import read_log
-from dysample_swap.finetune.runner import load_datasets, make_arm
+from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.tasks import make_task
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))

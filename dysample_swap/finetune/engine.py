@@ -20,7 +20,7 @@ checkpoints that resume exactly:
 Example:
     >>> import tempfile
     >>> from dysample_swap.finetune.config import load_config
-    >>> from dysample_swap.finetune.runner import build_base_model, load_datasets, make_arm
+    >>> from dysample_swap.finetune.builders import build_base_model, load_datasets, make_arm
     >>> from dysample_swap.finetune.tasks import make_task
     >>> cfg = load_config("demo", ["data.image_size=32", "data.num_samples=8",
     ...     "data.num_val_samples=2", "train.batch_size=4", "train.max_steps=2",

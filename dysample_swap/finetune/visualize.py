@@ -258,7 +258,7 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
     from dysample_swap.finetune.checkpoint import load_checkpoint, load_model_state
     from dysample_swap.finetune.config import build_config
     from dysample_swap.finetune.data.common import parse_image_size
-    from dysample_swap.finetune.runner import build_base_model, swap_model
+    from dysample_swap.finetune.builders import build_base_model, swap_model
     from dysample_swap.surgery.model_spec import UntrustedSpecError
 
     state = load_checkpoint(checkpoint)
