@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from dysample_swap import _moved, integrations  # integrations: registers the framework hooks the surgery calls
-from dysample_swap.integrations.pretrained import from_pretrained
+from dysample_swap import _moved
+from dysample_swap.integrations.pretrained import from_pretrained  # importing integrations registers their hooks
 from dysample_swap.surgery.model_spec import build_model
 from dysample_swap.surgery.persist import load_swapped, save_swapped
 from dysample_swap.surgery.policy import SiteDecision, SwapPolicy
@@ -73,6 +73,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "__version__",
     "ANCHORS",
     "VARIANTS",
     "INITS",

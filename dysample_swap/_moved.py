@@ -26,7 +26,7 @@ OLD_PATHS = {
     "dysample_swap.sites": "dysample_swap.surgery.sites",
     "dysample_swap.policy": "dysample_swap.surgery.policy",
     "dysample_swap.example_inputs": "dysample_swap.surgery.example_inputs",
-    "dysample_swap.rewrite": "dysample_swap.surgery.rewrite",
+    "dysample_swap.rewrite": "dysample_swap.surgery.install",
     "dysample_swap.swap": "dysample_swap.surgery.swap",
     "dysample_swap.swapfile": "dysample_swap.surgery.persist",
     "dysample_swap.model_spec": "dysample_swap.surgery.model_spec",

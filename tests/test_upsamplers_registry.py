@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dysample_swap.upsamplers.registry import rival_parameters
 from dysample_swap import (
     UPSAMPLERS,
     CARAFEPack,
@@ -158,3 +159,12 @@ def test_exact_at_swap_says_what_the_module_does(name, anchor, scale_chain, init
         difference = (got - expected).abs().max().item()
         claim = exact_at_swap(name, anchor, scale=scale, init=init, chain=chain, native=native)
         assert (difference <= 1e-9) if claim else (difference > 1e-6), (native, claim, difference)
+
+
+@pytest.mark.parametrize("name", ["carafe", "deconv", "pixelshuffle", "bilinear"])
+def test_rival_parameters_are_what_the_built_module_has(name: str) -> None:
+    """The surgery counts a rival's parameters without building it; the count must be the module's."""
+    for channels, scale, init, chain in itertools.product((3, 16, 64), (2, 3, 4, 8), ("match", "paper"), (True, False)):
+        module = create_upsampler(name, channels, scale, init=init, chain=chain)
+        assert rival_parameters(name, channels, scale, init=init, chain=chain) == sum(
+            p.numel() for p in module.parameters()), (channels, scale, init, chain)

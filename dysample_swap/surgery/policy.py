@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Union
 
-import torch
+import torch.nn as nn
 
+from dysample_swap.surgery.fx_rewrite import OwnerPlan
+from dysample_swap.surgery.sites import ROOT, UpsampleSite, module_at
 from dysample_swap.upsamplers.dysample.module import resolve_groups
-from dysample_swap.surgery.sites import UpsampleSite
-from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, create_upsampler, exact_at_swap
+from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, exact_at_swap, rival_parameters
 from dysample_swap.upsamplers.dysample.variants import VARIANTS, parameter_count, variant_settings
 
 Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
@@ -303,22 +304,18 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
 
 def replacement_parameters(variant: str, in_channels: int, scale: int, groups: int | None,
                            policy: SwapPolicy) -> int:
-    """Trainable parameters of the module that replaces a call, computed without building a real one.
-
-    DySample is counted by formula (per x2 stage for a chain); a rival is built once, with the
-    random number generator forked (so discovery draws no random numbers), and counted.
+    """Trainable parameters of the module that replaces a call, counted by formula: nothing is built.
 
     Example:
         >>> replacement_parameters("dysample", 256, 8, 4, SwapPolicy()), replacement_parameters("carafe", 256, 2, None, SwapPolicy())
         (24672, 74148)
     """
+    if variant not in VARIANTS:
+        return rival_parameters(variant, in_channels, scale, init=policy.init, chain=policy.chain)
+    if groups is None:
+        raise ValueError(f"{variant} at {in_channels} channels: no group count fits, so there is no module to count")
     stages = chain_stages(variant, scale, policy.chain)
-    if variant in VARIANTS and groups is not None:
-        return stages * parameter_count(variant, in_channels, 2 if stages > 1 else scale, groups)
-    with torch.random.fork_rng(devices=[]):
-        module = create_upsampler(variant, in_channels, scale, init=policy.init,
-                                  groups_fallback=policy.groups_fallback, chain=policy.chain)
-    return sum(p.numel() for p in module.parameters())
+    return stages * parameter_count(variant, in_channels, 2 if stages > 1 else scale, groups)
 
 
 def replacement(site: UpsampleSite, variant: str, scale: int, policy: SwapPolicy) -> dict[str, Any] | str:
@@ -434,3 +431,184 @@ def offset_init_std(policy: SwapPolicy) -> float:
         (0.0, 0.001)
     """
     return 0.0 if policy.init == "match" else 0.001
+
+
+# -- decisions that need the traces: where each new module goes, and the scale it shares ----------
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """An ``nn.Upsample`` layer that one new module replaces under its own name.
+
+    Example:
+        >>> InPlace("decoder.up", [0, 2]).members
+        [0, 2]
+    """
+
+    path: str
+    members: list[int]  # decision indices
+
+
+@dataclass(frozen=True)
+class NewModule:
+    """One new module the rewrite puts into ``owner``: at call ``position`` of its code, as child ``name``.
+
+    ``decision`` is the index of the decision it is built from (the largest scale among the calls
+    it serves); ``size_is_int``: the replaced call passed ``size`` as one int.
+
+    Example:
+        >>> NewModule("decoder", 0, "dysample_0", False, 3).name
+        'dysample_0'
+    """
+
+    owner: str
+    position: int
+    name: str
+    size_is_int: bool
+    decision: int
+
+
+def free_name(owner: nn.Module, position: int, taken: Iterable[str] = ()) -> str:
+    """A child name ``dysample_<position>`` not yet used on ``owner`` (nor in ``taken``).
+
+    Example:
+        >>> free_name(nn.Module(), 3), free_name(nn.Module(), 3, taken=["dysample_3"])
+        ('dysample_3', 'dysample_3_')
+    """
+    taken = set(taken)
+    name = f"dysample_{position}"
+    while hasattr(owner, name) or name in taken:
+        name += "_"
+    return name
+
+
+def in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[InPlace]:
+    """``nn.Upsample`` layers one new module can replace under their own name.
+
+    A layer qualifies when every call of it is swapped, with one channel count, from one source
+    line, at most once per execution of its caller, and it is registered once, below its caller:
+    the caller's code (``self.up(x)``, or a framework's own loop over its layers) then runs the
+    new module without being rewritten.
+
+    Example:
+        >>> import torch
+        >>> from dysample_swap.surgery.sites import discover, discovery_context
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=2), nn.Conv2d(4, 2, 1))
+        >>> with discovery_context(net):
+        ...     found = discover(net, torch.rand(1, 3, 4, 4))
+        >>> in_place_groups(net, decide_all(found.sites, SwapPolicy(), "dysample"))
+        [InPlace(path='1', members=[0])]
+    """
+    by_path: dict[str, list[int]] = {}
+    for i, d in enumerate(decisions):
+        if d.kind == "module":
+            by_path.setdefault(d.path, []).append(i)
+    registered: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        registered[id(module)] = registered.get(id(module), 0) + 1
+    groups = []
+    for path, members in by_path.items():
+        ds = [decisions[i] for i in members]
+        owners = {d.owner for d in ds}
+        owner = next(iter(owners))
+        under = owner == ROOT or path.startswith(owner + ".")
+        if (all(d.action == "swap" for d in ds) and len({d.in_channels for d in ds}) == 1
+                and len({d.source for d in ds}) == 1 and len(owners) == 1 and under and path != ROOT
+                and len({d.owner_call for d in ds}) == len(ds)
+                and registered.get(id(module_at(model, path)), 0) == 1):
+            groups.append(InPlace(path, members))
+    return groups
+
+
+def mark_in_place(decisions: list[SiteDecision], groups: list[InPlace]) -> None:
+    """Record on each member decision that its layer is replaced in place, under the layer's own name.
+
+    Example:
+        >>> mark_in_place([], [])
+    """
+    for group in groups:
+        owner = decisions[group.members[0]].owner
+        name = group.path if owner == ROOT else group.path[len(owner) + 1:]
+        for i in group.members:
+            decisions[i] = decisions[i].replace(method="in place", replacement=name)
+
+
+def owners_to_rewrite(decisions: list[SiteDecision]) -> list[str]:
+    """The owners whose code must be rewritten: those with a swapped call not replaced in place.
+
+    Example:
+        >>> owners_to_rewrite([])
+        []
+    """
+    return list(dict.fromkeys(d.owner for d in decisions if d.action == "swap" and d.method == ""))
+
+
+def _group_positions(plan: OwnerPlan) -> list[list[int]] | None:
+    """Per call position in the owner's code, the sites it made in every execution (or None)."""
+    lengths = {len(p) for p in plan.positions}
+    if len(lengths) != 1:
+        return None
+    return [list(group) for group in zip(*plan.positions)]
+
+
+def _assign(owner: nn.Module, plan: OwnerPlan, decisions: list[SiteDecision]) -> list[NewModule]:
+    """One new module per call position of the owner; updates ``decisions`` (method, name, skips)."""
+    groups = _group_positions(plan)
+    routed = {i for group in groups or [] for i in group}
+    for i, d in enumerate(decisions):
+        if d.owner == plan.path and d.action == "swap" and d.method == "" and i not in routed:
+            decisions[i] = d.skip(unroutable_reason(d, plan.path, plan.why_not_fx, groups is None))
+    new: list[NewModule] = []
+    for position, group in enumerate(groups or []):
+        members = [decisions[i] for i in group]
+        if not any(m.action == "swap" for m in members):
+            continue
+        if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
+            for i in group:
+                if decisions[i].action == "swap":
+                    decisions[i] = decisions[i].skip(shared_call_reason(plan.path))
+            continue
+        first = max(group, key=lambda i: decisions[i].upsampler_scale)
+        name = free_name(owner, position, taken=(m.name for m in new))
+        new.append(NewModule(plan.path, position, name, "size_int" in decisions[first].flags, first))
+        for i in group:
+            decisions[i] = decisions[i].replace(method=plan.method, replacement=name, fx_error=plan.why_not_fx)
+    return new
+
+
+def _share(decisions: list[SiteDecision], members: list[int], variant: str, policy: SwapPolicy) -> None:
+    """Give every call that one new module serves that module's scale and groups; count it once."""
+    first = max(members, key=lambda i: decisions[i].upsampler_scale)
+    scale = decisions[first].upsampler_scale
+    for k, i in enumerate(members):
+        d = decisions[i]
+        fields = replacement(d.site, variant, scale, policy)
+        if isinstance(fields, str):
+            decisions[i] = d.skip(fields)
+            continue
+        decisions[i] = d.replace(upsampler_scale=scale, **{**fields, "parameters": fields["parameters"] if k == 0 else 0})
+
+
+def decide_rewrites(model: nn.Module, decisions: list[SiteDecision], owners: dict[str, OwnerPlan],
+                    in_place: list[InPlace], variant: str, policy: SwapPolicy) -> dict[str, list[NewModule]]:
+    """The rules that need the owners' traces; updates ``decisions`` and returns the new modules per owner.
+
+    A swapped call the trace found no place for is skipped (:func:`unroutable_reason`); a call
+    position that runs with differing channels or decisions is skipped (:func:`shared_call_reason`);
+    every call that one new module serves gets that module's scale (the largest among them), its
+    groups, and its parameters counted once.
+
+    Example:
+        >>> decide_rewrites(nn.Identity(), [], {}, [], "dysample", SwapPolicy())
+        {}
+    """
+    new = {path: found for path, plan in owners.items()
+           if (found := _assign(module_at(model, path), plan, decisions))}
+    for group in in_place:
+        _share(decisions, group.members, variant, policy)
+    for path, modules in new.items():
+        for module in modules:
+            members = [i for i, d in enumerate(decisions) if d.owner == path and d.replacement == module.name
+                       and d.method == owners[path].method]
+            _share(decisions, members, variant, policy)
+    return new

@@ -27,14 +27,15 @@ import torch.nn as nn
 
 from dysample_swap import _torch_compat
 from dysample_swap.surgery.example_inputs import default_inputs, describe_inputs, native_size
-from dysample_swap.surgery.policy import (SiteDecision, SwapPolicy, anchor_for, decide_all, replacement, selects,
-                                  shared_call_reason, unroutable_reason)
-from dysample_swap.surgery.rewrite import (OwnerPlan, Replacement, apply_eager, apply_fx, free_name, is_rewritten,
-                                   plan_owner, restore)
+from dysample_swap.surgery.fx_rewrite import OwnerPlan, apply_fx, plan_owner
+from dysample_swap.surgery.install import Replacement, apply_eager, is_rewritten, restore
+from dysample_swap.surgery.policy import (InPlace, NewModule, SiteDecision, SwapPolicy, decide_all, decide_rewrites,
+                                          in_place_groups, mark_in_place, owners_to_rewrite, selects)
 from dysample_swap.surgery.hooks import hooks_for
 from dysample_swap.surgery.record import forget_swaps, record_swap
-from dysample_swap.surgery.sites import ROOT, Discovery, discover, discovery_context, join_path, module_at
-from dysample_swap.upsamplers.registry import create_upsampler, upsampler_name
+from dysample_swap.surgery.replacements import build_replacement, replace_in_place
+from dysample_swap.surgery.sites import Discovery, discover, discovery_context, join_path, module_at
+from dysample_swap.upsamplers.registry import upsampler_name
 
 logger = logging.getLogger("dysample_swap")
 pytree = _torch_compat.pytree()
@@ -159,23 +160,15 @@ class SwapReport:
 
 
 @dataclass
-class _InPlace:
-    """An ``nn.Upsample`` layer that one new module replaces under its own name."""
-
-    path: str
-    members: list[int]  # decision indices
-
-
-@dataclass
 class _Plan:
     """Internal: the decided report plus where each new module goes (nothing built yet)."""
 
     report: SwapReport
     policy: SwapPolicy
     discovery: Discovery
-    in_place: list[_InPlace]
+    in_place: list[InPlace]
     owners: dict[str, OwnerPlan]
-    replacements: dict[str, list[tuple[Replacement, int]]]  # owner -> (replacement w/o module, decision index)
+    new_modules: dict[str, list[NewModule]]  # by owner
 
 def swap_report(model: nn.Module) -> SwapReport:
     """The :class:`SwapReport` that ``swap_upsamplers`` attached to ``model``.
@@ -230,91 +223,6 @@ def _discover(model: nn.Module, example_inputs: Any) -> Discovery:
                      "example_inputs=(...) with what its forward expects. Tried:\n  " + "\n  ".join(errors))
 
 
-def _like(model: nn.Module, owner: nn.Module) -> dict[str, Any]:
-    for tensor in (*owner.parameters(), *owner.buffers(), *model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return {"device": tensor.device, "dtype": tensor.dtype}
-    return {}
-
-
-def _group_positions(plan: OwnerPlan) -> list[list[int]] | None:
-    """Per call position in the owner's code, the sites it made in every execution (or None)."""
-    lengths = {len(p) for p in plan.positions}
-    if len(lengths) != 1:
-        return None
-    return [list(group) for group in zip(*plan.positions)]
-
-
-def _in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[_InPlace]:
-    """``nn.Upsample`` layers one new module can replace under their own name.
-
-    A layer qualifies when every call of it is swapped, with one channel count, from one source
-    line, at most once per execution of its caller, and it is registered once, below its caller:
-    the caller's code (``self.up(x)``, or a framework's own loop over its layers) then runs the
-    new module without being rewritten.
-    """
-    by_path: dict[str, list[int]] = {}
-    for i, d in enumerate(decisions):
-        if d.kind == "module":
-            by_path.setdefault(d.path, []).append(i)
-    registered: dict[int, int] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
-        registered[id(module)] = registered.get(id(module), 0) + 1
-    groups = []
-    for path, members in by_path.items():
-        ds = [decisions[i] for i in members]
-        owners = {d.owner for d in ds}
-        owner = next(iter(owners))
-        under = owner == ROOT or path.startswith(owner + ".")
-        if (all(d.action == "swap" for d in ds) and len({d.in_channels for d in ds}) == 1
-                and len({d.source for d in ds}) == 1 and len(owners) == 1 and under and path != ROOT
-                and len({d.owner_call for d in ds}) == len(ds)
-                and registered.get(id(module_at(model, path)), 0) == 1):
-            groups.append(_InPlace(path, members))
-    return groups
-
-
-def _assign(owner: str, plan: OwnerPlan, decisions: list[SiteDecision], module: nn.Module,
-            ) -> list[tuple[Replacement, int]]:
-    """One new module per call position of ``owner``; updates ``decisions`` (method, name, skips)."""
-    groups = _group_positions(plan)
-    routed = {i for group in groups or [] for i in group}
-    for i, d in enumerate(decisions):
-        if d.owner == owner and d.action == "swap" and d.method == "" and i not in routed:
-            decisions[i] = d.skip(unroutable_reason(d, owner, plan.why_not_fx, groups is None))
-    reps = []
-    for position, group in enumerate(groups or []):
-        members = [decisions[i] for i in group]
-        if not any(m.action == "swap" for m in members):
-            continue
-        if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
-            for i in group:
-                if decisions[i].action == "swap":
-                    decisions[i] = decisions[i].skip(shared_call_reason(owner))
-            continue
-        first = max(group, key=lambda i: decisions[i].upsampler_scale)
-        name = free_name(module, position)
-        while any(r.name == name for r, _ in reps):
-            name += "_"
-        reps.append((Replacement(position, name, nn.Identity(), "size_int" in decisions[first].flags), first))
-        for i in group:
-            decisions[i] = decisions[i].replace(method=plan.method, replacement=name, fx_error=plan.why_not_fx)
-    return reps
-
-
-def _share(decisions: list[SiteDecision], members: list[int], variant: str, policy: SwapPolicy) -> None:
-    """Give every call that one new module serves that module's scale and groups; count it once."""
-    first = max(members, key=lambda i: decisions[i].upsampler_scale)
-    scale = decisions[first].upsampler_scale
-    for k, i in enumerate(members):
-        d = decisions[i]
-        fields = replacement(d.site, variant, scale, policy)
-        if isinstance(fields, str):
-            decisions[i] = d.skip(fields)
-            continue
-        decisions[i] = d.replace(upsampler_scale=scale, **{**fields, "parameters": fields["parameters"] if k == 0 else 0})
-
-
 def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: dict[str, Any]) -> _Plan:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected the network as an nn.Module (or an ultralytics YOLO object), got "
@@ -324,38 +232,23 @@ def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: di
     policy = SwapPolicy.from_kwargs(**policy_kwargs)
     _torch_compat.require()
     with discovery_context(model):
-        discovery = _discover(model, example_inputs)
-        decisions = decide_all(discovery.sites, policy, variant)
-        in_place = _in_place_groups(model, decisions)
-        for group in in_place:
-            owner = decisions[group.members[0]].owner
-            name = group.path if owner == ROOT else group.path[len(owner) + 1:]
-            for i in group.members:
-                decisions[i] = decisions[i].replace(method="in place", replacement=name)
+        discovery = _discover(model, example_inputs)  # observe
+        decisions = decide_all(discovery.sites, policy, variant)  # decide what the observations allow
+        in_place = in_place_groups(model, decisions)
+        mark_in_place(decisions, in_place)
         in_place_paths = frozenset(g.path for g in in_place)
         site_paths = {s.path for s in discovery.sites} | {s.owner for s in discovery.sites}
         owners: dict[str, OwnerPlan] = {}
-        for owner in dict.fromkeys(d.owner for d in decisions if d.action == "swap" and d.method == ""):
+        for owner in owners_to_rewrite(decisions):  # observe how each owner's code can be rewritten
             calls = sorted(c for (path, c) in discovery.invocations if path == owner)
             invocations = [discovery.invocations[(owner, c)] for c in calls]
             owners[owner] = plan_owner(owner, module_at(model, owner), invocations, discovery.sites,
                                        site_paths, in_place_paths)
-    replacements = {}
-    for owner, plan in owners.items():
-        reps = _assign(owner, plan, decisions, module_at(model, owner))
-        if reps:
-            replacements[owner] = reps
-    for group in in_place:
-        _share(decisions, group.members, variant, policy)
-    for owner, reps in replacements.items():
-        for rep, _ in reps:
-            members = [i for i, d in enumerate(decisions) if d.owner == owner and d.replacement == rep.name
-                       and d.method == owners[owner].method]
-            _share(decisions, members, variant, policy)
+    new_modules = decide_rewrites(model, decisions, owners, in_place, variant, policy)  # decide the rest
     added = sum(d.parameters for d in decisions if d.action == "swap")
     report = SwapReport(variant, decisions, added, describe_inputs(discovery.example_inputs), dict(policy_kwargs))
     _warn(report, policy)
-    return _Plan(report, policy, discovery, in_place, owners, replacements)
+    return _Plan(report, policy, discovery, in_place, owners, new_modules)
 
 
 def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
@@ -425,42 +318,6 @@ def find_upsamplers(model: nn.Module, example_inputs: Any = None, **policy: Any)
     return plan_swap(model, variant, example_inputs, **policy).sites
 
 
-def _build(variant: str, decision: SiteDecision, policy: SwapPolicy, **defaults: Any) -> nn.Module:
-    module = create_upsampler(variant, decision.in_channels, decision.upsampler_scale,
-                              anchor=anchor_for(decision.site, policy), init=policy.init,
-                              groups_fallback=policy.groups_fallback, chain=policy.chain,
-                              positions=policy.positions, **defaults)
-    built = sum(p.numel() for p in module.parameters())
-    if built != decision.parameters:
-        raise RuntimeError(f"dysample_swap bug: {decision.path} was planned with {decision.parameters} parameters, "
-                           f"its {type(module).__name__} has {built}")
-    return module
-
-
-_UPSAMPLE_STATE = frozenset(nn.Upsample(scale_factor=2.0).__dict__)
-
-
-def _replace_in_place(model: nn.Module, group: _InPlace, decisions: list[SiteDecision], variant: str,
-                      policy: SwapPolicy) -> nn.Module:
-    """Put a new module where the ``nn.Upsample`` at ``group.path`` is; returns the original layer.
-
-    The new module takes the layer's ``size``/``scale_factor`` as its defaults, its training
-    mode, and every attribute a framework set on the layer (ultralytics' ``i``, ``f``, ``type``,
-    ``np``), so the framework's own code runs it as it ran the layer.
-    """
-    parent_path, _, child = group.path.rpartition(".")
-    parent = model if not parent_path else model.get_submodule(parent_path)
-    upsample = getattr(parent, child)
-    new = _build(variant, decisions[group.members[0]], policy, size=upsample.size,
-                 scale_factor=upsample.scale_factor)
-    new = new.to(**_like(model, parent)).train(upsample.training)
-    for key, value in upsample.__dict__.items():
-        if key not in _UPSAMPLE_STATE:
-            setattr(new, key, value)
-    setattr(parent, child, new)
-    return upsample
-
-
 def _self_check(model: nn.Module, plan: _Plan) -> None:
     """Re-run the example input and raise if an eager-fallback DySample was not reached."""
     routed = {join_path(d.owner, d.replacement) for d in plan.report.swapped if d.method == "eager fallback"}
@@ -523,14 +380,13 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
     previous = getattr(model, REPORT_ATTRIBUTE, None)
     report.previous = previous if isinstance(previous, SwapReport) else None
     decisions = plan.report.sites
-    for group in plan.in_place:
-        report.originals[group.path] = _replace_in_place(model, group, decisions, variant, plan.policy)
-    for owner, reps in plan.replacements.items():
+    for group in plan.in_place:  # rewrite: nothing is decided from here on
+        report.originals[group.path] = replace_in_place(model, group.path, decisions[group.members[0]], variant,
+                                                        plan.policy)
+    for owner, new in plan.new_modules.items():
         module = module_at(model, owner)
-        built = []
-        for rep, first in reps:
-            new = _build(variant, decisions[first], plan.policy).to(**_like(model, module)).train(module.training)
-            built.append(Replacement(rep.position, rep.name, new, rep.size_is_int))
+        built = [Replacement(n.position, n.name, build_replacement(model, module, decisions[n.decision], variant,
+                                                                   plan.policy), n.size_is_int) for n in new]
         if plan.owners[owner].method == "fx":
             apply_fx(module, plan.owners[owner], built)
         else:

@@ -63,9 +63,14 @@ Builder = Callable[..., nn.Module]
 """``build(channels, scale, *, anchor, init, groups_fallback, size, scale_factor) -> module``."""
 
 
+Counter = Callable[[int, int, str], int]
+"""``count(channels, scale, init) -> trainable parameters`` of one module (one stage) of a rival."""
+
+
 @dataclass(frozen=True)
 class _Entry:
     build: Builder
+    count: Counter | None  # None: a DySample variant, counted from its groups (variants.parameter_count)
     learned: bool  # False: the no-op arm, exact whatever the init
     chainable: bool
     exact_native: frozenset[str]  # anchors reproduced at scale x input, one stage, init="match"
@@ -105,15 +110,29 @@ def _interpolate(channels: int, scale: int, *, anchor: str, size: Size | None, s
     return InterpolateUpsampler(scale, anchor=anchor, size=size, scale_factor=scale_factor)
 
 
+def _carafe_count(c: int, s: int, init: str) -> int:
+    compressed, kernels = 64, 5 * 5 * s * s  # CARAFEPack's defaults: 64 channels, 5x5 kernels, a 3x3 encoder
+    return c * compressed + compressed + compressed * kernels * 9 + kernels
+
+
+def _deconv_count(c: int, s: int, init: str) -> int:
+    k = 2 * s - s % 2 if init == "match" else 2 * s - 1
+    return c * c * k * k + c
+
+
+def _pixelshuffle_count(c: int, s: int, init: str) -> int:
+    return c * c * s * s * 9 + c * s * s
+
+
 _EVERY = frozenset(ANCHORS)
 _STENCIL = frozenset({"bilinear", "nearest"})
 _NEAREST = frozenset({"nearest"})
 _ENTRIES: dict[str, _Entry] = {
-    **{v: _Entry(_dysample_builder(v), True, True, _EVERY, _EVERY) for v in VARIANTS},
-    "carafe": _Entry(_carafe, True, True, frozenset(), frozenset()),
-    "deconv": _Entry(_deconv, True, True, _STENCIL, _NEAREST),
-    "pixelshuffle": _Entry(_pixelshuffle, True, True, _STENCIL, _NEAREST),
-    "bilinear": _Entry(_interpolate, False, False, _EVERY, _EVERY),
+    **{v: _Entry(_dysample_builder(v), None, True, True, _EVERY, _EVERY) for v in VARIANTS},
+    "carafe": _Entry(_carafe, _carafe_count, True, True, frozenset(), frozenset()),
+    "deconv": _Entry(_deconv, _deconv_count, True, True, _STENCIL, _NEAREST),
+    "pixelshuffle": _Entry(_pixelshuffle, _pixelshuffle_count, True, True, _STENCIL, _NEAREST),
+    "bilinear": _Entry(_interpolate, lambda c, s, init: 0, False, False, _EVERY, _EVERY),
 }
 
 SWAP_POSITIONS: tuple[str, ...] = ("exact", "grid")
@@ -150,6 +169,22 @@ def upsampler_name(name: str) -> str:
     """
     _entry(name)
     return name.strip().lower()
+
+
+def rival_parameters(name: str, channels: int, scale: int, *, init: str = "match", chain: bool = True) -> int:
+    """Trainable parameters of ``create_upsampler(name, channels, scale, init=init, chain=chain)`` for a rival,
+    counted without building it (DySample variants are counted from their groups:
+    :func:`~dysample_swap.upsamplers.dysample.variants.parameter_count`).
+
+    Example:
+        >>> rival_parameters("carafe", 256, 2), rival_parameters("deconv", 8, 4), rival_parameters("bilinear", 8, 2)  # x4: 2 stages
+        (74148, 2064, 0)
+    """
+    entry = _entry(name)
+    if entry.count is None:
+        raise ValueError(f"{name} is a DySample variant: count it with parameter_count(variant, channels, scale, groups)")
+    stages = _stages(entry, scale, chain)
+    return stages * entry.count(channels, 2 if stages > 1 else scale, init)
 
 
 def chain_stages(name: str, scale: int, chain: bool = True) -> int:

@@ -1,10 +1,9 @@
-"""Rewrite the modules that own upsampling calls: torch.fx graph passes, or an eager fallback.
+"""torch.fx on the module that owns upsampling calls: find a trace (:func:`plan_owner`), then rewrite it (:func:`apply_fx`).
 
 Only the module whose own forward makes the calls (the *owner*) is traced, never the whole
 model, so models that fx cannot trace as a whole (detectors, smp models with input-shape checks,
-``torchvision.ops.FeaturePyramidNetwork`` with its dict input) still get rewritten.  Per owner,
-these traces are tried in order until one reproduces the owner's recorded output exactly on every
-recorded execution, in both train and eval mode:
+``torchvision.ops.FeaturePyramidNetwork`` with its dict input) still get rewritten. Per owner,
+these traces are tried in order until one is accepted:
 
 1. every child module a leaf; ``None``, bool and string arguments and tensors nested in
    lists/dicts made concrete (``torch.fx.PH`` placeholders), numbers left symbolic so run-time
@@ -16,55 +15,35 @@ recorded execution, in both train and eval mode:
    ``patch_height`` would make the model fail at every other input size, the eager fallback runs
    the original code at any size.
 
-The matched ``F.interpolate`` call_function nodes / ``nn.Upsample`` call_module nodes are
-replaced by call_module nodes to new ``DySample`` children of the owner (``dysample_<k>``, or the
-``nn.Upsample``'s own name when that module runs at one call only and is replaced in place),
-passing the graph's own ``size`` (so run-time sizes stay dynamic) or ``scale_factor`` as the
-original call did.
-The generated forward is installed as the ``forward`` of a per-instance subclass of the owner's
-class: ``isinstance``, attributes, state-dict keys and ``copy.deepcopy`` keep working, and
-``torch.fx.symbolic_trace`` of the patched model sees the DySample calls.  As with fx's own
-``GraphModule``, the generated code travels in ``__reduce_ex__`` (source text plus the modules and
-objects it refers to, by name) and the subclass is rebuilt on load, so ``pickle``, ``torch.save``
-of the whole model, ``copy.copy`` and a fresh interpreter all work.  :func:`restore` undoes it.
+A trace is accepted when the graph traced with every ``training`` flag off and the one traced
+with them on generate the same code (so the graph does not depend on ``self.training``), its
+upsampling calls match the recorded calls in order, and the traced module reproduces the
+recorded output (within ``rtol=1e-5, atol=1e-6``) on the first four recorded executions, which
+ran in eval mode. When none is accepted the owner gets the eager fallback
+(:mod:`dysample_swap.surgery.eager`).
 
-When no trace works (smp's ``SegformerDecoder``), the **eager fallback** installs a forward that
-runs the original one under a :class:`torch.overrides.TorchFunctionMode` routing the k-th
-interpolate call made *directly by the owner's code* to the k-th DySample.  Limits: torch.fx
-symbolic tracing cannot see it (``torch.export`` can: the mode is captured), it relies on every
-forward making its direct calls in the same order as on the example input, and calls made from
-helper functions are not routed.
-
-Example:
-    >>> import torch, torch.nn as nn
-    >>> from dysample_swap.surgery.rewrite import compile_forward
-    >>> callable(compile_forward)
-    True
+:func:`apply_fx` replaces the matched ``F.interpolate`` call_function nodes / ``nn.Upsample``
+call_module nodes by call_module nodes to new children of the owner (``dysample_<k>``), passing
+the graph's own ``size`` (so run-time sizes stay dynamic) or ``scale_factor`` as the original call
+did, and installs the generated forward (:mod:`dysample_swap.surgery.install`).
 """
 
 from __future__ import annotations
 
 import collections
-import importlib
 import inspect
-import itertools
-import linecache
 import logging
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from dysample_swap import _torch_compat
-from dysample_swap.surgery.sites import (Invocation, UpsampleSite, calling_module, first_user_frame,
-                                 is_upsample_module, join_path)
+from dysample_swap.surgery.install import Replacement, Rewrite, install, portable_globals
+from dysample_swap.surgery.sites import Invocation, UpsampleSite, is_upsample_module, join_path
 
 logger = logging.getLogger("dysample_swap")
 pytree = _torch_compat.pytree()
@@ -72,23 +51,6 @@ pytree = _torch_compat.pytree()
 _INTERPOLATE_SIG = inspect.signature(F.interpolate)
 _SCALARS = (int, float, bool, str)
 _MAX_VALIDATED_CALLS = 4
-_SOURCE_IDS = itertools.count()
-
-
-@dataclass
-class Replacement:
-    """One DySample that replaces one call (graph node, or k-th routed eager call) of an owner.
-
-    Example:
-        >>> from dysample_swap.upsamplers.dysample.module import DySample
-        >>> Replacement(0, "dysample_0", DySample(8)).name
-        'dysample_0'
-    """
-
-    position: int
-    name: str
-    module: nn.Module
-    size_is_int: bool = False
 
 
 @dataclass
@@ -325,146 +287,6 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
     return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error, in_place=in_place)
 
 
-def compile_forward(graph: fx.Graph, name: str) -> Callable[..., Any]:
-    """Compile ``graph`` into a plain ``forward(self, ...)`` function (source kept in linecache).
-
-    Example:
-        >>> import torch.fx as fx, torch.nn as nn
-        >>> g = fx.symbolic_trace(nn.ReLU()).graph
-        >>> fn = compile_forward(g, "ReLU")
-        >>> fn.__name__
-        'forward'
-    """
-    code = graph.python_code(root_module="self")
-    return _exec_forward(code.src, dict(code.globals), name)
-
-
-def _exec_forward(source: str, namespace: dict[str, Any], name: str) -> Callable[..., Any]:
-    filename = f"<dysample_swap generated forward of {name} #{next(_SOURCE_IDS)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - fx-generated code
-    return namespace["forward"]
-
-
-def _portable_globals(namespace: dict[str, Any]) -> dict[str, tuple[str, Any]]:
-    """The generated code's globals, modules by name (objects pickle by reference themselves)."""
-    return {name: ("module", value.__name__) if isinstance(value, ModuleType) else ("object", value)
-            for name, value in namespace.items() if name != "__builtins__"}
-
-
-def _resolve_globals(portable: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    return {name: importlib.import_module(value) if kind == "module" else value
-            for name, (kind, value) in portable.items()}
-
-
-@dataclass
-class Rewrite:
-    """How an owner's forward was replaced; enough to rebuild it in a fresh interpreter.
-
-    ``kind`` is ``"fx"`` (``source`` and ``globals`` of the generated forward, the pytree
-    signature as ``treespec_dumps`` strings) or ``"eager fallback"`` (``routes``: the k-th direct
-    interpolate call -> ``(DySample child name, size passed as one int)``, and the ``inner``
-    rewrite whose forward it wraps when the owner was already rewritten by an earlier swap).
-
-    Example:
-        >>> Rewrite("eager fallback", routes={0: ("dysample_0", False)}).kind
-        'eager fallback'
-    """
-
-    kind: str
-    source: str = ""
-    globals: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    specs: dict[str, str] = field(default_factory=dict)
-    routes: dict[int, tuple[str, bool]] = field(default_factory=dict)
-    inner: Rewrite | None = None
-
-    def forward(self, base: type) -> tuple[Callable[..., Any], dict[str, Any]]:
-        """The forward function this rewrite installs on a subclass of ``base``, and extra class attributes.
-
-        Example:
-            >>> fn, extra = Rewrite("eager fallback", routes={}).forward(nn.Identity)
-            >>> fn.__name__, extra
-            ('forward', {})
-        """
-        if self.kind == "eager fallback":
-            original, extra = self.inner.forward(base) if self.inner is not None else (base.forward, {})
-            return _eager_forward(original, self.routes), extra
-        forward = _exec_forward(self.source, _resolve_globals(self.globals), base.__name__)
-        return forward, {name: pytree.treespec_loads(spec) for name, spec in self.specs.items()}
-
-
-def _rebuild(base: type, rewrite: Rewrite) -> nn.Module:
-    """Unpickling: a bare instance of ``base`` with the rewrite installed (its state is set after)."""
-    module = base.__new__(base)
-    _install(module, rewrite)
-    return module
-
-
-def _reduce_ex(self: nn.Module, protocol: int) -> Any:
-    cls = type(self)
-    return _rebuild, (cls._dysample_swap_base, cls._dysample_swap_rewrite), self.__getstate__()
-
-
-def _install(owner: nn.Module, rewrite: Rewrite) -> None:
-    """Give ``owner`` its own subclass of its class whose ``forward`` is the rewritten one.
-
-    The subclass keeps the class name, module and docstring (``isinstance`` holds), pickles
-    through :class:`Rewrite`, and remembers its base for :func:`restore`.
-    """
-    cls = type(owner)
-    if is_rewritten(owner):  # swapped before: build on the original class (fx code already holds the old rewrite)
-        if rewrite.kind == "eager fallback":
-            rewrite.inner = cls._dysample_swap_rewrite
-        cls = cls._dysample_swap_base
-    forward, extra = rewrite.forward(cls)
-    namespace = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                 "__doc__": cls.__doc__, "__reduce_ex__": _reduce_ex, "_dysample_swap_base": cls,
-                 "_dysample_swap_rewrite": rewrite, **extra}
-    owner.__class__ = type(cls.__name__, (cls,), namespace)
-
-
-def is_rewritten(module: nn.Module) -> bool:
-    """True when ``module``'s forward was replaced by :func:`apply_fx` or :func:`apply_eager`.
-
-    Example:
-        >>> is_rewritten(nn.ReLU())
-        False
-    """
-    return "_dysample_swap_base" in type(module).__dict__
-
-
-def restore(owner: nn.Module) -> None:
-    """Give a rewritten ``owner`` its original class (and so its original forward) back.
-
-    Example:
-        >>> import torch.nn.functional as F
-        >>> class Up(nn.Module):
-        ...     def forward(self, x):
-        ...         return F.interpolate(x, scale_factor=2.0)
-        >>> up = Up()
-        >>> apply_eager(up, [])
-        >>> restore(up)
-        >>> type(up) is Up
-        True
-    """
-    if not is_rewritten(owner):
-        raise ValueError(f"{type(owner).__name__} was not rewritten by dysample_swap")
-    owner.__class__ = type(owner).__dict__["_dysample_swap_base"]
-
-
-def free_name(owner: nn.Module, position: int) -> str:
-    """A child name ``dysample_<position>`` not yet used on ``owner``.
-
-    Example:
-        >>> free_name(nn.Module(), 3)
-        'dysample_3'
-    """
-    name = f"dysample_{position}"
-    while hasattr(owner, name):
-        name += "_"
-    return name
-
-
 def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement]) -> None:
     """Replace the planned graph nodes by DySample calls and install the new forward.
 
@@ -512,65 +334,4 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
     specs = {}
     if info is not None:
         specs = {"_in_spec": pytree.treespec_dumps(info.in_spec), "_out_spec": pytree.treespec_dumps(info.out_spec)}
-    _install(owner, Rewrite("fx", code.src, _portable_globals(code.globals), specs))
-
-
-class _EagerRouter(TorchFunctionMode):
-    """Routes the k-th interpolate call made directly by ``owner``'s code to a DySample."""
-
-    def __init__(self, owner: nn.Module, routes: dict[int, tuple[str, bool]]) -> None:
-        super().__init__()
-        self.owner = owner
-        self.routes = routes
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        if func is not F.interpolate:
-            return func(*args, **kwargs)
-        here = sys._getframe()
-        frame, _ = first_user_frame(here)
-        if (frame is None or frame.f_locals.get("self") is not self.owner
-                or calling_module(here) is not self.owner):
-            return func(*args, **kwargs)
-        position = self.count
-        self.count += 1
-        if position not in self.routes:
-            return func(*args, **kwargs)
-        name, size_is_int = self.routes[position]
-        a = _INTERPOLATE_SIG.bind(*args, **kwargs).arguments
-        size = a.get("size")
-        if size is not None:
-            return getattr(self.owner, name)(a["input"], size=(size, size) if size_is_int else size)
-        return getattr(self.owner, name)(a["input"], scale_factor=a.get("scale_factor"))
-
-
-def _eager_forward(original: Callable[..., Any], routes: dict[int, tuple[str, bool]]) -> Callable[..., Any]:
-    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with _EagerRouter(self, routes):
-            return original(self, *args, **kwargs)
-
-    forward.__doc__ = original.__doc__
-    forward.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    return forward
-
-
-def apply_eager(owner: nn.Module, replacements: list[Replacement]) -> None:
-    """Install the eager fallback: the k-th direct interpolate call goes to the k-th replacement.
-
-    Example:
-        >>> import torch, torch.nn as nn, torch.nn.functional as F
-        >>> from dysample_swap.upsamplers.dysample.module import DySample
-        >>> class Up(nn.Module):
-        ...     def forward(self, x):
-        ...         return F.interpolate(x, scale_factor=2.0)
-        >>> up = Up()
-        >>> apply_eager(up, [Replacement(0, "dysample_0", DySample(4, anchor="nearest"))])
-        >>> isinstance(up, Up), up(torch.rand(1, 4, 3, 3)).shape
-        (True, torch.Size([1, 4, 6, 6]))
-    """
-    routes = {}
-    for rep in replacements:
-        owner.add_module(rep.name, rep.module)
-        routes[rep.position] = (rep.name, rep.size_is_int)
-    _install(owner, Rewrite("eager fallback", routes=routes))
+    install(owner, Rewrite("fx", code.src, portable_globals(code.globals), specs))
