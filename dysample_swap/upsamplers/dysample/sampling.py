@@ -182,8 +182,8 @@ def size_pair(value: float | Sequence[float], name: str) -> tuple:
 
 
 def _checked_size(value: int, axis: str) -> int:
-    """One axis of ``size``: a whole number of pixels >= 1 (a symbolic size passes unchecked)."""
-    if isinstance(value, torch.SymInt):
+    """One axis of ``size``: a whole number of pixels >= 1 (a symbolic or traced size passes unchecked)."""
+    if isinstance(value, (torch.SymInt, torch.Tensor)):  # a Tensor: torch.jit tracing records x.shape as 0-d tensors
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"size must be whole numbers of pixels (as F.interpolate requires), got {value!r} for the "
