@@ -48,7 +48,7 @@ def interleaved(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, 
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(rounds):
-        for name in (list(steps) if round_index % 2 == 0 else list(reversed(steps))):
+        for name in list(steps) if round_index % 2 == 0 else list(reversed(steps)):
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
@@ -59,6 +59,7 @@ def inference_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         with torch.no_grad():
             model(x)
+
     return step
 
 
@@ -66,6 +67,7 @@ def training_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Ca
     def step() -> None:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), labels).backward()
+
     return step
 
 
@@ -91,8 +93,15 @@ def sampler_steps(threads: int, rounds: int, sampler: str) -> dict[str, float]:
     def bilinear_bwd() -> None:
         F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False).backward(upstream)
 
-    return interleaved({"sampler fwd": sample_fwd, "sampler fwd+bwd": sample_bwd, "bilinear fwd": bilinear_fwd,
-                        "bilinear fwd+bwd": bilinear_bwd}, rounds)
+    return interleaved(
+        {
+            "sampler fwd": sample_fwd,
+            "sampler fwd+bwd": sample_bwd,
+            "bilinear fwd": bilinear_fwd,
+            "bilinear fwd+bwd": bilinear_bwd,
+        },
+        rounds,
+    )
 
 
 def main() -> None:
@@ -105,30 +114,44 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"eager PyTorch {torch.__version__}, CPU, {args.threads} threads, median of {args.rounds} interleaved rounds")
-    print("| model (resnet34, dysample+) | inference 512 px: original ms | swapped ms | swapped / original | "
-          "train step 256 px x4: original ms | swapped ms | swapped / original |")
+    print(
+        "| model (resnet34, dysample+) | inference 512 px: original ms | swapped ms | swapped / original | "
+        "train step 256 px x4: original ms | swapped ms | swapped / original |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arch in args.models:
         original, swapped = pair(arch)
         x = torch.randn(1, 3, 512, 512)
-        infer = interleaved({"original": inference_step(original.eval(), x),
-                             "swapped": inference_step(swapped.eval(), x)}, args.rounds)
+        infer = interleaved(
+            {"original": inference_step(original.eval(), x), "swapped": inference_step(swapped.eval(), x)}, args.rounds
+        )
         batch, labels = torch.randn(4, 3, 256, 256), torch.randint(0, 5, (4, 256, 256))
-        train = interleaved({"original": training_step(original.train(), batch, labels),
-                             "swapped": training_step(swapped.train(), batch, labels)}, args.rounds)
-        print(f"| smp {arch} | {1e3 * infer['original']:.1f} | {1e3 * infer['swapped']:.1f} | "
-              f"{infer['swapped'] / infer['original']:.2f}x | {1e3 * train['original']:.1f} | "
-              f"{1e3 * train['swapped']:.1f} | {train['swapped'] / train['original']:.2f}x |")
+        train = interleaved(
+            {
+                "original": training_step(original.train(), batch, labels),
+                "swapped": training_step(swapped.train(), batch, labels),
+            },
+            args.rounds,
+        )
+        print(
+            f"| smp {arch} | {1e3 * infer['original']:.1f} | {1e3 * infer['swapped']:.1f} | "
+            f"{infer['swapped'] / infer['original']:.2f}x | {1e3 * train['original']:.1f} | "
+            f"{1e3 * train['swapped']:.1f} | {train['swapped'] / train['original']:.2f}x |"
+        )
     print()
     print("sampler alone (dysample_sample, 1x256x120x120 x2, groups 4) and bilinear, by thread count:")
-    print("| threads | sampler | sampler fwd ms | bilinear fwd ms | fwd ratio | sampler fwd+bwd ms | "
-          "bilinear fwd+bwd ms | fwd+bwd ratio |")
+    print(
+        "| threads | sampler | sampler fwd ms | bilinear fwd ms | fwd ratio | sampler fwd+bwd ms | "
+        "bilinear fwd+bwd ms | fwd+bwd ratio |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for threads, sampler in ((1, "native"), (2, "native"), (1, "reference"), (2, "reference")):
         t = sampler_steps(threads, args.rounds, sampler)
-        print(f"| {threads} | {sampler} | {1e3 * t['sampler fwd']:.1f} | {1e3 * t['bilinear fwd']:.1f} | "
-              f"{t['sampler fwd'] / t['bilinear fwd']:.2f}x | {1e3 * t['sampler fwd+bwd']:.1f} | "
-              f"{1e3 * t['bilinear fwd+bwd']:.1f} | {t['sampler fwd+bwd'] / t['bilinear fwd+bwd']:.2f}x |")
+        print(
+            f"| {threads} | {sampler} | {1e3 * t['sampler fwd']:.1f} | {1e3 * t['bilinear fwd']:.1f} | "
+            f"{t['sampler fwd'] / t['bilinear fwd']:.2f}x | {1e3 * t['sampler fwd+bwd']:.1f} | "
+            f"{1e3 * t['bilinear fwd+bwd']:.1f} | {t['sampler fwd+bwd'] / t['bilinear fwd+bwd']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,11 +43,13 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, dynamo: bool) ->
         warnings.simplefilter("ignore")
         if dynamo:
             dims = {2: torch.export.Dim("h", min=32, max=1024), 3: torch.export.Dim("w", min=32, max=1024)}
-            torch.onnx.export(model, (example,), str(path), input_names=["x"], dynamic_shapes=(dims,), dynamo=True,
-                              verbose=False)
+            torch.onnx.export(
+                model, (example,), str(path), input_names=["x"], dynamic_shapes=(dims,), dynamo=True, verbose=False
+            )
         else:
-            torch.onnx.export(model, (example,), str(path), input_names=["x"], dynamo=False,
-                              dynamic_axes={"x": {2: "h", 3: "w"}})
+            torch.onnx.export(
+                model, (example,), str(path), input_names=["x"], dynamo=False, dynamic_axes={"x": {2: "h", 3: "w"}}
+            )
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -60,7 +62,7 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 def interleaved(sessions: dict[str, ort.InferenceSession], feed: np.ndarray, rounds: int) -> dict[str, float]:
     """Median seconds of each session on the same input, alternating every round (one warm-up run each)."""
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for name, s in sessions.items():
+    for s in sessions.values():
         s.run(None, {"x": feed})
     for round_index in range(rounds):
         order = list(sessions) if round_index % 2 == 0 else list(reversed(sessions))
@@ -89,8 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"onnxruntime {ort.__version__} CPU, {args.threads} threads, median of {args.rounds} interleaved rounds, "
-          f"torch.onnx.export(dynamo={args.dynamo}), exported at 256 px with dynamic H/W")
+    print(
+        f"onnxruntime {ort.__version__} CPU, {args.threads} threads, median of {args.rounds} interleaved rounds, "
+        f"torch.onnx.export(dynamo={args.dynamo}), exported at 256 px with dynamic H/W"
+    )
     print("| model | size | original ms | swapped ms | swapped / original | ORT vs PyTorch at 320x448 (rel.) |")
     print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +114,10 @@ def main() -> None:
             for size in args.sizes:
                 feed = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
                 t = interleaved(sessions, feed, args.rounds)
-                print(f"| smp {arch} resnet34 | {size} | {1e3 * t['original']:.1f} | {1e3 * t['swapped']:.1f} | "
-                      f"{t['swapped'] / t['original']:.2f}x | {error:.1e} |")
+                print(
+                    f"| smp {arch} resnet34 | {size} | {1e3 * t['original']:.1f} | {1e3 * t['swapped']:.1f} | "
+                    f"{t['swapped'] / t['original']:.2f}x | {error:.1e} |"
+                )
         sampler = DySample.from_variant("dysample+", 256).eval()
         sessions = {}
         for name, model in (("bilinear", Bilinear()), ("dysample+", sampler)):
@@ -121,8 +127,10 @@ def main() -> None:
         error = check(sampler, sessions["dysample+"], (1, 256, 47, 61))
         feed = np.random.default_rng(0).standard_normal((1, 256, 120, 120), dtype=np.float32)
         t = interleaved(sessions, feed, args.rounds)
-        print(f"| sampler alone: dysample+ vs bilinear, 1x256x120x120 x2 | 120 | {1e3 * t['bilinear']:.1f} | "
-              f"{1e3 * t['dysample+']:.1f} | {t['dysample+'] / t['bilinear']:.2f}x | {error:.1e} |")
+        print(
+            f"| sampler alone: dysample+ vs bilinear, 1x256x120x120 x2 | 120 | {1e3 * t['bilinear']:.1f} | "
+            f"{1e3 * t['dysample+']:.1f} | {t['dysample+'] / t['bilinear']:.2f}x | {error:.1e} |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"| model | swapped sites | one plain forward (s) | swap_upsamplers median (s) | max (s) | "
-          f"median / forward |  ({args.threads} threads)")
+    print(
+        f"| model | swapped sites | one plain forward (s) | swap_upsamplers median (s) | max (s) | "
+        f"median / forward |  ({args.threads} threads)"
+    )
     print("|---|---|---|---|---|---|")
     for spec in MODELS:
         forward = time_forward(spec)

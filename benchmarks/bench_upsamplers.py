@@ -28,18 +28,18 @@ from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler quiet
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_reference import PaperDySample  # noqa: E402
+from paper_reference import PaperDySample
 
-from dysample_swap import VARIANTS, DySample, create_upsampler  # noqa: E402
-from dysample_swap.upsamplers.dysample.sampling import dysample  # noqa: E402
-from dysample_swap.upsamplers.dysample.variants import variant_settings  # noqa: E402
+from dysample_swap import VARIANTS, DySample, create_upsampler
+from dysample_swap.upsamplers.dysample.sampling import dysample
+from dysample_swap.upsamplers.dysample.variants import variant_settings
 
 
 class Interpolate(nn.Module):
@@ -50,7 +50,9 @@ class Interpolate(nn.Module):
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False if self.mode == "bilinear" else None)
+        return F.interpolate(
+            x, scale_factor=2, mode=self.mode, align_corners=False if self.mode == "bilinear" else None
+        )
 
 
 class PurePyTorch(nn.Module):
@@ -62,8 +64,18 @@ class PurePyTorch(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         m = self.module
-        return dysample(x, m.offset.weight, m.offset.bias, m.scope.weight if m.dyscope else None, m.scale, m.style,
-                        m.groups, positions=m.positions, init_pos=m.init_pos, sampler="reference")
+        return dysample(
+            x,
+            m.offset.weight,
+            m.offset.bias,
+            m.scope.weight if m.dyscope else None,
+            m.scale,
+            m.style,
+            m.groups,
+            positions=m.positions,
+            init_pos=m.init_pos,
+            sampler="reference",
+        )
 
 
 def build_methods(channels: int) -> dict[str, nn.Module]:
@@ -81,7 +93,9 @@ def build_methods(channels: int) -> dict[str, nn.Module]:
         if variant in ("dysample", "dysample+"):
             methods[f"exact:{variant}"] = DySample.from_variant(variant, channels, scale=2, positions="exact")
         settings = variant_settings(variant)
-        methods[f"paper:{variant}"] = PaperDySample(channels, 2, settings["style"], settings["groups"], settings["dyscope"])
+        methods[f"paper:{variant}"] = PaperDySample(
+            channels, 2, settings["style"], settings["groups"], settings["dyscope"]
+        )
     return methods
 
 
@@ -114,6 +128,7 @@ def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, fl
         def step() -> None:
             with torch.no_grad():
                 m(x)
+
         return step
 
     upstream = torch.randn(1, channels, 2 * size, 2 * size)  # dense: .sum() would add the same copy to both arms
@@ -121,6 +136,7 @@ def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, fl
     def train_step(m: nn.Module) -> Callable[[], None]:
         def step() -> None:
             m(x_grad).backward(upstream)
+
         return step
 
     fwd_times: dict[str, list[float]] = {name: [] for name in methods}

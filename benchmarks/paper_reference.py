@@ -46,9 +46,7 @@ class PaperDySample(nn.Module):
         coords = coords.unsqueeze(1).unsqueeze(0).type(x.dtype).to(x.device)
         normalizer = torch.tensor([w, h], dtype=x.dtype, device=x.device).view(1, 2, 1, 1, 1)
         coords = 2 * (coords + offset) / normalizer - 1
-        coords = F.pixel_shuffle(coords.view(b, -1, h, w), self.scale).view(
-            b, 2, -1, self.scale * h, self.scale * w
-        )
+        coords = F.pixel_shuffle(coords.view(b, -1, h, w), self.scale).view(b, 2, -1, self.scale * h, self.scale * w)
         coords = coords.permute(0, 2, 3, 4, 1).contiguous().flatten(0, 1)
         out = F.grid_sample(
             x.reshape(b * self.groups, -1, h, w), coords, mode="bilinear", align_corners=False, padding_mode="border"

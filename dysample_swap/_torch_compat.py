@@ -115,4 +115,5 @@ def require() -> None:
         raise RuntimeError(
             f"dysample_swap's surgery needs torch internals that torch {torch.__version__} does not "
             f"have: {', '.join(missing)}. Install a supported torch (2.4 to 2.14 are tested) or "
-            "build DySample modules by hand with dysample_swap.DySample.")
+            "build DySample modules by hand with dysample_swap.DySample."
+        )

@@ -45,12 +45,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare_on_folder"))
     args = parser.parse_args()
     root = args.root or write_demo_folder(Path(tempfile.mkdtemp()) / "shapes")
-    cfg = load_config("smp_fpn_folder", [
-        f"data.root={root}", f"data.num_classes={args.num_classes}", "data.image_size=64",
-        "model.spec=smp:FPN:encoder_name=resnet18,classes={num_classes}",
-        f"train.max_steps={args.steps}", "train.batch_size=8", "train.lr=1e-3",
-        "train.warmup_steps=10", "train.amp=none", f"train.eval_every={args.steps // 2}",
-        "train.checkpoint_every=0", "train.log_every=5", "eval.batch_size=8"])
+    cfg = load_config(
+        "smp_fpn_folder",
+        [
+            f"data.root={root}",
+            f"data.num_classes={args.num_classes}",
+            "data.image_size=64",
+            "model.spec=smp:FPN:encoder_name=resnet18,classes={num_classes}",
+            f"train.max_steps={args.steps}",
+            "train.batch_size=8",
+            "train.lr=1e-3",
+            "train.warmup_steps=10",
+            "train.amp=none",
+            f"train.eval_every={args.steps // 2}",
+            "train.checkpoint_every=0",
+            "train.log_every=5",
+            "eval.batch_size=8",
+        ],
+    )
     summary = run_compare(cfg, args.out)
     print(compare_table(summary))
     print(f"plots: {', '.join(summary['plots'].values())}")

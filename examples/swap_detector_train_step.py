@@ -20,18 +20,20 @@ from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 
 def main() -> None:
     torch.manual_seed(0)
-    data = build_dataset({"format": "synthetic", "task": "detection", "image_size": 96,
-                          "num_samples": 2}, "train")
+    data = build_dataset({"format": "synthetic", "task": "detection", "image_size": 96, "num_samples": 2}, "train")
     images, targets = zip(*(data[i] for i in range(2)))
-    model = build_model("torchvision:fasterrcnn_resnet50_fpn:min_size=96,max_size=96,"
-                        f"num_classes={data.num_classes}").eval()
+    model = build_model(
+        f"torchvision:fasterrcnn_resnet50_fpn:min_size=96,max_size=96,num_classes={data.num_classes}"
+    ).eval()
     with torch.no_grad():
         before = model([images[0]])[0]["boxes"]
     model = swap_upsamplers(model, "dysample+", example_inputs=[images[0]])
     with torch.no_grad():
         after = model([images[0]])[0]["boxes"]
-    print(f"swapped {len(swap_report(model).swapped)} sites; detections unchanged by the swap: "
-          f"{torch.allclose(before, after, atol=1e-4)}")
+    print(
+        f"swapped {len(swap_report(model).swapped)} sites; detections unchanged by the swap: "
+        f"{torch.allclose(before, after, atol=1e-4)}"
+    )
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
@@ -46,6 +48,7 @@ def main() -> None:
             print(f"  {name}: |grad| = {param.grad.abs().sum().item():.3g}")
     # offset.weight gets a gradient at once; scope.weight multiplies the (zero) initial offsets,
     # so its gradient is exactly zero until the offsets have moved away from zero.
+
 
 if __name__ == "__main__":
     main()

@@ -24,24 +24,34 @@ from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 def main(path: Path) -> None:
     torch.manual_seed(0)
     model = build_model("smp:FPN:encoder_name=resnet18,classes=3").eval()
-    model = swap_upsamplers(model, "dysample+", example_inputs=torch.randn(1, 3, 128, 128),
-                            verbose=False, init="paper")  # paper init: non-zero offsets
+    model = swap_upsamplers(
+        model, "dysample+", example_inputs=torch.randn(1, 3, 128, 128), verbose=False, init="paper"
+    )  # paper init: non-zero offsets
     print(f"swapped {len(swap_report(model).swapped)} upsampling sites")
     height, width = torch.export.Dim("height", min=1, max=64), torch.export.Dim("width", min=1, max=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # smp FPN needs sizes divisible by 32: export H = 32 * height, W = 32 * width.
-        torch.onnx.export(model, (torch.randn(1, 3, 128, 128),), str(path), dynamo=True,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_shapes=({2: 32 * height, 3: 32 * width},), verbose=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(1, 3, 128, 128),),
+            str(path),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes=({2: 32 * height, 3: 32 * width},),
+            verbose=False,
+        )
     session = onnxruntime.InferenceSession(str(path))
     for shape in ((1, 3, 128, 128), (1, 3, 96, 160)):
         x = torch.randn(*shape)
         (onnx_out,) = session.run(None, {"image": x.numpy()})
         with torch.no_grad():
             torch_out = model(x).numpy()
-        print(f"input {tuple(shape)}: onnxruntime {onnx_out.shape}, max |diff| vs PyTorch "
-              f"{np.abs(onnx_out - torch_out).max():.2e}")
+        print(
+            f"input {tuple(shape)}: onnxruntime {onnx_out.shape}, max |diff| vs PyTorch "
+            f"{np.abs(onnx_out - torch_out).max():.2e}"
+        )
     print(f"wrote {path}")
 
 

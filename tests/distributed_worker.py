@@ -15,20 +15,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from dysample_swap.finetune.builders import load_datasets, make_arm, seed_everything
 from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.distributed import init_distributed, shutdown_distributed
 from dysample_swap.finetune.engine import Trainer
-from dysample_swap.finetune.builders import load_datasets, make_arm, seed_everything
 from dysample_swap.finetune.tasks import make_task
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_engine_resume import TinySeg  # noqa: E402
+from test_engine_resume import TinySeg
 
 CONFIG = {
-    "data": {"format": "synthetic", "image_size": 16, "num_samples": 20, "num_val_samples": 5,
-             "num_classes": 2},
-    "train": {"max_steps": 4, "batch_size": 2, "lr": 0.01, "log_every": 1, "progress": "never",
-              "device": "cpu", "checkpoint_every": 2},
+    "data": {"format": "synthetic", "image_size": 16, "num_samples": 20, "num_val_samples": 5, "num_classes": 2},
+    "train": {
+        "max_steps": 4,
+        "batch_size": 2,
+        "lr": 0.01,
+        "log_every": 1,
+        "progress": "never",
+        "device": "cpu",
+        "checkpoint_every": 2,
+    },
     "eval": {"batch_size": 2},
 }
 
@@ -42,7 +48,7 @@ class Recorder(Dataset):
     def __len__(self) -> int:
         return len(self.inner)
 
-    def __getitem__(self, index: int):  # noqa: ANN204
+    def __getitem__(self, index: int):
         self.seen.append(int(index))
         return self.inner[index]
 
@@ -64,9 +70,17 @@ def main(out: Path) -> None:
     arm = make_arm(cfg, TinySeg(task.num_classes), task, val_set, swapped=True, verbose=False)
     recorder = Recorder(train_set)
     result = Trainer(cfg, arm, task, recorder, val_set, ctx, out / "run").fit()
-    (out / f"rank{ctx.rank}.json").write_text(json.dumps({
-        "rank": ctx.rank, "world_size": ctx.world_size, "indices": recorder.seen,
-        "digest": digest(arm.model), "metrics": result.metrics}))
+    (out / f"rank{ctx.rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": ctx.rank,
+                "world_size": ctx.world_size,
+                "indices": recorder.seen,
+                "digest": digest(arm.model),
+                "metrics": result.metrics,
+            }
+        )
+    )
     shutdown_distributed()
 
 

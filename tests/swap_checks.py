@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 
-from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.surgery.swap import SwapReport, find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.upsamplers.dysample.module import DySample
 
 RTOL = 1e-4
 """Float32 tolerance, relative to the largest output magnitude: grid_sample positions are good to
@@ -64,8 +64,12 @@ def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 
 def dysample_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {f"{path}.{name}": p for path, m in model.named_modules() if isinstance(m, DySample)
-            for name, p in m.named_parameters()}
+    return {
+        f"{path}.{name}": p
+        for path, m in model.named_modules()
+        if isinstance(m, DySample)
+        for name, p in m.named_parameters()
+    }
 
 
 def run(model: nn.Module, inputs: tuple[Any, ...], output: Callable[[nn.Module, tuple[Any, ...]], Any]) -> Any:
@@ -121,7 +125,8 @@ def check_swap(
     assert sum(s.method == "eager fallback" for s in report.swapped) == fallback, summary
     new = dysample_parameters(model)
     assert len({s.owner + "." + s.replacement for s in report.swapped}) == len(
-        [m for m in model.modules() if isinstance(m, DySample)])
+        [m for m in model.modules() if isinstance(m, DySample)]
+    )
     assert report.parameters_added == sum(p.numel() for p in new.values())
 
     keys = set(model.state_dict())
@@ -152,8 +157,9 @@ def check_swap(
     return model, report
 
 
-def _check_training(model: nn.Module, inputs: tuple[Any, ...], loss: Callable[..., torch.Tensor],
-                    new: dict[str, nn.Parameter]) -> None:
+def _check_training(
+    model: nn.Module, inputs: tuple[Any, ...], loss: Callable[..., torch.Tensor], new: dict[str, nn.Parameter]
+) -> None:
     """Two SGD steps: every DySample parameter must get a non-zero gradient in one of them.
 
     (With zero-initialised offsets the dynamic-scope weights only see a gradient once the offset

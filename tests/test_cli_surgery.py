@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from dysample_swap.cli import main
-from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.surgery.model_spec import UntrustedSpecError, build_model, parse_spec
 from dysample_swap.surgery.persist import load_swapped
+from dysample_swap.upsamplers.dysample.module import DySample
 
 FPN = "smp:FPN:encoder_name=resnet18,encoder_depth=3,decoder_segmentation_channels=32"
 
@@ -25,20 +25,54 @@ def test_inspect_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", FPN]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["path", "kind", "mode", "channels", "in", "->", "out", "scale/size", "action", "how",
-                                 "reason"]
+    assert lines[0].split() == [
+        "path",
+        "kind",
+        "mode",
+        "channels",
+        "in",
+        "->",
+        "out",
+        "scale/size",
+        "action",
+        "how",
+        "reason",
+    ]
     assert any(line.startswith("decoder.p3 ") and " swap " in line for line in lines)
     assert any(line.startswith("segmentation_head.1 ") and "final logits" in line for line in lines)
     assert "9 swapped, 1 skipped; variant dysample+ adds 61,728 parameters" in lines
     costs = {line.split()[0]: line.split()[1:] for line in lines[-8:]}
-    assert list(costs) == ["dysample", "dysample+", "dysample-s", "dysample-s+", "carafe", "deconv", "pixelshuffle",
-                           "bilinear"]
+    assert list(costs) == [
+        "dysample",
+        "dysample+",
+        "dysample-s",
+        "dysample-s+",
+        "carafe",
+        "deconv",
+        "pixelshuffle",
+        "bilinear",
+    ]
     assert costs["dysample+"][0] == "61,728" and costs["bilinear"][0] == "0"  # the same count as the plan
 
 
 def test_inspect_options(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", FPN, "--variant", "dysample-s", "--input-shape", "1x3x96x96",
-                 "--exclude", "decoder.seg_blocks.*", "--swap-final", "--groups-fallback"]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                FPN,
+                "--variant",
+                "dysample-s",
+                "--input-shape",
+                "1x3x96x96",
+                "--exclude",
+                "decoder.seg_blocks.*",
+                "--swap-final",
+                "--groups-fallback",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "96x96" in out and out.count("excluded by exclude=") == 6
     assert "in_channels % scale**2" in out or "pixel" in out  # the 1-class x4 head cannot take PL
@@ -112,7 +146,10 @@ def test_bad_specs_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_parse_and_build_specs() -> None:
     assert parse_spec("torchvision:fcos_resnet50_fpn:min_size=320,box_score_thresh=0.1") == (
-        "torchvision", "fcos_resnet50_fpn", {"min_size": 320, "box_score_thresh": 0.1})
+        "torchvision",
+        "fcos_resnet50_fpn",
+        {"min_size": 320, "box_score_thresh": 0.1},
+    )
     with pytest.raises(ValueError, match="is not SOURCE:NAME"):
         parse_spec("FPN")
     with pytest.raises(ValueError, match="is not key=value"):

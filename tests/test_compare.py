@@ -25,8 +25,9 @@ class TinyNet(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
         self.mid = nn.Conv2d(16, 16, 3, padding=1)
         self.up2 = nn.Upsample(scale_factor=2, mode="bilinear")
@@ -41,11 +42,24 @@ def tiny_net(num_classes: int) -> nn.Module:
     return TinyNet(num_classes)
 
 
-TINY = ["model.spec=test_compare:tiny_net:num_classes={num_classes}", "data.image_size=24",
-        "data.num_samples=12", "data.num_val_samples=6", "train.batch_size=4", "train.max_steps=3",
-        "train.lr=0.01", "train.warmup_steps=1", "train.log_every=1", "train.eval_every=2",
-        "train.checkpoint_every=0", "eval.batch_size=6", "eval.num_images=2",
-        "train.progress=never", "swap.policy.verbose=false", "compare.resamples=200"]
+TINY = [
+    "model.spec=test_compare:tiny_net:num_classes={num_classes}",
+    "data.image_size=24",
+    "data.num_samples=12",
+    "data.num_val_samples=6",
+    "train.batch_size=4",
+    "train.max_steps=3",
+    "train.lr=0.01",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.checkpoint_every=0",
+    "eval.batch_size=6",
+    "eval.num_images=2",
+    "train.progress=never",
+    "swap.policy.verbose=false",
+    "compare.resamples=200",
+]
 
 
 def _argv(*overrides: str) -> list[str]:
@@ -63,8 +77,9 @@ def _first_loss(run: Path) -> float:
 @pytest.mark.slow
 def test_three_arms_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
-    status = main(["compare", "demo", "--arms", "original,dysample,dysample+", "--seeds", "2",
-                   "--out", str(out), *_argv()])
+    status = main(
+        ["compare", "demo", "--arms", "original,dysample,dysample+", "--seeds", "2", "--out", str(out), *_argv()]
+    )
     stdout = capsys.readouterr().out
     assert status == 0
     arms = ["original", "dysample", "dysample+"]
@@ -73,8 +88,7 @@ def test_three_arms_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     for arm in arms:
         for seed in (0, 1):
             run = out / arm / f"seed{seed}"
-            for name in ("summary.json", "metrics.jsonl", "config.yaml", "per_image_counts.npy",
-                         "checkpoints/last.pt"):
+            for name in ("summary.json", "metrics.jsonl", "config.yaml", "per_image_counts.npy", "checkpoints/last.pt"):
                 assert (run / name).is_file(), run / name
     # Per seed: the same initial weights and batches in every arm (the swap starts out exact,
     # so the first loss, computed before any update, agrees); another seed starts elsewhere.
@@ -104,25 +118,33 @@ def test_three_arms_two_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 
     diffs = summary["differences"]
     assert diffs["method"] == "paired bootstrap over validation images and seeds"
-    assert (diffs["reference"], diffs["level"], diffs["resamples"], diffs["images"]) == (
-        "original", 0.95, 200, 6)
+    assert (diffs["reference"], diffs["level"], diffs["resamples"], diffs["images"]) == ("original", 0.95, 200, 6)
     assert sorted(diffs["arms"]) == ["dysample", "dysample+"]
     for arm in ("dysample", "dysample+"):
         d = diffs["arms"][arm]["mIoU"]
-        expected = summary["arms"][arm]["metrics"]["mIoU"]["mean"] - summary["arms"]["original"]["metrics"]["mIoU"]["mean"]
+        expected = (
+            summary["arms"][arm]["metrics"]["mIoU"]["mean"] - summary["arms"]["original"]["metrics"]["mIoU"]["mean"]
+        )
         assert d["mean"] == pytest.approx(expected, abs=2e-4)
         assert d["low"] <= d["high"] and d["excludes_zero"] == (d["low"] > 0 or d["high"] < 0)
 
     # The printed tables: mean ± std per arm, intervals against the original, how they were made.
     lines = stdout.splitlines()
-    assert next(l for l in lines if l.startswith("metric")).split() == ["metric", *arms]
-    assert next(l for l in lines if l.startswith("difference")).split() == [
-        "difference", "dysample", "-", "original", "dysample+", "-", "original"]
-    miou_rows = [l for l in lines if l.startswith("mIoU ")]
+    assert next(line for line in lines if line.startswith("metric")).split() == ["metric", *arms]
+    assert next(line for line in lines if line.startswith("difference")).split() == [
+        "difference",
+        "dysample",
+        "-",
+        "original",
+        "dysample+",
+        "-",
+        "original",
+    ]
+    miou_rows = [line for line in lines if line.startswith("mIoU ")]
     assert "±" in miou_rows[0] and "[" in miou_rows[1]
-    assert any("paired bootstrap over validation images and seeds (200 resamples)" in l for l in lines)
-    assert any(l.startswith(("peak memory (MB)", "train img/s")) for l in lines)
-    assert "[6/6] dysample+, seed 1" in stdout          # progress, one line per run
+    assert any("paired bootstrap over validation images and seeds (200 resamples)" in line for line in lines)
+    assert any(line.startswith(("peak memory (MB)", "train img/s")) for line in lines)
+    assert "[6/6] dysample+, seed 1" in stdout  # progress, one line per run
 
     for name in ("curves.png", "predictions.png", "offsets_dysample.png", "offsets_dysample+.png"):
         assert _is_png(out / name), name
@@ -146,7 +168,8 @@ def test_worker_processes_give_the_sequential_result(tmp_path: Path) -> None:
         a, b = inline["arms"][arm]["metrics"], pooled["arms"][arm]["metrics"]
         assert [a[m]["mean"] for m in a] == pytest.approx([b[m]["mean"] for m in a], abs=2e-3, nan_ok=True)
         assert _first_loss(tmp_path / "inline" / arm / "seed0") == pytest.approx(
-            _first_loss(tmp_path / "pooled" / arm / "seed0"), rel=1e-5)
+            _first_loss(tmp_path / "pooled" / arm / "seed0"), rel=1e-5
+        )
 
 
 def _swap_accepts(name: str) -> bool:
@@ -162,24 +185,23 @@ def _swap_accepts(name: str) -> bool:
 
 
 @pytest.mark.parametrize("rival", ["carafe", "deconv", "pixelshuffle", "bilinear"])
-def test_a_rival_upsampler_is_an_arm_like_any_other(rival: str, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_rival_upsampler_is_an_arm_like_any_other(rival: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if not _swap_accepts(rival):
         pytest.skip(f"swap_upsamplers does not take {rival!r} in this checkout")
-    status = main(["compare", "demo", "--arms", f"original,{rival}", "--out", str(tmp_path),
-                   *_argv("train.max_steps=1")])
+    status = main(
+        ["compare", "demo", "--arms", f"original,{rival}", "--out", str(tmp_path), *_argv("train.max_steps=1")]
+    )
     assert status == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["arms"][rival]["swapped_sites"] == 2 and rival in summary["differences"]["arms"]
-    assert not (tmp_path / f"offsets_{rival}.png").exists()   # no DySample: nothing to draw
+    assert not (tmp_path / f"offsets_{rival}.png").exists()  # no DySample: nothing to draw
 
 
 def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def test_an_occupied_out_is_refused_unless_resume_or_overwrite(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_an_occupied_out_is_refused_unless_resume_or_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
     quick = ["train.max_steps=2", "eval.num_images=0", "compare.visualize=false"]
     assert main(["compare", "demo", "--out", str(out), *_argv(*quick)]) == 0
@@ -191,12 +213,14 @@ def test_an_occupied_out_is_refused_unless_resume_or_overwrite(tmp_path: Path,
     assert err.count("\n") == 1 and f"{out} already holds a comparison" in err
     assert "--resume" in err and "--overwrite" in err
     # Changed settings (the budget too: every arm of a comparison shares one) are refused.
-    for change, said in (("train.lr=0.5", "train.lr is 0.01 in the run but 0.5 here"),
-                         ("train.max_steps=3", "train.max_steps is 2 in the run but 3 here")):
+    for change, said in (
+        ("train.lr=0.5", "train.lr is 0.01 in the run but 0.5 here"),
+        ("train.max_steps=3", "train.max_steps is 2 in the run but 3 here"),
+    ):
         assert main(["compare", "demo", "--out", str(out), "--resume", *_argv(*quick, change)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err
-    assert _files(out) == first                                   # nothing deleted or rewritten
+    assert _files(out) == first  # nothing deleted or rewritten
 
     # --resume with everything finished keeps every run as it was.
     assert main(["compare", "demo", "--out", str(out), "--resume", *_argv(*quick)]) == 0
@@ -206,14 +230,12 @@ def test_an_occupied_out_is_refused_unless_resume_or_overwrite(tmp_path: Path,
     assert runs and {name: again[name] for name in runs} == {name: first[name] for name in runs}
 
 
-def test_resume_continues_a_comparison_and_overwrite_replaces_it(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_resume_continues_a_comparison_and_overwrite_replaces_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
     quick = ["eval.num_images=0", "compare.visualize=false", "train.eval_every=0"]
     # Stopped after 2 of 3 steps (as after Ctrl-C), then resumed with a second seed added.
     assert main(["compare", "demo", "--out", str(out), *_argv(*quick, "train.stop_after=2")]) == 0
-    assert main(["compare", "demo", "--out", str(out), "--resume", "--seeds", "2",
-                 *_argv(*quick)]) == 0
+    assert main(["compare", "demo", "--out", str(out), "--resume", "--seeds", "2", *_argv(*quick)]) == 0
     stdout = capsys.readouterr().out
     assert "resuming original, seed 0" in stdout and "training dysample+, seed 1" in stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -223,9 +245,15 @@ def test_resume_continues_a_comparison_and_overwrite_replaces_it(tmp_path: Path,
     for arm in ("original", "dysample+"):
         resumed, straight = out / arm / "seed0", tmp_path / "straight" / arm / "seed0"
         assert (resumed / "metrics.jsonl").read_text().count('"train"') == 3
-        assert [json.loads(l).get("loss") for l in (resumed / "metrics.jsonl").read_text().splitlines()
-                if '"train"' in l] == [json.loads(l).get("loss") for l in
-                                        (straight / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+        assert [
+            json.loads(line).get("loss")
+            for line in (resumed / "metrics.jsonl").read_text().splitlines()
+            if '"train"' in line
+        ] == [
+            json.loads(line).get("loss")
+            for line in (straight / "metrics.jsonl").read_text().splitlines()
+            if '"train"' in line
+        ]
 
     stale = out / "original" / "seed1" / "stale.txt"
     stale.write_text("from the replaced comparison")

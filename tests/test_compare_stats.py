@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from dysample_swap.finetune.metrics import SegmentationMetrics
-from dysample_swap.finetune.stats import (
-    Interval, mean_std, paired_bootstrap, resample_weights, seed_bootstrap)
+from dysample_swap.finetune.stats import Interval, mean_std, paired_bootstrap, resample_weights, seed_bootstrap
 
 
 def _mean(stats: np.ndarray) -> dict[str, np.ndarray]:
@@ -20,11 +19,11 @@ def _mean(stats: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_mean_and_sample_std() -> None:
-    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, round(math.sqrt(5 / 3), 4))   # ddof = 1
+    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, round(math.sqrt(5 / 3), 4))  # ddof = 1
     assert mean_std([0.2, None, 0.4, float("nan")]) == (0.3, round(math.sqrt(0.02), 4))
     assert mean_std([0.7]) == (0.7, None)
     assert mean_std([]) == (None, None)
-    assert mean_std([-1e-9, 1e-9]) == (0.0, 0.0)    # rounding never gives "-0.0"
+    assert mean_std([-1e-9, 1e-9]) == (0.0, 0.0)  # rounding never gives "-0.0"
     assert str(mean_std([-1e-9])[0]) == "0.0"
 
 
@@ -41,7 +40,7 @@ def test_two_images_one_better_gives_the_hand_computed_percentiles() -> None:
 
 def test_constant_shift_and_identical_arms() -> None:
     rng = np.random.default_rng(5)
-    ref = np.stack([rng.random((3, 7)), np.ones((3, 7))], axis=-1)          # 3 seeds, 7 images
+    ref = np.stack([rng.random((3, 7)), np.ones((3, 7))], axis=-1)  # 3 seeds, 7 images
     shifted = ref + np.array([0.25, 0.0])
     iv = paired_bootstrap(_mean, ref, shifted, resamples=300)["mean"]
     assert iv.estimate == pytest.approx(0.25) and iv.low == pytest.approx(0.25)
@@ -64,7 +63,7 @@ def test_resamples_sum_statistics_not_per_image_ratios() -> None:
 
 def test_fixed_generator_matches_a_plain_loop_over_resamples() -> None:
     rng = np.random.default_rng(11)
-    ref = np.stack([rng.random((2, 5)), np.ones((2, 5))], axis=-1)          # 2 seeds, 5 images
+    ref = np.stack([rng.random((2, 5)), np.ones((2, 5))], axis=-1)  # 2 seeds, 5 images
     other = ref + np.stack([rng.normal(0.1, 0.2, (2, 5)), np.zeros((2, 5))], axis=-1)
     got = paired_bootstrap(_mean, ref, other, resamples=50, generator=7)["mean"]
     # The documented draw order: image multiplicities, then seed indices.
@@ -115,8 +114,7 @@ def test_per_image_counts_by_hand_and_their_sum_gives_the_dataset_metrics() -> N
     rows = metrics.per_image_counts()
     # tp (bg, fg), predicted, ground truth, then the boundary band: d = 1 and the 1-px-high
     # image border makes every pixel boundary, so the band counts equal the plain ones.
-    assert rows.tolist() == [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
-                             [0, 2, 0, 4, 2, 2, 0, 2, 2, 4]]
+    assert rows.tolist() == [[2, 2, 2, 2, 2, 2, 2, 2, 2, 2], [0, 2, 0, 4, 2, 2, 0, 2, 2, 4]]
     summed = metrics.scores(rows.sum(0))
     whole = metrics.compute()
     assert whole["IoU/bg"] == pytest.approx(2 / 4) and whole["IoU/fg"] == pytest.approx(4 / 6)

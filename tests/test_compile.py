@@ -15,10 +15,10 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
+from swap_checks import tensors
 from torchvision.models import detection
 
 from dysample_swap import swap_report, swap_upsamplers
-from swap_checks import tensors
 
 SIZES = ((64, 64), (96, 64), (128, 96))
 
@@ -57,15 +57,16 @@ def _compiles(model: nn.Module, backend: str, fullgraph: bool, x: torch.Tensor) 
     try:
         with torch.no_grad():
             torch.compile(model, backend=backend, fullgraph=fullgraph)(x)
-    except Exception:  # noqa: BLE001 - the original's own limits decide fullgraph below
+    except Exception:
         return False
     return True
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "backend", "fullgraph"), MODELS, ids=[m[0] for m in MODELS])
-def test_compiled_swapped_model_matches_eager_at_three_sizes(name: str, build: Callable[[], nn.Module],
-                                                             backend: str, fullgraph: bool) -> None:
+def test_compiled_swapped_model_matches_eager_at_three_sizes(
+    name: str, build: Callable[[], nn.Module], backend: str, fullgraph: bool
+) -> None:
     torch.manual_seed(0)
     model = build().eval()
     x0 = torch.rand(1, 3, *SIZES[0])

@@ -8,15 +8,31 @@ import pytest
 import yaml
 
 from dysample_swap.finetune.config import (
-    Config, ConfigError, build_config, load_config, parse_override, resolve_recipe, save_config)
+    Config,
+    ConfigError,
+    build_config,
+    load_config,
+    parse_override,
+    resolve_recipe,
+    save_config,
+)
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
 def test_overrides_are_yaml_typed() -> None:
-    cfg = build_config({}, ["train.lr=1e-3", "train.grad_clip=null", "train.milestones=[0.5, 0.75]",
-                            "swap.enabled=false", "train.max_steps=7", "seed=3",
-                            "data.image_size=[32, 48]"])
+    cfg = build_config(
+        {},
+        [
+            "train.lr=1e-3",
+            "train.grad_clip=null",
+            "train.milestones=[0.5, 0.75]",
+            "swap.enabled=false",
+            "train.max_steps=7",
+            "seed=3",
+            "data.image_size=[32, 48]",
+        ],
+    )
     assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
     assert cfg.train.grad_clip is None
     assert cfg.train.milestones == [0.5, 0.75]
@@ -30,10 +46,15 @@ def test_override_beats_recipe_and_keeps_the_rest() -> None:
     assert (cfg.train.lr, cfg.train.batch_size) == (0.25, 3)
 
 
-@pytest.mark.parametrize("key, closest", [("train.lrr", "train.lr"),
-                                          ("train.warmup_step", "train.warmup_steps"),
-                                          ("swap.varient", "swap.variant"),
-                                          ("sed", "seed")])
+@pytest.mark.parametrize(
+    "key, closest",
+    [
+        ("train.lrr", "train.lr"),
+        ("train.warmup_step", "train.warmup_steps"),
+        ("swap.varient", "swap.variant"),
+        ("sed", "seed"),
+    ],
+)
 def test_unknown_override_names_closest_key(key: str, closest: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(did you mean '{closest}'\\?\\)"):
         build_config({}, [f"{key}=1"])
@@ -50,19 +71,22 @@ def test_free_sections_accept_new_keys() -> None:
     assert cfg.data["root"] == "/tmp/x"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lr=fast", "train.lr: expected a number"),
-    ("train.batch_size=2.5", "train.batch_size: expected an integer"),
-    ("train.amp=fp8", "train.amp: 'fp8' is not one of none, bf16, fp16"),
-    ("train.schedule=cosin", "did you mean 'cosine'"),
-    ("swap.enabled=maybe", "swap.enabled: expected true or false"),
-    ("train.milestones=[0.9, 0.5]", "increasing fractions"),
-    ("train.epochs=3", "exactly one of train.max_steps and train.epochs"),
-    ("train.batch_size=0", "train.batch_size must be >= 1"),
-    ("swap.variant=dysampel", "swap.variant: unknown upsampler 'dysampel' \\(did you mean 'dysample'\\?\\)"),
-    ("compare.seeds=0", "compare needs seeds >= 1"),
-    ("compare.arms=[original, original]", "compare.arms must name distinct arms"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=fast", "train.lr: expected a number"),
+        ("train.batch_size=2.5", "train.batch_size: expected an integer"),
+        ("train.amp=fp8", "train.amp: 'fp8' is not one of none, bf16, fp16"),
+        ("train.schedule=cosin", "did you mean 'cosine'"),
+        ("swap.enabled=maybe", "swap.enabled: expected true or false"),
+        ("train.milestones=[0.9, 0.5]", "increasing fractions"),
+        ("train.epochs=3", "exactly one of train.max_steps and train.epochs"),
+        ("train.batch_size=0", "train.batch_size must be >= 1"),
+        ("swap.variant=dysampel", "swap.variant: unknown upsampler 'dysampel' \\(did you mean 'dysample'\\?\\)"),
+        ("compare.seeds=0", "compare needs seeds >= 1"),
+        ("compare.arms=[original, original]", "compare.arms must name distinct arms"),
+    ],
+)
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({}, [override])
@@ -110,7 +134,6 @@ def test_shipped_recipes_validate(recipe: Path) -> None:
 def test_detection_recipes_follow_the_paper() -> None:
     for name in ("fasterrcnn_coco", "maskrcnn_coco"):
         t = load_config(name).train
-        assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule) == (
-            "sgd", 0.02, 0.9, 1e-4, "step")
+        assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule) == ("sgd", 0.02, 0.9, 1e-4, "step")
         assert t.milestones == pytest.approx([8 / 12, 11 / 12], abs=1e-3)
         assert t.warmup_steps > 0 and t.dysample_lr_mult == 1.0

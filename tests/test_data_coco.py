@@ -43,16 +43,39 @@ def _write(root: Path, split: str = "val", **overrides: object) -> Path:
     crowd = np.zeros((H, W), np.uint8)
     crowd[0:3, 8:12] = 1
     data = {
-        "images": [{"id": 42, "file_name": "x.jpg", "width": W, "height": H},
-                   {"id": 7, "file_name": "y.png", "width": W, "height": H}],
+        "images": [
+            {"id": 42, "file_name": "x.jpg", "width": W, "height": H},
+            {"id": 7, "file_name": "y.png", "width": W, "height": H},
+        ],
         "categories": [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}],
         "annotations": [
-            {"id": 1, "image_id": 42, "category_id": 3, "bbox": [1, 1, 4, 3], "area": 12, "iscrowd": 0,
-             "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]]},
-            {"id": 2, "image_id": 42, "category_id": 18, "bbox": [6, 5, 5, 4], "area": 20, "iscrowd": 0,
-             "segmentation": rle},
-            {"id": 3, "image_id": 42, "category_id": 18, "bbox": [8, 0, 4, 3], "area": 12, "iscrowd": 1,
-             "segmentation": _uncompressed_rle(crowd)},
+            {
+                "id": 1,
+                "image_id": 42,
+                "category_id": 3,
+                "bbox": [1, 1, 4, 3],
+                "area": 12,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]],
+            },
+            {
+                "id": 2,
+                "image_id": 42,
+                "category_id": 18,
+                "bbox": [6, 5, 5, 4],
+                "area": 20,
+                "iscrowd": 0,
+                "segmentation": rle,
+            },
+            {
+                "id": 3,
+                "image_id": 42,
+                "category_id": 18,
+                "bbox": [8, 0, 4, 3],
+                "area": 12,
+                "iscrowd": 1,
+                "segmentation": _uncompressed_rle(crowd),
+            },
         ],
     }
     data.update(overrides)
@@ -90,9 +113,12 @@ def test_dataset_coco_evaluates_crowd_as_ignore(tmp_path: Path) -> None:
     _write(tmp_path)
     ds = build_dataset({"format": "coco", "root": str(tmp_path), "task": "instance"}, "val")
     _, target = ds[ds.image_ids.index(42)]
-    pred = {"boxes": torch.cat([target["boxes"], torch.tensor([[8.0, 0.0, 12.0, 3.0]])]),
-            "labels": torch.tensor([1, 2, 2]), "scores": torch.tensor([0.9, 0.8, 0.95]),
-            "masks": torch.cat([target["masks"], torch.zeros(1, H, W, dtype=torch.uint8)]).float().unsqueeze(1)}
+    pred = {
+        "boxes": torch.cat([target["boxes"], torch.tensor([[8.0, 0.0, 12.0, 3.0]])]),
+        "labels": torch.tensor([1, 2, 2]),
+        "scores": torch.tensor([0.9, 0.8, 0.95]),
+        "masks": torch.cat([target["masks"], torch.zeros(1, H, W, dtype=torch.uint8)]).float().unsqueeze(1),
+    }
     pred["masks"][2, 0, 0:3, 8:12] = 1.0
     metrics = DetectionMetrics(iou_types=("bbox", "segm"), coco_gt=ds.coco)
     metrics.update([pred], [target])
@@ -109,15 +135,36 @@ def test_custom_paths_with_split_template(tmp_path: Path) -> None:
     assert len(build_dataset(cfg, "train")) == 2
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ({"annotations": [{"id": 9, "image_id": 42, "category_id": 3, "bbox": [8, 2, 6, 3], "area": 1, "iscrowd": 0}]},
-     r"instances_val2017\.json: annotation 9 has box .* outside its image x\.jpg \(12x10\)"),
-    ({"annotations": [{"id": 9, "image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}]},
-     r"instances_val2017\.json: annotation 9 refers to image id 5"),
-    ({"annotations": [{"id": 9, "image_id": 42, "category_id": 4, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}]},
-     r"instances_val2017\.json: annotation 9 has category_id 4"),
-    ({"images": []}, r"instances_val2017\.json: empty dataset"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {
+                "annotations": [
+                    {"id": 9, "image_id": 42, "category_id": 3, "bbox": [8, 2, 6, 3], "area": 1, "iscrowd": 0}
+                ]
+            },
+            r"instances_val2017\.json: annotation 9 has box .* outside its image x\.jpg \(12x10\)",
+        ),
+        (
+            {
+                "annotations": [
+                    {"id": 9, "image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+                ]
+            },
+            r"instances_val2017\.json: annotation 9 refers to image id 5",
+        ),
+        (
+            {
+                "annotations": [
+                    {"id": 9, "image_id": 42, "category_id": 4, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+                ]
+            },
+            r"instances_val2017\.json: annotation 9 has category_id 4",
+        ),
+        ({"images": []}, r"instances_val2017\.json: empty dataset"),
+    ],
+)
 def test_bad_json_content_raises_naming_the_file(tmp_path: Path, override: dict, message: str) -> None:
     _write(tmp_path, **override)
     with pytest.raises(DatasetError, match=message):

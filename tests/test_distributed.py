@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.checkpoint import load_checkpoint, load_model_state
 from dysample_swap.finetune.config import build_config
 from dysample_swap.finetune.distributed import DistContext, TrainSampler
 from dysample_swap.finetune.engine import evaluate
-from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.tasks import make_task
 
 HERE = Path(__file__).parent
@@ -26,12 +26,27 @@ from test_engine_resume import TinySeg  # noqa: E402
 
 @pytest.mark.slow
 def test_two_process_training(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "distributed_worker.py"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(HERE / "distributed_worker.py"),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]

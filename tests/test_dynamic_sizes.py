@@ -22,8 +22,9 @@ class PatchHead(nn.Module):
 
     def forward(self, x: torch.Tensor, patch_height: int, patch_width: int) -> torch.Tensor:
         x = self.conv(x)
-        x = F.interpolate(x, (int(patch_height * self.patch), int(patch_width * self.patch)), mode="bilinear",
-                          align_corners=True)
+        x = F.interpolate(
+            x, (int(patch_height * self.patch), int(patch_width * self.patch)), mode="bilinear", align_corners=True
+        )
         return self.out(x)
 
 
@@ -68,12 +69,24 @@ def test_the_head_dysample_is_reached_at_every_size() -> None:
 @pytest.mark.slow
 def test_depth_anything_head_runs_at_other_sizes() -> None:
     transformers = pytest.importorskip("transformers")
-    backbone = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                         intermediate_size=64, image_size=56, patch_size=14,
-                                         out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
-    config = transformers.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
-                                              neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                                              head_hidden_size=8, patch_size=14)
+    backbone = transformers.Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=56,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    config = transformers.DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        patch_size=14,
+    )
     torch.manual_seed(0)
     model = transformers.DepthAnythingForDepthEstimation(config).eval()
     reference = transformers.DepthAnythingForDepthEstimation(config).eval()

@@ -174,7 +174,12 @@ def test_output_shapes_for_odd_sizes_and_batches(variant: str, scale: int) -> No
     module = DySample.from_variant(variant, in_channels=16 * scale * scale, scale=scale, groups_fallback=True)
     x = torch.randn(3, 16 * scale * scale, 7, 11)
     assert module(x).shape == (3, 16 * scale * scale, 7 * scale, 11 * scale)
-    assert module(x, size=(7 * scale - 1, 11 * scale - 1)).shape == (3, 16 * scale * scale, 7 * scale - 1, 11 * scale - 1)
+    assert module(x, size=(7 * scale - 1, 11 * scale - 1)).shape == (
+        3,
+        16 * scale * scale,
+        7 * scale - 1,
+        11 * scale - 1,
+    )
     assert module(x, size=(9, 12)).shape[-2:] == (9, 12)
     # samples are independent across the batch
     torch.testing.assert_close(module(x)[1:2], module(x[1:2]), rtol=1e-5, atol=1e-5)
@@ -260,8 +265,12 @@ def test_bad_inputs_name_the_problem() -> None:
 
 
 def test_from_variant_defaults_and_overrides() -> None:
-    expected = {"dysample": ("lp", False, 4), "dysample+": ("lp", True, 4), "dysample-s": ("pl", False, 8),
-                "dysample-s+": ("pl", True, 8)}
+    expected = {
+        "dysample": ("lp", False, 4),
+        "dysample+": ("lp", True, 4),
+        "dysample-s": ("pl", False, 8),
+        "dysample-s+": ("pl", True, 8),
+    }
     for variant, (style, dyscope, groups) in expected.items():
         module = DySample.from_variant(variant, in_channels=256, scale=2)
         assert (module.style, module.dyscope, module.groups, module.variant) == (style, dyscope, groups, variant)

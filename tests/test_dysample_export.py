@@ -58,8 +58,15 @@ def test_onnx_export_runs_in_onnxruntime_at_another_size(tmp_path: Path) -> None
     dims = {2: torch.export.Dim("h", min=4, max=256), 3: torch.export.Dim("w", min=4, max=256)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(path), input_names=["x"], dynamic_shapes=(dims,),
-                          dynamo=True, verbose=False)
+        torch.onnx.export(
+            net,
+            (torch.randn(1, 3, 12, 12),),
+            str(path),
+            input_names=["x"],
+            dynamic_shapes=(dims,),
+            dynamo=True,
+            verbose=False,
+        )
     session = ort.InferenceSession(str(path))
     for shape in ((1, 3, 12, 12), (1, 3, 23, 17)):  # the second size is not the export size
         x = torch.randn(*shape)
@@ -102,13 +109,29 @@ def test_onnx_sites_called_with_scale_factor_size_and_as_upsample_run_at_another
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            dims = {0: torch.export.Dim("n", min=1, max=8), 2: torch.export.Dim("h", min=4, max=256),
-                    3: torch.export.Dim("w", min=4, max=256)}
-            torch.onnx.export(net, (torch.randn(2, 3, 24, 24),), str(path), input_names=["x"],
-                              dynamic_shapes=(dims,), dynamo=True, verbose=False)
+            dims = {
+                0: torch.export.Dim("n", min=1, max=8),
+                2: torch.export.Dim("h", min=4, max=256),
+                3: torch.export.Dim("w", min=4, max=256),
+            }
+            torch.onnx.export(
+                net,
+                (torch.randn(2, 3, 24, 24),),
+                str(path),
+                input_names=["x"],
+                dynamic_shapes=(dims,),
+                dynamo=True,
+                verbose=False,
+            )
         else:
-            torch.onnx.export(net, (torch.randn(2, 3, 24, 24),), str(path), input_names=["x"], dynamo=False,
-                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+            torch.onnx.export(
+                net,
+                (torch.randn(2, 3, 24, 24),),
+                str(path),
+                input_names=["x"],
+                dynamo=False,
+                dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+            )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in ((2, 3, 24, 24), (4, 3, 20, 28), (1, 3, 17, 13)):  # the export size, then two others
         x = torch.randn(*shape)
@@ -131,8 +154,9 @@ def test_torch_compile_both_styles_and_a_second_shape() -> None:
 
 @pytest.mark.parametrize("positions", ["grid", "exact"])
 @pytest.mark.parametrize("style", ["lp", "pl"])
-def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_bfloat16_keeps_coordinates_in_float32(
+    style: str, positions: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = DySample(64, 2, style, 4, dyscope=True, positions=positions)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -153,7 +177,9 @@ def test_autocast_bfloat16_keeps_coordinates_in_float32(style: str, positions: s
     else:
         apply = sampling.SparseBilinear.apply
 
-        def recording_apply(feats: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: int) -> torch.Tensor:
+        def recording_apply(
+            feats: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, pixels: int
+        ) -> torch.Tensor:
             coordinates.append(weight.dtype)
             return apply(feats, index, weight, pixels)
 

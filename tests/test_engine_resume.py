@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from dysample_swap import DySample
+from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.checkpoint import CheckpointError, load_checkpoint
 from dysample_swap.finetune.config import Config, build_config
 from dysample_swap.finetune.distributed import DistContext
 from dysample_swap.finetune.engine import Trainer, TrainingInterrupted
 from dysample_swap.finetune.runlog import read_log
-from dysample_swap.finetune.builders import load_datasets, make_arm
 from dysample_swap.finetune.tasks import make_task
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
@@ -29,8 +29,9 @@ class TinySeg(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
-                                  nn.ReLU(), nn.Dropout2d(0.2))
+        self.down = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.2)
+        )
         self.up = nn.Upsample(scale_factor=2, mode="bilinear")
         self.head = nn.Conv2d(8, num_classes, 3, padding=1)
 
@@ -39,13 +40,29 @@ class TinySeg(nn.Module):
 
 
 def _config(*overrides: str) -> Config:
-    return build_config({
-        "data": {"format": "synthetic", "image_size": 16, "num_samples": 20,
-                 "num_val_samples": 3, "num_classes": 2},
-        "train": {"max_steps": 8, "batch_size": 4, "lr": 0.01, "warmup_steps": 2, "log_every": 1,
-                  "progress": "never", "dysample_lr_mult": 2.0, "grad_clip": 1.0},
-        "eval": {"batch_size": 2},
-    }, list(overrides))
+    return build_config(
+        {
+            "data": {
+                "format": "synthetic",
+                "image_size": 16,
+                "num_samples": 20,
+                "num_val_samples": 3,
+                "num_classes": 2,
+            },
+            "train": {
+                "max_steps": 8,
+                "batch_size": 4,
+                "lr": 0.01,
+                "warmup_steps": 2,
+                "log_every": 1,
+                "progress": "never",
+                "dysample_lr_mult": 2.0,
+                "grad_clip": 1.0,
+            },
+            "eval": {"batch_size": 2},
+        },
+        list(overrides),
+    )
 
 
 class Setup:
@@ -95,8 +112,9 @@ def reference(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Trainer
 
 
 @pytest.mark.parametrize("stop_after", [3, 5])  # mid-epoch, and exactly at the epoch's end
-def test_interrupted_then_resumed_equals_uninterrupted(setup: Setup, reference: Trainer,
-                                                       tmp_path: Path, stop_after: int) -> None:
+def test_interrupted_then_resumed_equals_uninterrupted(
+    setup: Setup, reference: Trainer, tmp_path: Path, stop_after: int
+) -> None:
     first = setup.trainer(tmp_path, _config(f"train.stop_after={stop_after}"))
     result = first.fit()
     assert not result.completed and first.step == stop_after
@@ -124,14 +142,17 @@ def _interrupt_at_step(trainer: Trainer, step: int) -> None:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c at step 5", "stop_after=4"])
-def test_logged_losses_survive_an_interruption_between_logs(setup: Setup, reference: Trainer,
-                                                            tmp_path: Path, how: str) -> None:
+def test_logged_losses_survive_an_interruption_between_logs(
+    setup: Setup, reference: Trainer, tmp_path: Path, how: str
+) -> None:
     # The reference logs every step, so its records are the per-step losses; a run logging every
     # 3 steps must log the mean of each window of them, interrupted mid-window or not.
     per_step = dict(_train_losses(reference.out_dir))
-    expected = [(3, (per_step[1] + per_step[2] + per_step[3]) / 3),
-                (6, (per_step[4] + per_step[5] + per_step[6]) / 3),
-                (8, (per_step[7] + per_step[8]) / 2)]
+    expected = [
+        (3, (per_step[1] + per_step[2] + per_step[3]) / 3),
+        (6, (per_step[4] + per_step[5] + per_step[6]) / 3),
+        (8, (per_step[7] + per_step[8]) / 2),
+    ]
     cfg = _config("train.log_every=3")
     if how.startswith("ctrl-c"):
         first = setup.trainer(tmp_path, cfg)
@@ -153,7 +174,8 @@ def test_logged_losses_survive_an_interruption_between_logs(setup: Setup, refere
 
 
 def test_keyboard_interrupt_inside_a_step_checkpoints_the_last_full_step(
-        setup: Setup, reference: Trainer, tmp_path: Path) -> None:
+    setup: Setup, reference: Trainer, tmp_path: Path
+) -> None:
     trainer = setup.trainer(tmp_path)
     calls = {"n": 0}
 
@@ -174,8 +196,7 @@ def test_keyboard_interrupt_inside_a_step_checkpoints_the_last_full_step(
     _assert_same_state(reference, resumed)
 
 
-def test_sigint_finishes_the_step_then_checkpoints(setup: Setup, reference: Trainer,
-                                                   tmp_path: Path) -> None:
+def test_sigint_finishes_the_step_then_checkpoints(setup: Setup, reference: Trainer, tmp_path: Path) -> None:
     trainer = setup.trainer(tmp_path)
     _interrupt_at_step(trainer, 2)
     with pytest.raises(TrainingInterrupted) as info:
@@ -240,23 +261,24 @@ def test_not_a_training_checkpoint(tmp_path: Path) -> None:
 
 def test_checkpoint_from_another_recipe(setup: Setup, reference: Trainer, tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.pt").write_bytes(
-        (reference.out_dir / "checkpoints" / "last.pt").read_bytes())
+    (tmp_path / "checkpoints" / "last.pt").write_bytes((reference.out_dir / "checkpoints" / "last.pt").read_bytes())
     other = setup.trainer(tmp_path, _config("swap.variant=dysample"))
-    with pytest.raises(CheckpointError, match="does not match this recipe: variant is 'dysample\\+' "
-                                              "in the checkpoint but 'dysample' here"):
+    with pytest.raises(
+        CheckpointError,
+        match="does not match this recipe: variant is 'dysample\\+' in the checkpoint but 'dysample' here",
+    ):
         other.fit(resume=True)
     batch = setup.trainer(tmp_path, _config("train.batch_size=2"))
     with pytest.raises(CheckpointError, match="batch_size is 4 in the checkpoint but 2 here"):
         batch.fit(resume=True)
 
 
-def test_checkpoint_weights_for_another_model(setup: Setup, reference: Trainer,
-                                              tmp_path: Path) -> None:
+def test_checkpoint_weights_for_another_model(setup: Setup, reference: Trainer, tmp_path: Path) -> None:
     state = load_checkpoint(reference.out_dir / "checkpoints" / "last.pt")
     state["model"] = {k.replace("head.", "classifier."): v for k, v in state["model"].items()}
     (tmp_path / "checkpoints").mkdir()
     torch.save(state, tmp_path / "checkpoints" / "last.pt")
-    with pytest.raises(CheckpointError, match="do not fit this model: missing keys \\['head.weight', "
-                                              "'head.bias'\\]; unexpected keys"):
+    with pytest.raises(
+        CheckpointError, match="do not fit this model: missing keys \\['head.weight', 'head.bias'\\]; unexpected keys"
+    ):
         setup.trainer(tmp_path).fit(resume=True)

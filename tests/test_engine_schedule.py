@@ -36,7 +36,8 @@ def test_poly_values() -> None:
 def test_cosine_values() -> None:
     cfg = TrainConfig(schedule="cosine")
     assert [lr_factor(s, 8, cfg) for s in (0, 2, 4, 6, 8)] == pytest.approx(
-        [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0])
+        [1.0, 0.5 + 0.5 * math.cos(math.pi / 4), 0.5, 0.5 - 0.5 * math.cos(math.pi / 4), 0.0]
+    )
 
 
 def test_step_schedule_is_the_detection_1x_schedule() -> None:

@@ -36,9 +36,12 @@ class SegModule(L.LightningModule):
 
 
 def _dysample_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": value.detach().clone()
-            for name, m in module.named_modules() if isinstance(m, DySample)
-            for key, value in m.state_dict().items()}
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name, m in module.named_modules()
+        if isinstance(m, DySample)
+        for key, value in m.state_dict().items()
+    }
 
 
 @pytest.mark.slow
@@ -50,8 +53,15 @@ def test_trainer_fit_then_load_from_checkpoint_keeps_the_trained_dysample_weight
     module = SegModule()
     before = _dysample_state(module)
     assert before, "the swap built no DySample"
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, loader)
     trained = _dysample_state(module)
     assert any(not torch.equal(before[k], trained[k]) for k in before), "DySample weights did not train"

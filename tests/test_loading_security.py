@@ -20,9 +20,9 @@ import torch.nn as nn
 import dysample_swap
 from dysample_swap import load_swapped, save_swapped, swap_upsamplers
 from dysample_swap.cli import main
-from dysample_swap.surgery.record import MAX_INPUT_VALUES, POLICY_SCHEMA, RecordError
 from dysample_swap.surgery.model_spec import UntrustedSpecError, build_model
 from dysample_swap.surgery.policy import SwapPolicy
+from dysample_swap.surgery.record import MAX_INPUT_VALUES, POLICY_SCHEMA, RecordError
 
 
 def plain() -> nn.Sequential:
@@ -40,10 +40,13 @@ def swap_file(tmp_path: Path, edit: Any = None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("spec", [
-    "os:system:command='touch {marker}'",
-    "subprocess:getoutput:cmd='touch {marker}'",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "os:system:command='touch {marker}'",
+        "subprocess:getoutput:cmd='touch {marker}'",
+    ],
+)
 def test_a_spec_that_names_a_command_never_runs_it(spec: str, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     spec = spec.format(marker=marker)
@@ -82,8 +85,7 @@ def test_build_model_refuses_code_specs_unless_trusted(tmp_path: Path) -> None:
         build_model("timm:hf-hub")  # a hub name would fetch a config: not one of timm's constructors
 
 
-def test_cli_swap_trusts_the_spec_typed_on_its_command_line(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_swap_trusts_the_spec_typed_on_its_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "net.pt"
     assert main(["swap", "test_loading_security:plain", "--input-shape", "1x3x8x8", "--out", str(out)]) == 0
     assert f"load_swapped({str(out)!r}, trust_spec=True)" in capsys.readouterr().out
@@ -92,22 +94,25 @@ def test_cli_swap_trusts_the_spec_typed_on_its_command_line(tmp_path: Path,
     assert isinstance(load_swapped(out, trust_spec=True)[1], dysample_swap.DySample)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda p: p.pop("recipe"), "its recipe None is not a dict"),
-    (lambda p: p["recipe"].update(variant=3), "swap 1 of its record: variant 3 is not a string"),
-    (lambda p: p["recipe"].update(variant="dysampel"), "variant 'dysampel' is not one of dysample, dysample+"),
-    (lambda p: p["recipe"].pop("policy"), "swap 1 of its record: no 'policy'"),
-    (lambda p: p["recipe"]["policy"].update(example_inputs=[1]), "policy option 'example_inputs' is not one of"),
-    (lambda p: p["recipe"]["policy"].update(include={"a": 1}), "include=.* is not a path or glob"),
-    (lambda p: p["recipe"]["policy"].update(swap_final="yes"), "swap_final='yes' is not bool"),
-    (lambda p: p["recipe"]["policy"].update(init="random"), r"init='random' is not one of \('match', 'paper'\)"),
-    (lambda p: p["recipe"].update(inputs=[{"tensor": [1, 3, -8, 8]}]), r"tensor shape \[1, 3, -8, 8\] is not"),
-    (lambda p: p["recipe"].update(inputs=[{"code": "x"}]), "is not {'tensor': SHAPE}"),
-    (lambda p: p["recipe"].update(then={"a": 1}), "later swaps .* are not a list"),
-    (lambda p: p["recipe"].update(then=[{"variant": "dysample"}] * 64), "not a list of 1 to 64 swap entries"),
-    (lambda p: p["recipe"].update(model=["smp:FPN"]), r"model spec \['smp:FPN'\] is not a string"),
-    (lambda p: p.update(state_dict={"w": "not a tensor"}), "state_dict is not a dict of named tensors"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.pop("recipe"), "its recipe None is not a dict"),
+        (lambda p: p["recipe"].update(variant=3), "swap 1 of its record: variant 3 is not a string"),
+        (lambda p: p["recipe"].update(variant="dysampel"), "variant 'dysampel' is not one of dysample, dysample+"),
+        (lambda p: p["recipe"].pop("policy"), "swap 1 of its record: no 'policy'"),
+        (lambda p: p["recipe"]["policy"].update(example_inputs=[1]), "policy option 'example_inputs' is not one of"),
+        (lambda p: p["recipe"]["policy"].update(include={"a": 1}), "include=.* is not a path or glob"),
+        (lambda p: p["recipe"]["policy"].update(swap_final="yes"), "swap_final='yes' is not bool"),
+        (lambda p: p["recipe"]["policy"].update(init="random"), r"init='random' is not one of \('match', 'paper'\)"),
+        (lambda p: p["recipe"].update(inputs=[{"tensor": [1, 3, -8, 8]}]), r"tensor shape \[1, 3, -8, 8\] is not"),
+        (lambda p: p["recipe"].update(inputs=[{"code": "x"}]), "is not {'tensor': SHAPE}"),
+        (lambda p: p["recipe"].update(then={"a": 1}), "later swaps .* are not a list"),
+        (lambda p: p["recipe"].update(then=[{"variant": "dysample"}] * 64), "not a list of 1 to 64 swap entries"),
+        (lambda p: p["recipe"].update(model=["smp:FPN"]), r"model spec \['smp:FPN'\] is not a string"),
+        (lambda p: p.update(state_dict={"w": "not a tensor"}), "state_dict is not a dict of named tensors"),
+    ],
+)
 def test_a_malformed_swap_file_names_the_field(edit: Any, message: str, tmp_path: Path) -> None:
     path = swap_file(tmp_path, edit)
     with pytest.raises(RecordError, match=message):
@@ -187,8 +192,11 @@ def _read_only_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("where", ["read-only", "missing", "a folder"])
 def test_cli_swap_checks_out_before_swapping(where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = {"read-only": _read_only_folder(tmp_path) / "net.pt", "missing": tmp_path / "no" / "net.pt",
-           "a folder": tmp_path}[where]
+    out = {
+        "read-only": _read_only_folder(tmp_path) / "net.pt",
+        "missing": tmp_path / "no" / "net.pt",
+        "a folder": tmp_path,
+    }[where]
     assert main(["swap", "smp:FPN:encoder_name=resnet18,encoder_depth=3", "--out", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # failed before the swap ran (it prints its table)

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from dysample_swap.finetune.data import build_dataset
-from dysample_swap.finetune.metrics import (
-    DetectionMetrics, SegmentationMetrics, boundary_dilation, label_boundary)
+from dysample_swap.finetune.metrics import DetectionMetrics, SegmentationMetrics, boundary_dilation, label_boundary
 
 
 def _shifted_squares() -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +27,7 @@ def _naive_class_boundary(labels: np.ndarray, c: int, d: int) -> np.ndarray:
     mask = labels == c
     padded = np.pad(mask, d, constant_values=False)
     h, w = mask.shape
-    eroded = np.array([[padded[i:i + 2 * d + 1, j:j + 2 * d + 1].all() for j in range(w)] for i in range(h)])
+    eroded = np.array([[padded[i : i + 2 * d + 1, j : j + 2 * d + 1].all() for j in range(w)] for i in range(h)])
     return mask & ~eroded
 
 
@@ -54,8 +53,8 @@ def test_label_boundary_equals_per_class_erosion(d: int) -> None:
 
 
 def test_boundary_dilation_follows_the_image_diagonal() -> None:
-    assert boundary_dilation(8, 8, 0.02) == 1          # 0.23 rounds to 0, at least 1
-    assert boundary_dilation(300, 400, 0.02) == 10      # 0.02 * 500
+    assert boundary_dilation(8, 8, 0.02) == 1  # 0.23 rounds to 0, at least 1
+    assert boundary_dilation(300, 400, 0.02) == 10  # 0.02 * 500
     assert boundary_dilation(300, 400, 0.05) == 25
 
 
@@ -89,7 +88,7 @@ def test_ignore_index_pixels_are_skipped_whatever_the_prediction() -> None:
 
 def test_absent_class_is_nan_and_left_out_of_the_mean_missed_class_counts_zero() -> None:
     target = torch.tensor([[[0, 0, 1, 1], [0, 0, 2, 2]]])
-    pred = torch.tensor([[[0, 0, 1, 1], [0, 0, 0, 0]]])   # class 2 missed entirely, class 3 absent
+    pred = torch.tensor([[[0, 0, 1, 1], [0, 0, 0, 0]]])  # class 2 missed entirely, class 3 absent
     metrics = SegmentationMetrics(4)
     metrics.update(pred, target)
     r = metrics.compute()
@@ -103,8 +102,9 @@ def test_accumulating_batches_equals_one_big_batch_and_two_shard_sum() -> None:
     gen = torch.Generator().manual_seed(0)
     target = torch.randint(0, 3, (4, 12, 12), generator=gen)
     target[:, :2] = 255
-    pred = torch.where(torch.rand(4, 12, 12, generator=gen) < 0.7, target.clamp(max=2),
-                       torch.randint(0, 3, (4, 12, 12), generator=gen))
+    pred = torch.where(
+        torch.rand(4, 12, 12, generator=gen) < 0.7, target.clamp(max=2), torch.randint(0, 3, (4, 12, 12), generator=gen)
+    )
     whole = SegmentationMetrics(3)
     whole.update(pred, target)
     shards = [SegmentationMetrics(3), SegmentationMetrics(3)]
@@ -142,19 +142,24 @@ def _box_target(boxes: list[list[float]], labels: list[int], image_id: int = 1) 
 
 
 def _box_pred(boxes: list[list[float]], labels: list[int], scores: list[float] | None = None) -> dict:
-    return {"boxes": torch.tensor(boxes), "labels": torch.tensor(labels),
-            "scores": torch.tensor(scores or [0.9] * len(boxes))}
+    return {
+        "boxes": torch.tensor(boxes),
+        "labels": torch.tensor(labels),
+        "scores": torch.tensor(scores or [0.9] * len(boxes)),
+    }
 
 
-@pytest.mark.parametrize(("shift", "ap", "ap50", "ap75"), [
-    (0.0, 1.0, 1.0, 1.0),
-    (2.0, 0.4, 1.0, 0.0),   # IoU 8/12 = 0.667: matched at thresholds 0.50..0.65 (4 of 10)
-    (6.0, 0.0, 0.0, 0.0),   # IoU 4/16 = 0.25: never matched
-])
+@pytest.mark.parametrize(
+    ("shift", "ap", "ap50", "ap75"),
+    [
+        (0.0, 1.0, 1.0, 1.0),
+        (2.0, 0.4, 1.0, 0.0),  # IoU 8/12 = 0.667: matched at thresholds 0.50..0.65 (4 of 10)
+        (6.0, 0.0, 0.0, 0.0),  # IoU 4/16 = 0.25: never matched
+    ],
+)
 def test_box_ap_for_a_shifted_box_with_known_iou(shift: float, ap: float, ap50: float, ap75: float) -> None:
     metrics = DetectionMetrics()
-    metrics.update([_box_pred([[shift, 0.0, 10.0 + shift, 10.0]], [1])],
-                   [_box_target([[0.0, 0.0, 10.0, 10.0]], [1])])
+    metrics.update([_box_pred([[shift, 0.0, 10.0 + shift, 10.0]], [1])], [_box_target([[0.0, 0.0, 10.0, 10.0]], [1])])
     r = metrics.compute()
     assert (r["bbox/AP"], r["bbox/AP50"], r["bbox/AP75"]) == pytest.approx((ap, ap50, ap75))
     assert r["bbox/APs"] == pytest.approx(ap) and math.isnan(r["bbox/APm"])  # 100 px^2 is "small"
@@ -162,8 +167,10 @@ def test_box_ap_for_a_shifted_box_with_known_iou(shift: float, ap: float, ap50: 
 
 def test_half_recall_gives_51_of_101_recall_points() -> None:
     metrics = DetectionMetrics()
-    metrics.update([_box_pred([[0.0, 0.0, 10.0, 10.0]], [1])],
-                   [_box_target([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [1, 1])])
+    metrics.update(
+        [_box_pred([[0.0, 0.0, 10.0, 10.0]], [1])],
+        [_box_target([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]], [1, 1])],
+    )
     assert metrics.compute()["bbox/AP"] == pytest.approx(51 / 101)
 
 
@@ -174,16 +181,29 @@ def test_wrong_label_is_a_false_positive_and_a_miss() -> None:
 
 
 def _synthetic_instances() -> tuple:
-    ds = build_dataset({"format": "synthetic", "task": "instance", "num_samples": 4,
-                        "num_val_samples": 4, "image_size": 48, "seed": 3}, "val")
+    ds = build_dataset(
+        {
+            "format": "synthetic",
+            "task": "instance",
+            "num_samples": 4,
+            "num_val_samples": 4,
+            "image_size": 48,
+            "seed": 3,
+        },
+        "val",
+    )
     targets = [ds[i][1] for i in range(len(ds))]
     return ds, targets
 
 
 def _perfect(target: dict, prob_inside: float = 0.9, prob_outside: float = 0.4) -> dict:
     masks = target["masks"].float() * (prob_inside - prob_outside) + prob_outside
-    return {"boxes": target["boxes"].clone(), "labels": target["labels"].clone(),
-            "scores": torch.ones(len(target["labels"])), "masks": masks.unsqueeze(1)}
+    return {
+        "boxes": target["boxes"].clone(),
+        "labels": target["labels"].clone(),
+        "scores": torch.ones(len(target["labels"])),
+        "masks": masks.unsqueeze(1),
+    }
 
 
 def test_perfect_instances_against_dataset_coco_give_ap_one_for_boxes_and_masks() -> None:

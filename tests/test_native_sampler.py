@@ -16,8 +16,14 @@ from dysample_swap.upsamplers.dysample import native
 from dysample_swap.upsamplers.dysample.sampling import dysample, dysample_sample
 
 # (input size, output size or None for the native x2, scale): power-of-two, odd, non-integer ratios
-SIZES = [((8, 8), None, 2), ((13, 11), None, 2), ((15, 17), (45, 51), 3), ((10, 10), (25, 19), 2),
-         ((7, 9), (13, 17), 2), ((13, 13), (26, 26), 2)]
+SIZES = [
+    ((8, 8), None, 2),
+    ((13, 11), None, 2),
+    ((15, 17), (45, 51), 3),
+    ((10, 10), (25, 19), 2),
+    ((7, 9), (13, 17), 2),
+    ((13, 13), (26, 26), 2),
+]
 ANCHORS = ["bilinear", "nearest", "bilinear_align_corners"]
 AVX2 = torch.backends.cpu.get_cpu_capability() == "AVX2"  # where grid_sample's fused arithmetic was matched
 
@@ -30,8 +36,9 @@ def test_the_kernel_builds_where_a_c_compiler_exists() -> None:
     assert native.library().dysample_abi_version() == native.ABI_VERSION
 
 
-def _inputs(n: int, channels: int, size: tuple[int, int], scale: int, groups: int, dtype: torch.dtype,
-            spread: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(
+    n: int, channels: int, size: tuple[int, int], scale: int, groups: int, dtype: torch.dtype, spread: float = 0.7
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(sum(size) * scale)
     x = torch.randn(n, channels, *size, generator=generator, dtype=dtype)
     offset = torch.randn(n, 2 * groups * scale * scale, *size, generator=generator, dtype=dtype) * spread
@@ -51,8 +58,9 @@ def _run(sampler: str, x: torch.Tensor, offset: torch.Tensor, grad: torch.Tensor
 @pytest.mark.parametrize("anchor", ANCHORS)
 @pytest.mark.parametrize(("size", "out", "scale"), SIZES)
 @pytest.mark.parametrize("positions", ["grid", "exact"])
-def test_native_equals_the_pure_pytorch_sampler(positions: str, size: tuple[int, int], out: tuple[int, int] | None,
-                                                scale: int, anchor: str, dtype: torch.dtype) -> None:
+def test_native_equals_the_pure_pytorch_sampler(
+    positions: str, size: tuple[int, int], out: tuple[int, int] | None, scale: int, anchor: str, dtype: torch.dtype
+) -> None:
     groups = 2
     x, offset = _inputs(2, 6, size, scale, groups, dtype)  # offsets of up to ~2 px: border clamps included
     call = dict(scale=scale, groups=groups, size=out, anchor=anchor, positions=positions)
@@ -65,8 +73,12 @@ def test_native_equals_the_pure_pytorch_sampler(positions: str, size: tuple[int,
         assert torch.equal(gx, ref_gx)  # the scatter runs in the reference's order
     scale_g = grad.abs().max().item() * 4
     torch.testing.assert_close(gx, ref_gx, rtol=0, atol=scale_g * 8 * torch.finfo(dtype).eps)
-    torch.testing.assert_close(goff, ref_goff, rtol=1e-5 if dtype == torch.float32 else 1e-12,
-                               atol=(1e-5 if dtype == torch.float32 else 1e-12) * goff.abs().max().item())
+    torch.testing.assert_close(
+        goff,
+        ref_goff,
+        rtol=1e-5 if dtype == torch.float32 else 1e-12,
+        atol=(1e-5 if dtype == torch.float32 else 1e-12) * goff.abs().max().item(),
+    )
 
 
 @pytest.mark.parametrize("positions", ["grid", "exact"])
@@ -88,12 +100,13 @@ def test_native_results_do_not_depend_on_the_thread_count(positions: str) -> Non
 
 def test_zero_offsets_reproduce_interpolate_through_the_kernel() -> None:
     """positions="exact": nearest bit for bit and bilinear to float rounding at odd sizes and ratios."""
-    for (size, out, scale) in SIZES:
+    for size, out, scale in SIZES:
         x = torch.randn(1, 4, *size)
         offset = torch.zeros(1, 2 * 2 * scale * scale, *size)
         target = out or (scale * size[0], scale * size[1])
-        nearest = dysample_sample(x, offset, scale, 2, size=target, anchor="nearest", positions="exact",
-                                  sampler="native")
+        nearest = dysample_sample(
+            x, offset, scale, 2, size=target, anchor="nearest", positions="exact", sampler="native"
+        )
         assert torch.equal(nearest, F.interpolate(x, size=target, mode="nearest"))
         bilinear = dysample_sample(x, offset, scale, 2, size=target, positions="exact", sampler="native")
         expected = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
@@ -105,7 +118,8 @@ def test_gradcheck_float64_through_the_kernel() -> None:
     x = torch.randn(1, 4, 5, 6, dtype=torch.float64, generator=generator, requires_grad=True)
     weight = (torch.randn(2 * 2 * 4, 4, 1, 1, dtype=torch.float64, generator=generator) * 0.3).requires_grad_(True)
     for positions in ("grid", "exact"):
-        def fn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+
+        def fn(x: torch.Tensor, weight: torch.Tensor, positions: str = positions) -> torch.Tensor:
             return dysample(x, weight, None, None, 2, "lp", 2, size=(9, 11), sampler="native", positions=positions)
 
         assert torch.autograd.gradcheck(fn, (x, weight))
@@ -140,15 +154,18 @@ def test_bad_sampler_requests_name_the_problem() -> None:
 
 
 def _fresh_interpreter(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
 
 
 def test_a_failed_build_warns_and_falls_back(tmp_path) -> None:
-    code = ("import torch, logging\nlogging.basicConfig()\n"
-            "from dysample_swap import DySample, native\n"
-            "y = DySample(8, groups=2)(torch.randn(1, 8, 4, 4))\n"
-            "print('shape', tuple(y.shape), 'lib', native.library())\n")
+    code = (
+        "import torch, logging\nlogging.basicConfig()\n"
+        "from dysample_swap import DySample, native\n"
+        "y = DySample(8, groups=2)(torch.randn(1, 8, 4, 4))\n"
+        "print('shape', tuple(y.shape), 'lib', native.library())\n"
+    )
     result = _fresh_interpreter({"CC": str(tmp_path / "no-such-compiler"), native.ENV_CACHE: str(tmp_path)}, code)
     assert result.returncode == 0, result.stderr
     assert "shape (1, 8, 8, 8) lib None" in result.stdout

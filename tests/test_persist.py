@@ -25,21 +25,40 @@ X64 = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),)
 
 
 def tiny_dpt() -> DPTForDepthEstimation:
-    return DPTForDepthEstimation(DPTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=64,
-        patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=32, reassemble_factors=[4, 2, 1, 0.5], head_hidden_size=16))
+    return DPTForDepthEstimation(
+        DPTConfig(
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=64,
+            patch_size=16,
+            backbone_out_indices=[0, 1, 2, 3],
+            neck_hidden_sizes=[8, 16, 32, 32],
+            fusion_hidden_size=32,
+            reassemble_factors=[4, 2, 1, 0.5],
+            head_hidden_size=16,
+        )
+    )
 
 
 def tiny_segformer() -> SegformerForSemanticSegmentation:
-    return SegformerForSemanticSegmentation(SegformerConfig(
-        depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 32, 64],
-        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=32, num_labels=3))
+    return SegformerForSemanticSegmentation(
+        SegformerConfig(
+            depths=[1, 1, 1, 1],
+            sr_ratios=[8, 4, 2, 1],
+            hidden_sizes=[8, 16, 32, 64],
+            num_attention_heads=[1, 1, 2, 2],
+            decoder_hidden_size=32,
+            num_labels=3,
+        )
+    )
 
 
 def tiny_unet() -> smp.Unet:
-    return smp.Unet("tu-mobilenetv3_small_050", encoder_weights=None, encoder_depth=3,
-                    decoder_channels=(32, 16, 8), classes=2)
+    return smp.Unet(
+        "tu-mobilenetv3_small_050", encoder_weights=None, encoder_depth=3, decoder_channels=(32, 16, 8), classes=2
+    )
 
 
 class UserNet(nn.Module):
@@ -167,8 +186,11 @@ def test_load_swapped_errors_name_the_fix(tmp_path: Path) -> None:
     save_swapped(swap_upsamplers(UserNet(), "dysample+", verbose=False), path)
     with pytest.raises(ValueError, match=r"records no model spec.*pass a freshly built UserNet"):
         load_swapped(path)
-    with pytest.raises(ValueError, match=r"saved from a test_persist\.UserNet, but the model given is a "
-                                         r"test_persist\.OtherNet"):
+    with pytest.raises(
+        ValueError,
+        match=r"saved from a test_persist\.UserNet, but the model given is a "
+        r"test_persist\.OtherNet",
+    ):
         load_swapped(path, model=OtherNet())
     with pytest.raises(ValueError, match="already swapped; pass a freshly built, unswapped UserNet"):
         load_swapped(path, model=swap_upsamplers(UserNet(), verbose=False))
@@ -191,8 +213,11 @@ def test_format_1_files_still_load(tmp_path: Path) -> None:
     save_swapped(model, path, spec)
     payload = torch.load(path, weights_only=True)
     recipe = payload["recipe"]
-    old = {"format": "dysample_swap.swapped/1", "state_dict": payload["state_dict"],
-           "recipe": {k: recipe[k] for k in ("model", "variant", "policy", "inputs")}}
+    old = {
+        "format": "dysample_swap.swapped/1",
+        "state_dict": payload["state_dict"],
+        "recipe": {k: recipe[k] for k in ("model", "variant", "policy", "inputs")},
+    }
     torch.save(old, path)
     assert_same_model(load_swapped(path, trust_spec=True), model, X64[0])  # its own test module
 
@@ -215,7 +240,9 @@ def test_from_pretrained_errors_name_the_fix(tmp_path: Path) -> None:
         config = json.loads((directory / "config.json").read_text())
         config[key]["swaps"][0]["variant"] = "dysample"  # static scope: no scope.weight
         (directory / "config.json").write_text(json.dumps(config))
-        with pytest.raises(ValueError, match=r"(?s)do not fit the model rebuilt from its recipe.*dysample_0\.scope\.weight"):
+        with pytest.raises(
+            ValueError, match=r"(?s)do not fit the model rebuilt from its recipe.*dysample_0\.scope\.weight"
+        ):
             dysample_swap.from_pretrained(directory)
         (directory / "model.safetensors").unlink()
         with pytest.raises(ValueError, match="no model.safetensors|no file named model.safetensors"):

@@ -18,17 +18,18 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torchvision
-
-from dysample_swap import DySample, swap_report, swap_upsamplers
 from swap_checks import tensors
 from test_swap_user_models import ControlFlowOnShapes, DictDecoderModel, SequentialDecoder, X
+
+from dysample_swap import DySample, swap_report, swap_upsamplers
 
 TESTS = Path(__file__).resolve().parent
 
 
 def _fpn() -> nn.Module:
-    return smp.FPN("resnet18", encoder_weights=None, encoder_depth=3, decoder_segmentation_channels=32,
-                   upsampling=4, classes=2)
+    return smp.FPN(
+        "resnet18", encoder_weights=None, encoder_depth=3, decoder_segmentation_channels=32, upsampling=4, classes=2
+    )
 
 
 def _segformer() -> nn.Module:
@@ -37,8 +38,8 @@ def _segformer() -> nn.Module:
 
 def _detector() -> nn.Module:
     return torchvision.models.detection.retinanet_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160,
-        detections_per_img=5).eval()
+        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160, detections_per_img=5
+    ).eval()
 
 
 def _images() -> list[torch.Tensor]:
@@ -86,9 +87,9 @@ def _assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 
 
 @pytest.mark.parametrize(("name", "build", "inputs", "methods"), CASES, ids=[c[0] for c in CASES])
-def test_pickle_copy_and_deepcopy_keep_the_swap(name: str, build: Callable[[], nn.Module],
-                                                inputs: Callable[[], Any], methods: set[str],
-                                                tmp_path: Path) -> None:
+def test_pickle_copy_and_deepcopy_keep_the_swap(
+    name: str, build: Callable[[], nn.Module], inputs: Callable[[], Any], methods: set[str], tmp_path: Path
+) -> None:
     x = inputs()
     model = _swapped(build, x)
     assert {s.method for s in swap_report(model).swapped} == methods
@@ -110,9 +111,9 @@ def test_pickle_copy_and_deepcopy_keep_the_swap(name: str, build: Callable[[], n
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "inputs", "methods"), CASES, ids=[c[0] for c in CASES])
-def test_a_fresh_interpreter_loads_the_whole_model(name: str, build: Callable[[], nn.Module],
-                                                   inputs: Callable[[], Any], methods: set[str],
-                                                   tmp_path: Path) -> None:
+def test_a_fresh_interpreter_loads_the_whole_model(
+    name: str, build: Callable[[], nn.Module], inputs: Callable[[], Any], methods: set[str], tmp_path: Path
+) -> None:
     x = inputs()
     model = _swapped(build, x)
     torch.save({"model": model, "inputs": x, "outputs": _run(model, x, continuous=True)}, tmp_path / "whole.pt")
@@ -130,8 +131,12 @@ def test_a_fresh_interpreter_loads_the_whole_model(name: str, build: Callable[[]
         "print('ok', sum(type(m).__name__ == 'DySample' for m in saved['model'].modules()))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "whole.pt"), str(torch.get_num_threads())],
-                          env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "whole.pt"), str(torch.get_num_threads())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["ok", str(sum(isinstance(m, DySample) for m in model.modules()))]

@@ -17,7 +17,7 @@ def test_every_public_name_resolves(name: str) -> None:
 
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'swap_everything'"):
-        dysample_swap.swap_everything  # noqa: B018
+        dysample_swap.swap_everything
 
 
 def test_importing_the_package_does_not_load_the_training_stack() -> None:

@@ -23,8 +23,10 @@ def test_packaged_recipes_are_the_top_level_recipes() -> None:
     shipped = {p.name: p.read_bytes() for p in packaged_recipes().glob("*.yaml")}
     assert sorted(shipped) == sorted(top)
     different = [name for name in top if shipped[name] != top[name]]
-    assert not different, (f"dysample_swap/recipes/ differs from recipes/ in {different}; the "
-                           "package ships a copy: cp recipes/*.yaml dysample_swap/recipes/")
+    assert not different, (
+        f"dysample_swap/recipes/ differs from recipes/ in {different}; the "
+        "package ships a copy: cp recipes/*.yaml dysample_swap/recipes/"
+    )
 
 
 def test_segformer_recipe_is_the_papers_schedule() -> None:
@@ -40,10 +42,13 @@ def test_segformer_recipe_is_the_papers_schedule() -> None:
         assert number in text
 
 
-@pytest.mark.parametrize("name, numbers", [
-    ("fasterrcnn_coco", ("37.5 / 58.2 / 40.8", "38.6 / 59.9 / 42.0", "38.7 / 60.0 / 42.2")),   # Table 6
-    ("maskrcnn_coco", ("38.3 / 34.7", "39.2 / 35.4", "39.6 / 35.7")),                          # Table 7
-])
+@pytest.mark.parametrize(
+    "name, numbers",
+    [
+        ("fasterrcnn_coco", ("37.5 / 58.2 / 40.8", "38.6 / 59.9 / 42.0", "38.7 / 60.0 / 42.2")),  # Table 6
+        ("maskrcnn_coco", ("38.3 / 34.7", "39.2 / 35.4", "39.6 / 35.7")),  # Table 7
+    ],
+)
 def test_detection_recipes_state_the_papers_numbers(name: str, numbers: tuple[str, ...]) -> None:
     cfg = load_config(name)
     assert "weights_backbone=IMAGENET1K_V1" in cfg.model.spec and cfg.train.epochs == 12
@@ -55,7 +60,7 @@ def test_detection_recipes_state_the_papers_numbers(name: str, numbers: tuple[st
 def test_presets() -> None:
     cfg = load_config("fasterrcnn_coco", ["train.max_steps=3"], preset="cpu")
     assert cfg.data["format"] == "synthetic" and "weights_backbone=None" in cfg.model.spec
-    assert cfg.train.max_steps == 3 and cfg.train.epochs is None      # --set applies after it
+    assert cfg.train.max_steps == 3 and cfg.train.epochs is None  # --set applies after it
     with pytest.raises(ConfigError, match="no preset 'gpu' \\(this recipe's presets: cpu\\)"):
         load_config("fasterrcnn_coco", preset="gpu")
     with pytest.raises(ConfigError, match="presets: none"):
@@ -73,32 +78,75 @@ def test_paper_recipe_cpu_preset_trains_two_steps(name: str, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_named_recipe_resolves_from_a_non_editable_install(tmp_path: Path) -> None:
-    source = tmp_path / "src"                 # a clean copy: the build writes next to its sources
+    source = tmp_path / "src"  # a clean copy: the build writes next to its sources
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "dysample_swap", source / "dysample_swap",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "dysample_swap", source / "dysample_swap", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(source)],
-                   check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert (target / "dysample_swap" / "recipes" / "demo.yaml").is_file()
-    assert (target / "dysample_swap" / "upsamplers" / "dysample" / "csrc" / "sampler.c").is_file()  # the compiled sampler's source ships too
+    assert (
+        target / "dysample_swap" / "upsamplers" / "dysample" / "csrc" / "sampler.c"
+    ).is_file()  # the compiled sampler's source ships too
     assert (target / "dysample_swap" / "upsamplers" / "dysample" / "csrc" / "sampler_impl.h").is_file()
-    elsewhere = tmp_path / "elsewhere"        # no ./recipes here, and no source tree nearby
+    elsewhere = tmp_path / "elsewhere"  # no ./recipes here, and no source tree nearby
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    probe = ("import dysample_swap; from dysample_swap.finetune.config import resolve_recipe; "
-             "print(dysample_swap.__file__); print(resolve_recipe('demo'))")
-    found = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, check=True,
-                           capture_output=True, text=True, timeout=300).stdout.split()
+    probe = (
+        "import dysample_swap; from dysample_swap.finetune.config import resolve_recipe; "
+        "print(dysample_swap.__file__); print(resolve_recipe('demo'))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], cwd=elsewhere, env=env, check=True, capture_output=True, text=True, timeout=300
+    ).stdout.split()
     assert all(Path(p).is_relative_to(target) for p in found), found
-    tiny = ["data.image_size=32", "data.num_samples=4", "data.num_val_samples=2",
-            "train.batch_size=4", "train.max_steps=1", "train.checkpoint_every=0",
-            "eval.num_images=0", "train.progress=never", "swap.policy.verbose=false"]
-    run = subprocess.run([sys.executable, "-m", "dysample_swap.cli", "finetune", "demo", "--out",
-                          "run", *[a for t in tiny for a in ("--set", t)]],
-                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    tiny = [
+        "data.image_size=32",
+        "data.num_samples=4",
+        "data.num_val_samples=2",
+        "train.batch_size=4",
+        "train.max_steps=1",
+        "train.checkpoint_every=0",
+        "eval.num_images=0",
+        "train.progress=never",
+        "swap.policy.verbose=false",
+    ]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dysample_swap.cli",
+            "finetune",
+            "demo",
+            "--out",
+            "run",
+            *[a for t in tiny for a in ("--set", t)],
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "run" / "summary.json").is_file()

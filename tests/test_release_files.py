@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_persist import UserNet
 
 import dysample_swap
 from dysample_swap.cli import main
-from test_persist import UserNet
 
 RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 X = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),)

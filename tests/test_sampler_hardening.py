@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from dysample_swap import DySample
+from dysample_swap.upsamplers import UPSAMPLERS, create_upsampler
 from dysample_swap.upsamplers.dysample import native
 from dysample_swap.upsamplers.dysample.sampling import dysample_sample
-from dysample_swap.upsamplers import UPSAMPLERS, create_upsampler
 
 COMPILER = native._compiler()
-needs_compiler = pytest.mark.skipif(COMPILER is None or native.library() is None,
-                                    reason="the compiled sampler cannot be built here")
+needs_compiler = pytest.mark.skipif(
+    COMPILER is None or native.library() is None, reason="the compiled sampler cannot be built here"
+)
 ROOT = os.name == "posix" and os.geteuid() == 0
 
 # Prints the loaded library and checks a zero-offset DySample against F.interpolate (a look-alike library
@@ -193,11 +194,13 @@ def test_a_truncated_library_is_rebuilt(pristine: Path, tmp_path: Path, length: 
 @needs_compiler
 @pytest.mark.parametrize("positions", ["grid", "exact"])
 def test_an_empty_batch_trains_on_the_compiled_sampler(pristine: Path, tmp_path: Path, positions: str) -> None:
-    code = (f"import torch\nfrom dysample_swap import DySample\n"
-            f"x = torch.randn(0, 16, 8, 8, requires_grad=True)\n"
-            f"up = DySample(16, positions={positions!r})\ny = up(x)\ny.sum().backward()\n"
-            f"assert y.shape == (0, 16, 16, 16) and x.grad.shape == x.shape\n"
-            f"assert up.offset.weight.grad.abs().sum().item() == 0\n")
+    code = (
+        f"import torch\nfrom dysample_swap import DySample\n"
+        f"x = torch.randn(0, 16, 8, 8, requires_grad=True)\n"
+        f"up = DySample(16, positions={positions!r})\ny = up(x)\ny.sum().backward()\n"
+        f"assert y.shape == (0, 16, 16, 16) and x.grad.shape == x.shape\n"
+        f"assert up.offset.weight.grad.abs().sum().item() == 0\n"
+    )
     result = _run(code, _built_cache(pristine, tmp_path)[0])
     assert result.returncode == 0, result.stderr  # not SIGFPE
 
@@ -206,9 +209,11 @@ def test_an_empty_batch_trains_on_the_compiled_sampler(pristine: Path, tmp_path:
 
 
 def test_a_nan_pixel_trains_without_the_compiled_sampler(tmp_path: Path) -> None:
-    code = ("import torch\nfrom dysample_swap import DySample\n"
-            "x = torch.randn(1, 16, 8, 8)\nx[0, 3, 2, 5] = float('nan')\nx.requires_grad_()\n"
-            "DySample(16)(x).sum().backward()\nassert x.grad.shape == x.shape\n")
+    code = (
+        "import torch\nfrom dysample_swap import DySample\n"
+        "x = torch.randn(1, 16, 8, 8)\nx[0, 3, 2, 5] = float('nan')\nx.requires_grad_()\n"
+        "DySample(16)(x).sum().backward()\nassert x.grad.shape == x.shape\n"
+    )
     result = _run(code, tmp_path, native_on=False)
     assert result.returncode == 0, result.stderr  # not SIGSEGV in grid_sample's backward
 
@@ -220,8 +225,9 @@ def test_a_nan_grid_coordinate_reads_what_grid_sample_reads() -> None:
     offset[0, 0, 1, 2] = float("nan")  # the x offset of output pixel (2, 4)
     y = dysample_sample(x, offset, 2, 1, sampler="reference")  # grid_sample underneath
     grid_y = (2 + 0.5) / 2 * 2 / 4 - 1  # output row 2 of a x2 upsampling, normalised
-    expected = torch.nn.functional.grid_sample(x, torch.tensor([[[[float("nan"), grid_y]]]]),
-                                               padding_mode="border", align_corners=False)
+    expected = torch.nn.functional.grid_sample(
+        x, torch.tensor([[[[float("nan"), grid_y]]]]), padding_mode="border", align_corners=False
+    )
     assert y[0, 0, 2, 4] == expected.item() == 3.0  # column 0, row 0.75: 0.25 * 0 + 0.75 * 4
 
 
@@ -279,12 +285,14 @@ def test_no_tensor_kills_any_sampler(pristine: Path, tmp_path: Path, native_on: 
 @needs_compiler
 def test_an_empty_input_plane_is_refused_by_the_kernel(pristine: Path, tmp_path: Path) -> None:
     """The kernel's own guard: output pixels with no input pixel raise instead of reading out of bounds."""
-    code = ("import torch\nfrom dysample_swap.upsamplers.dysample.native_sampler import axis_tables, native_sample\n"
-            "zero = torch.zeros(2, dtype=torch.long)\n"
-            "rows = axis_tables(0, 2, 2, 0, 0, zero, torch.zeros(2), rows=True)\n"
-            "cols = axis_tables(0, 2, 2, 1, 0, zero, torch.zeros(2), rows=False)\n"
-            "try:\n    native_sample(torch.zeros(1, 2, 0, 0), torch.zeros(1, 8, 0, 0), rows, cols, 2, 1, 2, 2, 'grid')\n"
-            "except ValueError as error:\n    print(error)\n")
+    code = (
+        "import torch\nfrom dysample_swap.upsamplers.dysample.native_sampler import axis_tables, native_sample\n"
+        "zero = torch.zeros(2, dtype=torch.long)\n"
+        "rows = axis_tables(0, 2, 2, 0, 0, zero, torch.zeros(2), rows=True)\n"
+        "cols = axis_tables(0, 2, 2, 1, 0, zero, torch.zeros(2), rows=False)\n"
+        "try:\n    native_sample(torch.zeros(1, 2, 0, 0), torch.zeros(1, 8, 0, 0), rows, cols, 2, 1, 2, 2, 'grid')\n"
+        "except ValueError as error:\n    print(error)\n"
+    )
     result = _run(code, _built_cache(pristine, tmp_path)[0])
     assert result.returncode == 0, result.stderr
     assert "zero height or width" in result.stdout

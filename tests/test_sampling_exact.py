@@ -36,7 +36,9 @@ ODD_CASES = [
 @pytest.mark.parametrize("anchor", list(INTERPOLATE_MODE))
 @pytest.mark.parametrize("style", ["lp", "pl"])
 @pytest.mark.parametrize(("hw", "scale", "call"), ODD_CASES)
-def test_zero_offsets_equal_interpolate_at_odd_sizes(anchor: str, style: str, hw: tuple, scale: int, call: dict) -> None:
+def test_zero_offsets_equal_interpolate_at_odd_sizes(
+    anchor: str, style: str, hw: tuple, scale: int, call: dict
+) -> None:
     channels = 4 * scale * scale
     module = DySample(channels, scale, style, 2, dyscope=True, anchor=anchor, offset_init_std=0.0, positions="exact")
     with torch.no_grad():
@@ -79,8 +81,9 @@ def test_sparse_sampler_equals_the_reference_forward_and_gradients(dtype: torch.
     results = {}
     for sampler in ("sparse", "reference"):
         leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias, scope)]
-        out = dysample(leaves[0], leaves[1], leaves[2], leaves[3], scale, "lp", 2, **call, sampler=sampler,
-                       positions="exact")
+        out = dysample(
+            leaves[0], leaves[1], leaves[2], leaves[3], scale, "lp", 2, **call, sampler=sampler, positions="exact"
+        )
         if upstream is None:
             upstream = torch.randn(out.shape, dtype=dtype, generator=generator)  # dense, not .sum()
         out.backward(upstream)

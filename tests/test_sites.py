@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from swap_checks import assert_unchanged, snapshot
 
 from dysample_swap.surgery.policy import upsampler_scale
 from dysample_swap.surgery.sites import ROOT, discover, discovery_context, module_at
 from dysample_swap.surgery.swap import find_upsamplers
-from swap_checks import assert_unchanged, snapshot
 
 
 class Inner(nn.Module):
@@ -36,7 +36,7 @@ class Outer(nn.Module):
         return {"out": self.drop(z) * 2, "mid": y}
 
 
-def _discover(model: nn.Module, x: torch.Tensor):  # noqa: ANN202
+def _discover(model: nn.Module, x: torch.Tensor):
     with discovery_context(model):
         return discover(model, x)
 
@@ -44,8 +44,13 @@ def _discover(model: nn.Module, x: torch.Tensor):  # noqa: ANN202
 def test_module_and_function_sites_are_attributed() -> None:
     d = _discover(Outer(), torch.rand(2, 3, 5, 7))
     up, fn = d.sites
-    assert (up.path, up.kind, up.function, up.owner, up.order) == ("inner.up", "module", "nn.UpsamplingNearest2d",
-                                                                  "inner", 0)
+    assert (up.path, up.kind, up.function, up.owner, up.order) == (
+        "inner.up",
+        "module",
+        "nn.UpsamplingNearest2d",
+        "inner",
+        0,
+    )
     assert (fn.path, fn.kind, fn.function, fn.owner) == (ROOT, "function", "F.interpolate", ROOT)
     assert up.input_shape == (2, 4, 5, 7) and up.output_shape == (2, 4, 10, 14) and up.in_channels == 4
     assert fn.scale == (1.5, 1.5) and fn.size is None and fn.output_shape == (2, 4, 15, 21)
@@ -104,7 +109,8 @@ def test_pooled_context_flag_follows_the_pooled_branch_only() -> None:
             pooled = self.conv(F.adaptive_avg_pool2d(x, 3))
             se = x * torch.sigmoid(F.adaptive_avg_pool2d(x, 1))  # squeeze-excite: full size, not pooled
             return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear") + F.interpolate(
-                F.max_pool2d(se, 2), scale_factor=2.0)
+                F.max_pool2d(se, 2), scale_factor=2.0
+            )
 
     a, b = _discover(Pyramid(), torch.rand(1, 8, 12, 12)).sites
     assert "pooled" in a.flags and "pooled" not in b.flags

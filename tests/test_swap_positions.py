@@ -59,7 +59,8 @@ def test_bad_positions_name_the_choices() -> None:
 
 
 def test_cli_takes_positions() -> None:
-    result = subprocess.run([sys.executable, "-m", "dysample_swap.cli", "inspect", "--help"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dysample_swap.cli", "inspect", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "--positions {exact,grid}" in result.stdout

@@ -7,16 +7,17 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
-
-from dysample_swap import swap_report, swap_upsamplers
-from dysample_swap.upsamplers import UpsamplerChain
 from swap_checks import assert_close
 from test_swap_user_models import SequentialDecoder, X
 
+from dysample_swap import swap_report, swap_upsamplers
+from dysample_swap.upsamplers import UpsamplerChain
+
 
 def _fpn() -> nn.Module:
-    return smp.FPN("resnet18", encoder_weights=None, encoder_depth=3, decoder_segmentation_channels=32,
-                   upsampling=4, classes=2)
+    return smp.FPN(
+        "resnet18", encoder_weights=None, encoder_depth=3, decoder_segmentation_channels=32, upsampling=4, classes=2
+    )
 
 
 def _unet() -> nn.Module:
@@ -27,17 +28,20 @@ def _segformer() -> nn.Module:  # the eager fallback, and x4 / x8 sites as chain
     return smp.Segformer("mit_b0", encoder_weights=None, decoder_segmentation_channels=32, classes=2)
 
 
-MODELS = [("user", SequentialDecoder, X, torch.rand(1, 3, 40, 56)),
-          ("smp-fpn", _fpn, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64)),
-          ("smp-unet", _unet, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64)),
-          ("smp-segformer", _segformer, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64))]
+MODELS = [
+    ("user", SequentialDecoder, X, torch.rand(1, 3, 40, 56)),
+    ("smp-fpn", _fpn, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64)),
+    ("smp-unet", _unet, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64)),
+    ("smp-segformer", _segformer, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 96, 64)),
+]
 RIVALS = ["carafe", "deconv", "pixelshuffle", "bilinear"]
 
 
 @pytest.mark.parametrize("rival", RIVALS)
 @pytest.mark.parametrize(("name", "build", "x", "other"), MODELS, ids=[m[0] for m in MODELS])
-def test_every_rival_swaps_the_same_sites_trains_and_round_trips(name: str, build: type[nn.Module], x: torch.Tensor,
-                                                                 other: torch.Tensor, rival: str) -> None:
+def test_every_rival_swaps_the_same_sites_trains_and_round_trips(
+    name: str, build: type[nn.Module], x: torch.Tensor, other: torch.Tensor, rival: str
+) -> None:
     torch.manual_seed(0)
     reference = build().eval()
     dysample_sites = [s.path for s in swap_report(swap_upsamplers(build(), "dysample", x, verbose=False)).swapped]
@@ -70,7 +74,8 @@ def test_every_rival_swaps_the_same_sites_trains_and_round_trips(name: str, buil
         model.zero_grad()
         model(x).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in new.values()), [
-        n for n, p in new.items() if p.grad is None or not p.grad.abs().sum() > 0]
+        n for n, p in new.items() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     fresh = swap_upsamplers(build(), rival, x, verbose=False)
     fresh.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
@@ -106,8 +111,14 @@ def test_smp_segformer_chains_match_the_papers_parameter_counts(variant: str) ->
 @pytest.mark.slow
 def test_transformers_segformer_chains_match_the_papers_count() -> None:
     transformers = pytest.importorskip("transformers")
-    config = transformers.SegformerConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 40, 64],
-                                          num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=256, num_labels=3)
+    config = transformers.SegformerConfig(
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 40, 64],
+        num_attention_heads=[1, 1, 1, 1],
+        decoder_hidden_size=256,
+        num_labels=3,
+    )
     model = transformers.SegformerForSemanticSegmentation(config).eval()
     keys = set(model.state_dict())
     swap_upsamplers(model, "dysample", torch.rand(1, 3, 64, 64), verbose=False)

@@ -8,10 +8,10 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.fx
-
-from dysample_swap.upsamplers.dysample.module import DySample
-from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
 from swap_checks import check_swap
+
+from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
+from dysample_swap.upsamplers.dysample.module import DySample
 
 CNN = "resnet18"
 MIT = "mit_b0"
@@ -47,22 +47,29 @@ CASES = [
 ]
 
 
-def _build(arch: str, encoder: str):  # noqa: ANN202
+def _build(arch: str, encoder: str):
     kwargs = {"dynamic_img_size": True} if arch == "DPT" else {}
     return lambda: getattr(smp, arch)(encoder_name=encoder, encoder_weights=None, **kwargs)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("arch", "encoder", "size", "swapped", "skipped", "fallback"), CASES,
-                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("arch", "encoder", "size", "swapped", "skipped", "fallback"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
 def test_smp_architecture(arch: str, encoder: str, size: int, swapped: int, skipped: int, fallback: int) -> None:
     x = torch.rand(1, 3, size, size)
     bigger = torch.rand(1, 3, size + 32, size + 64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no upsampling site is eligible" for Linknet/PSPNet/DLV3
-        model, report = check_swap(_build(arch, encoder), (x,), other_inputs=(bigger,),
-                                   train_inputs=(torch.rand(2, 3, 2 * size, 2 * size),),
-                                   swapped=swapped, skipped=skipped, fallback=fallback)
+        model, report = check_swap(
+            _build(arch, encoder),
+            (x,),
+            other_inputs=(bigger,),
+            train_inputs=(torch.rand(2, 3, 2 * size, 2 * size),),
+            swapped=swapped,
+            skipped=skipped,
+            fallback=fallback,
+        )
     for site in report.skipped:
         assert site.reason, site
     finals = [s for s in report.sites if "final" in s.flags]
@@ -81,17 +88,27 @@ def test_fpn_table_matches_the_survey() -> None:
     ]
     head = sites[-1]
     assert (head.path, head.kind, head.function, head.action) == (
-        "segmentation_head.1", "module", "nn.Upsample", "skip")
+        "segmentation_head.1",
+        "module",
+        "nn.Upsample",
+        "skip",
+    )
     assert head.source.startswith("nn.Upsample <- segmentation_models_pytorch/base/model.py")
 
 
 def test_skip_reasons_on_pooling_architectures() -> None:
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):
         psp = find_upsamplers(smp.PSPNet(encoder_name=CNN, encoder_weights=None), torch.rand(1, 3, 128, 128))
-    assert [s.reason.split(" ")[0] for s in psp] == ["1x1", "adaptive-pooled", "adaptive-pooled",
-                                                     "adaptive-pooled", "final"]
-    pan = find_upsamplers(smp.PAN(encoder_name=CNN, encoder_weights=None), torch.rand(1, 3, 128, 128),
-                          groups_fallback=False)
+    assert [s.reason.split(" ")[0] for s in psp] == [
+        "1x1",
+        "adaptive-pooled",
+        "adaptive-pooled",
+        "adaptive-pooled",
+        "final",
+    ]
+    pan = find_upsamplers(
+        smp.PAN(encoder_name=CNN, encoder_weights=None), torch.rand(1, 3, 128, 128), groups_fallback=False
+    )
     reasons = [s.reason for s in pan if s.action == "skip"]
     assert any("broadcast of pooled context" in r for r in reasons)
     assert any("same-size no-op" in r for r in reasons)

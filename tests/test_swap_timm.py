@@ -8,9 +8,9 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from swap_checks import check_swap
 
 from dysample_swap.surgery.swap import find_upsamplers
-from swap_checks import check_swap
 
 
 class TimmFPN(nn.Module):
@@ -33,8 +33,14 @@ class TimmFPN(nn.Module):
 
 
 def test_timm_features_only_fpn() -> None:
-    model, report = check_swap(TimmFPN, (torch.rand(1, 3, 64, 64),), other_inputs=(torch.rand(1, 3, 75, 99),),
-                               train_inputs=(torch.rand(2, 3, 128, 128),), swapped=3, skipped=1)
+    model, report = check_swap(
+        TimmFPN,
+        (torch.rand(1, 3, 64, 64),),
+        other_inputs=(torch.rand(1, 3, 75, 99),),
+        train_inputs=(torch.rand(2, 3, 128, 128),),
+        swapped=3,
+        skipped=1,
+    )
     assert [s.in_channels for s in report.swapped] == [64, 64, 64]
     assert report.skipped[0].reason.startswith("final logits")
     assert isinstance(model.backbone, timm.models.FeatureListNet)

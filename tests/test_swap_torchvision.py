@@ -10,10 +10,10 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torchvision
+from swap_checks import check_swap
 from torchvision.models import detection, segmentation
 
 from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
-from swap_checks import check_swap
 
 SMALL = {"min_size": 128, "max_size": 160, "box_detections_per_img": 5}
 
@@ -38,7 +38,7 @@ def _targets(kind: str) -> list[dict[str, torch.Tensor]]:
     return [target]
 
 
-def _detection_loss(kind: str):  # noqa: ANN202
+def _detection_loss(kind: str):
     def loss(model: nn.Module, inputs: tuple[Any, ...]) -> torch.Tensor:
         return sum(model(inputs[0], _targets(kind)).values())
 
@@ -69,9 +69,14 @@ def test_detector(name: str, swapped: int, skipped: int, kind: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mobilenet FPN: nothing eligible
         model, report = check_swap(
-            build, _images((128, 160)), other_inputs=_images((97, 131)), swapped=swapped,
+            build,
+            _images((128, 160)),
+            other_inputs=_images((97, 131)),
+            swapped=swapped,
             skipped=skipped,
-            output=_backbone_features, loss=_detection_loss(kind))
+            output=_backbone_features,
+            loss=_detection_loss(kind),
+        )
     reasons = [s.reason for s in report.skipped]
     assert reasons[0].startswith("resizes the network input"), report.table()
     assert report.skipped[0].path == "transform"
@@ -128,8 +133,14 @@ def test_segmenter(name: str, swapped: int, skipped: int) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fcn / deeplabv3: nothing eligible by default
-        _, report = check_swap(build, (torch.rand(1, 3, 64, 64),), other_inputs=(torch.rand(1, 3, 75, 61),),
-                               train_inputs=(torch.rand(2, 3, 128, 128),), swapped=swapped, skipped=skipped)
+        _, report = check_swap(
+            build,
+            (torch.rand(1, 3, 64, 64),),
+            other_inputs=(torch.rand(1, 3, 75, 61),),
+            train_inputs=(torch.rand(2, 3, 128, 128),),
+            swapped=swapped,
+            skipped=skipped,
+        )
     final = report.sites[-1]
     assert (final.path, final.action) == ("<root>", "skip") and "final logits" in final.reason
 
@@ -138,9 +149,15 @@ def test_swap_final_rewrites_the_root_and_it_still_traces() -> None:
     def build() -> nn.Module:
         return segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=8, aux_loss=False)
 
-    model, report = check_swap(build, (torch.rand(1, 3, 64, 64),), other_inputs=(torch.rand(1, 3, 75, 61),),
-                               train_inputs=(torch.rand(2, 3, 128, 128),), swapped=1, skipped=0,
-                               swap_final=True)
+    model, report = check_swap(
+        build,
+        (torch.rand(1, 3, 64, 64),),
+        other_inputs=(torch.rand(1, 3, 75, 61),),
+        train_inputs=(torch.rand(2, 3, 128, 128),),
+        swapped=1,
+        skipped=0,
+        swap_final=True,
+    )
     assert isinstance(model, segmentation.FCN) and report.swapped[0].owner == "<root>"
     assert report.swapped[0].upsampler_scale == 8
     traced = torch.fx.symbolic_trace(model)

@@ -10,11 +10,11 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from swap_checks import check_swap, dysample_parameters
 from torch.nn.functional import interpolate as resize
 
-from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.surgery.swap import find_upsamplers, swap_report, swap_upsamplers
-from swap_checks import check_swap, dysample_parameters
+from dysample_swap.upsamplers.dysample.module import DySample
 
 pytestmark = pytest.mark.filterwarnings("ignore:`nn.functional.upsample.* is deprecated:UserWarning")
 
@@ -211,8 +211,15 @@ class SharedOwner(nn.Module):
 class SequentialDecoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(conv(3, 8), nn.MaxPool2d(4), conv(8, 16), nn.UpsamplingBilinear2d(scale_factor=2),
-                                 conv(16, 16), nn.UpsamplingNearest2d(scale_factor=2), nn.Conv2d(16, 2, 1))
+        self.net = nn.Sequential(
+            conv(3, 8),
+            nn.MaxPool2d(4),
+            conv(8, 16),
+            nn.UpsamplingBilinear2d(scale_factor=2),
+            conv(16, 16),
+            nn.UpsamplingNearest2d(scale_factor=2),
+            nn.Conv2d(16, 2, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -228,8 +235,9 @@ class UpThenScale(nn.Upsample):
 class UpsampleSubclassModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(conv(3, 8), nn.MaxPool2d(2), UpThenScale(scale_factor=2, mode="nearest"),
-                                 nn.Conv2d(8, 2, 1))
+        self.net = nn.Sequential(
+            conv(3, 8), nn.MaxPool2d(2), UpThenScale(scale_factor=2, mode="nearest"), nn.Conv2d(8, 2, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -252,12 +260,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("cls", "x", "other", "swapped", "skipped", "fallback"), CASES,
-                         ids=[c[0].__name__ for c in CASES])
-def test_user_model(cls: type[nn.Module], x: torch.Tensor, other: torch.Tensor, swapped: int, skipped: int,
-                    fallback: int) -> None:
-    model, report = check_swap(cls, (x,), other_inputs=(other,), train_inputs=TRAIN,
-                               swapped=swapped, skipped=skipped, fallback=fallback)
+@pytest.mark.parametrize(
+    ("cls", "x", "other", "swapped", "skipped", "fallback"), CASES, ids=[c[0].__name__ for c in CASES]
+)
+def test_user_model(
+    cls: type[nn.Module], x: torch.Tensor, other: torch.Tensor, swapped: int, skipped: int, fallback: int
+) -> None:
+    model, report = check_swap(
+        cls, (x,), other_inputs=(other,), train_inputs=TRAIN, swapped=swapped, skipped=skipped, fallback=fallback
+    )
     if fallback == 0:  # everything went through fx: the whole model still traces
         traced = torch.fx.symbolic_trace(model)
         with torch.no_grad():
@@ -266,11 +277,22 @@ def test_user_model(cls: type[nn.Module], x: torch.Tensor, other: torch.Tensor, 
 
 def test_every_spelling_is_found_with_its_api_and_arguments() -> None:
     sites = find_upsamplers(EveryFunctionalSpelling(), X)
-    assert [s.function for s in sites] == ["F.interpolate", "F.interpolate", "F.interpolate", "F.upsample",
-                                           "F.upsample_bilinear", "F.upsample_nearest"]
+    assert [s.function for s in sites] == [
+        "F.interpolate",
+        "F.interpolate",
+        "F.interpolate",
+        "F.upsample",
+        "F.upsample_bilinear",
+        "F.upsample_nearest",
+    ]
     assert [(s.mode, s.align_corners) for s in sites] == [
-        ("nearest", None), ("bilinear", None), ("bilinear", True), ("nearest", None), ("bilinear", True),
-        ("nearest", None)]
+        ("nearest", None),
+        ("bilinear", None),
+        ("bilinear", True),
+        ("nearest", None),
+        ("bilinear", True),
+        ("nearest", None),
+    ]
     assert [s.scale for s in sites] == [(2.0, 2.0), (0.5, 0.5), (2.0, 2.0), (2.0, 2.0), (2.0, 2.0), (2.0, 2.0)]
     assert sites[1].reason == "downsamples 16x16->8x8"
     assert all(s.kind == "function" and s.path == "<root>" for s in sites)
@@ -290,7 +312,9 @@ def test_one_upsample_module_at_two_channel_counts_gets_two_dysamples() -> None:
 def test_loop_and_helper_function_get_one_dysample_per_executed_call() -> None:
     sites = find_upsamplers(PyramidLoop(), X)
     assert [(s.path, s.helper, s.order, s.in_channels) for s in sites] == [
-        ("<root>", "upsample_add", 0, 32), ("<root>", "upsample_add", 1, 32)]
+        ("<root>", "upsample_add", 0, 32),
+        ("<root>", "upsample_add", 1, 32),
+    ]
     assert sites[0].source == sites[1].source
     model = swap_upsamplers(PyramidLoop(), "dysample", X, verbose=False)
     assert len([m for m in model.modules() if isinstance(m, DySample)]) == 2
@@ -316,8 +340,13 @@ def test_eager_fallback_is_marked_and_survives_deepcopy() -> None:
     model = swap_upsamplers(ControlFlowOnShapes(), "dysample", X, verbose=False)
     report = swap_report(model)
     assert [s.method for s in report.swapped] == ["eager fallback", "eager fallback"]
-    assert report.table().count("[eager fallback: fx failed: TraceError: symbolically traced variables "
-                                "cannot be used as inputs to control flow]") == 2
+    assert (
+        report.table().count(
+            "[eager fallback: fx failed: TraceError: symbolically traced variables "
+            "cannot be used as inputs to control flow]"
+        )
+        == 2
+    )
     clone = copy.deepcopy(model)
     with torch.no_grad():
         clone.dysample_0.offset.bias.fill_(0.3)  # only the clone's DySample moves
@@ -330,7 +359,9 @@ def test_shared_owner_shares_one_dysample() -> None:
     model = swap_upsamplers(SharedOwner(), "dysample", X, verbose=False)
     report = swap_report(model)
     assert [(s.owner, s.owner_call, s.replacement) for s in report.swapped] == [
-        ("block", 0, "dysample_0"), ("block", 1, "dysample_0")]
+        ("block", 0, "dysample_0"),
+        ("block", 1, "dysample_0"),
+    ]
 
 
 def test_policy_include_exclude_globs_and_predicates() -> None:
@@ -352,9 +383,12 @@ def test_strict_raises_and_lenient_warns() -> None:
     with pytest.raises(ValueError, match="no upsampling site is eligible"):
         swap_upsamplers(SkipReasons(), example_inputs=X, strict=True, verbose=False)
     with pytest.raises(ValueError, match="requested by include= but is skipped: downsamples"):
-        swap_upsamplers(EveryFunctionalSpelling(), example_inputs=X, include=lambda s: s.order == 1,
-                        strict=True, verbose=False)
-    with pytest.raises(ValueError, match=r"include='decoder\.\*' selects none of the sites \(their paths: net\.3, net\.5\)"):
+        swap_upsamplers(
+            EveryFunctionalSpelling(), example_inputs=X, include=lambda s: s.order == 1, strict=True, verbose=False
+        )
+    with pytest.raises(
+        ValueError, match=r"include='decoder\.\*' selects none of the sites \(their paths: net\.3, net\.5\)"
+    ):
         find_upsamplers(SequentialDecoder(), X, include="decoder.*", strict=True)
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):
         model = swap_upsamplers(SkipReasons(), example_inputs=X, verbose=False)
@@ -364,8 +398,9 @@ def test_strict_raises_and_lenient_warns() -> None:
 def test_swap_final_and_groups_fallback() -> None:
     with pytest.warns(UserWarning, match="no upsampling site is eligible"):
         final = find_upsamplers(SkipReasons(), X, swap_final=True, groups_fallback=False)[-1]
-    assert final.reason == ("2 channels are not divisible by groups=4 of dysample+; groups_fallback=True "
-                            "(the default) would use groups=2")
+    assert final.reason == (
+        "2 channels are not divisible by groups=4 of dysample+; groups_fallback=True (the default) would use groups=2"
+    )
     final = find_upsamplers(SkipReasons(), X, swap_final=True)[-1]
     assert (final.action, final.groups, final.groups_note) == ("swap", 2, "groups 4 -> 2 (2 channels)")
     assert final.reason.endswith(", groups 4 -> 2 (2 channels)")
@@ -378,8 +413,7 @@ def test_paper_init_anchors_bilinear_with_random_offsets() -> None:
     assert [m.anchor for m in modules] == ["bilinear", "bilinear"]
     assert all(m.offset.weight.abs().max() > 0 for m in modules)
     matched = swap_upsamplers(SequentialDecoder(), "dysample", X, verbose=False)
-    assert [m.anchor for m in matched.modules() if isinstance(m, DySample)] == [
-        "bilinear_align_corners", "nearest"]
+    assert [m.anchor for m in matched.modules() if isinstance(m, DySample)] == ["bilinear_align_corners", "nearest"]
 
 
 def test_variant_and_option_errors_are_clear() -> None:

@@ -36,8 +36,9 @@ from dysample_swap.integrations.ultralytics import KeepSwapInTraining, swap_yolo
 
 IMAGE = 96  # stride 32: the first upsampler sees 3x3 (at 2x2 every nearest anchor sits on the border, where grid_sample passes no gradient)
 UPSAMPLE_LAYERS = (10, 13)  # the two nn.Upsample layers of YOLOv8's neck
-TRAIN_ARGS = dict(epochs=1, imgsz=IMAGE, batch=2, nbs=2, device="cpu", workers=0, plots=False, amp=False,
-                  exist_ok=True, verbose=False)  # nbs=batch: one optimizer step per batch, 4 in all
+TRAIN_ARGS = dict(
+    epochs=1, imgsz=IMAGE, batch=2, nbs=2, device="cpu", workers=0, plots=False, amp=False, exist_ok=True, verbose=False
+)  # nbs=batch: one optimizer step per batch, 4 in all
 
 
 def write_dataset(root: Path) -> Path:
@@ -51,10 +52,11 @@ def write_dataset(root: Path) -> Path:
         x0, y0 = (int(v) for v in rng.integers(4, 30, 2))
         w, h = (int(v) for v in rng.integers(16, 30, 2))
         pixels = np.full((IMAGE, IMAGE, 3), 40, np.uint8)
-        pixels[y0:y0 + h, x0:x0 + w] = (200, 60, 60) if cls == 0 else (60, 200, 60)
+        pixels[y0 : y0 + h, x0 : x0 + w] = (200, 60, 60) if cls == 0 else (60, 200, 60)
         Image.fromarray(pixels).save(images / f"{k}.png")
         (labels / f"{k}.txt").write_text(
-            f"{cls} {(x0 + w / 2) / IMAGE:.5f} {(y0 + h / 2) / IMAGE:.5f} {w / IMAGE:.5f} {h / IMAGE:.5f}\n")
+            f"{cls} {(x0 + w / 2) / IMAGE:.5f} {(y0 + h / 2) / IMAGE:.5f} {w / IMAGE:.5f} {h / IMAGE:.5f}\n"
+        )
     data = root / "data.yaml"
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames:\n  0: red\n  1: green\n")
     return data
@@ -65,13 +67,17 @@ def dysamples(network: nn.Module) -> dict[str, DySample]:
 
 
 def dysample_state(network: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.{k}": v.detach().clone().float() for name, m in dysamples(network).items()
-            for k, v in m.state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().clone().float()
+        for name, m in dysamples(network).items()
+        for k, v in m.state_dict().items()
+    }
 
 
 def layer_bookkeeping(network: nn.Module) -> dict[int, tuple[Any, ...]]:
-    return {i: (network.model[i].i, network.model[i].f, network.model[i].type, network.model[i].np)
-            for i in UPSAMPLE_LAYERS}
+    return {
+        i: (network.model[i].i, network.model[i].f, network.model[i].type, network.model[i].np) for i in UPSAMPLE_LAYERS
+    }
 
 
 @dataclass
@@ -141,8 +147,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     seen = inspect_training(yolo)
     yolo.train(data=str(data), project=str(root / "runs"), name="train", **TRAIN_ARGS)
     weights = root / "runs" / "train" / "weights"
-    return Run(yolo, data, root / "data" / "images" / "train" / "0.png", root, seen, bookkeeping, added,
-               weights / "last.pt", weights / "best.pt")
+    return Run(
+        yolo,
+        data,
+        root / "data" / "images" / "train" / "0.png",
+        root,
+        seen,
+        bookkeeping,
+        added,
+        weights / "last.pt",
+        weights / "best.pt",
+    )
 
 
 def test_predicates_and_errors() -> None:
@@ -207,8 +222,18 @@ def test_checkpoints_reload_with_the_trained_dysample(run: Run) -> None:
 
 def test_val_predict_and_onnx_export(run: Run) -> None:
     yolo = YOLO(str(run.best))
-    metrics = yolo.val(data=str(run.data), imgsz=IMAGE, batch=4, device="cpu", workers=0, plots=False,
-                       project=str(run.out / "runs"), name="val", exist_ok=True, verbose=False)
+    metrics = yolo.val(
+        data=str(run.data),
+        imgsz=IMAGE,
+        batch=4,
+        device="cpu",
+        workers=0,
+        plots=False,
+        project=str(run.out / "runs"),
+        name="val",
+        exist_ok=True,
+        verbose=False,
+    )
     assert 0.0 <= metrics.box.map <= 1.0
     calls: list[str] = []
     for name, module in dysamples(yolo.model).items():
@@ -247,8 +272,19 @@ def test_pickle_copy_and_fresh_process_round_trips(run: Run, tmp_path: Path) -> 
             assert torch.equal(other(x)[0], expected)
     torch.save(network, tmp_path / "network.pt")
     torch.save(x, tmp_path / "x.pt")
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "network.pt"), str(tmp_path / "x.pt"),
-                           str(tmp_path / "y.pt")], capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS,
+            str(tmp_path / "network.pt"),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['DySample', 'DySample']"
     assert torch.equal(torch.load(tmp_path / "y.pt"), expected)

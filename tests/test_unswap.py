@@ -11,17 +11,22 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_swap_user_models import ControlFlowOnShapes, DictDecoderModel, SequentialDecoder, SharedOwner, X
 
 from dysample_swap import DySample, swap_report, swap_upsamplers, unswap
-from test_swap_user_models import ControlFlowOnShapes, DictDecoderModel, SequentialDecoder, SharedOwner, X
 
 
 def _fpn() -> nn.Module:
     return smp.FPN("resnet18", encoder_weights=None, encoder_depth=3, decoder_segmentation_channels=32, classes=2)
 
 
-CASES = [("in place", SequentialDecoder), ("fx", DictDecoderModel), ("eager fallback", ControlFlowOnShapes),
-         ("fx shared", SharedOwner), ("smp", _fpn)]
+CASES = [
+    ("in place", SequentialDecoder),
+    ("fx", DictDecoderModel),
+    ("eager fallback", ControlFlowOnShapes),
+    ("fx shared", SharedOwner),
+    ("smp", _fpn),
+]
 
 
 @pytest.mark.parametrize(("name", "build"), CASES, ids=[c[0] for c in CASES])
@@ -68,8 +73,10 @@ def test_every_failed_fx_attempt_is_logged_at_debug_and_the_table_says_why(caplo
     assert "symbolically traced variables cannot be used as inputs to control flow" in attempts[0].getMessage()
     assert any(r.getMessage().startswith("<root> uses the eager fallback: TraceError") for r in caplog.records)
     line = next(ln for ln in swap_report(model).table().splitlines() if "eager fallback" in ln)
-    assert line.endswith("[eager fallback: fx failed: TraceError: symbolically traced variables cannot be "
-                         "used as inputs to control flow]")
+    assert line.endswith(
+        "[eager fallback: fx failed: TraceError: symbolically traced variables cannot be "
+        "used as inputs to control flow]"
+    )
 
 
 class ChangesItsCallsAfterTheFirstForward(nn.Module):
@@ -103,9 +110,12 @@ def test_eager_fallback_self_check_raises_and_undoes_the_swap() -> None:
 
 
 def test_bad_example_inputs_say_discovery_ran_the_model_and_what_to_pass() -> None:
-    with pytest.raises(ValueError, match=r"discovery runs SequentialDecoder once on example_inputs.*"
-                                         r"\[\{'tensor': \[1, 5, 32, 32\]\}\].*RuntimeError.*"
-                                         r"torch.rand\(1, 3, 128, 128\).*first convolution takes 3 channels"):
+    with pytest.raises(
+        ValueError,
+        match=r"discovery runs SequentialDecoder once on example_inputs.*"
+        r"\[\{'tensor': \[1, 5, 32, 32\]\}\].*RuntimeError.*"
+        r"torch.rand\(1, 3, 128, 128\).*first convolution takes 3 channels",
+    ):
         swap_upsamplers(SequentialDecoder(), "dysample", torch.rand(1, 5, 32, 32), verbose=False)
     with pytest.raises(ValueError, match=r"discovery runs SequentialDecoder .* on str: TypeError"):
         swap_upsamplers(SequentialDecoder(), "dysample", "image.png", verbose=False)

@@ -98,11 +98,15 @@ class HFOutput(ModelOutput):
     hidden: torch.Tensor | None = None
 
 
-@pytest.mark.parametrize("wrap", [
-    lambda logits, feature: PlainOutput(logits, [feature]),
-    lambda logits, feature: HFOutput(logits=logits, hidden=feature),
-    lambda logits, feature: {"out": {"logits": logits}, "features": (feature,)},
-], ids=["dataclass", "transformers ModelOutput", "nested dict"])
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda logits, feature: PlainOutput(logits, [feature]),
+        lambda logits, feature: HFOutput(logits=logits, hidden=feature),
+        lambda logits, feature: {"out": {"logits": logits}, "features": (feature,)},
+    ],
+    ids=["dataclass", "transformers ModelOutput", "nested dict"],
+)
 def test_outputs_inside_containers_are_final_not_unused(wrap: Any) -> None:
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -117,7 +121,9 @@ def test_outputs_inside_containers_are_final_not_unused(wrap: Any) -> None:
 
     decisions = find_upsamplers(Net(), (X,))
     assert [("final" in d.flags, "unused" in d.flags, d.action) for d in decisions] == [
-        (True, False, "skip"), (True, False, "skip")]
+        (True, False, "skip"),
+        (True, False, "skip"),
+    ]
     assert all(d.reason.startswith("final logits") for d in decisions)
 
 

@@ -45,8 +45,9 @@ def test_operator_matches_unfold_formulation_in_float64(k: int, group: int, scal
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 8, 5, 7, dtype=torch.float64, generator=g)
     mask = torch.rand(2, group * k * k, 5 * scale, 7 * scale, dtype=torch.float64, generator=g)
-    torch.testing.assert_close(carafe(feat, mask, k, group, scale), _unfold_carafe(feat, mask, k, group, scale),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        carafe(feat, mask, k, group, scale), _unfold_carafe(feat, mask, k, group, scale), atol=1e-12, rtol=0
+    )
 
 
 def test_operator_gradcheck() -> None:
@@ -105,7 +106,7 @@ class _LargestTensor(TorchDispatchMode):
         super().__init__()
         self.largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
@@ -129,8 +130,12 @@ def _mmcv_pack_forward(up: CARAFEPack, x: torch.Tensor) -> torch.Tensor:
     """mmcv's CARAFEPack forward written out with explicit channel indices instead of pixel_shuffle."""
     k2, s, g = up.up_kernel**2, up.scale_factor, up.up_group
     n, _, h, w = x.shape
-    encoded = F.conv2d(F.conv2d(x, up.channel_compressor.weight, up.channel_compressor.bias),
-                       up.content_encoder.weight, up.content_encoder.bias, padding=(up.encoder_kernel - 1) // 2)
+    encoded = F.conv2d(
+        F.conv2d(x, up.channel_compressor.weight, up.channel_compressor.bias),
+        up.content_encoder.weight,
+        up.content_encoder.bias,
+        padding=(up.encoder_kernel - 1) // 2,
+    )
     # encoder channel (grp*k2 + tap)*s*s + i*s + j holds tap `tap` of output pixel (s*y + i, s*x + j)
     kernels = encoded.view(n, g, k2, s, s, h, w).permute(0, 1, 2, 5, 3, 6, 4).reshape(n, g, k2, s * h, s * w)
     kernels = kernels.exp() / kernels.exp().sum(dim=2, keepdim=True)
@@ -152,8 +157,10 @@ def test_pack_names_shapes_and_init_are_mmcvs() -> None:
     up = CARAFEPack(256, 2)
     shapes = {k: tuple(v.shape) for k, v in up.state_dict().items()}
     assert shapes == {
-        "channel_compressor.weight": (64, 256, 1, 1), "channel_compressor.bias": (64,),
-        "content_encoder.weight": (100, 64, 3, 3), "content_encoder.bias": (100,),
+        "channel_compressor.weight": (64, 256, 1, 1),
+        "channel_compressor.bias": (64,),
+        "content_encoder.weight": (100, 64, 3, 3),
+        "content_encoder.bias": (100,),
     }
     bound = math.sqrt(6 / (256 + 64))  # Xavier-uniform, gain 1
     w = up.channel_compressor.weight
@@ -170,7 +177,9 @@ def test_pack_at_init_is_close_to_a_5x5_average_not_the_interpolation() -> None:
     torch.manual_seed(0)
     up = CARAFEPack(8, 2)
     x = torch.randn(1, 8, 9, 9)
-    average = F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=True).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    average = (
+        F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=True).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    )
     torch.testing.assert_close(up(x), average, atol=0.02, rtol=0)  # N(0, 0.001) encoder: kernels within ~2% of 1/25
     assert (up(x) - F.interpolate(x, scale_factor=2, mode="bilinear")).abs().max() > 0.5
     assert not any(exact_at_swap("carafe", a, native=n) for a in ("bilinear", "nearest") for n in (True, False))
@@ -188,8 +197,12 @@ def _nearest_source(in_len: int, out_len: int, **kwargs: object) -> torch.Tensor
 
 @pytest.mark.parametrize(
     ("in_hw", "request_", "out_hw"),
-    [((13, 13), {"size": (25, 25)}, (25, 25)), ((15, 17), {"size": (45, 51)}, (45, 51)),
-     ((15, 17), {"scale_factor": 3.0}, (45, 51)), ((13, 13), {"scale_factor": 1.5}, (19, 19))],
+    [
+        ((13, 13), {"size": (25, 25)}, (25, 25)),
+        ((15, 17), {"size": (45, 51)}, (45, 51)),
+        ((15, 17), {"scale_factor": 3.0}, (45, 51)),
+        ((13, 13), {"scale_factor": 1.5}, (19, 19)),
+    ],
 )
 def test_pack_any_size_takes_each_pixel_from_the_nearest_rules_input_cell(in_hw, request_, out_hw) -> None:
     torch.manual_seed(0)

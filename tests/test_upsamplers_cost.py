@@ -41,7 +41,11 @@ def test_hand_computed_counts(name: str) -> None:
 
 
 def test_hand_computed_counts_of_other_settings() -> None:
-    assert upsampler_cost("deconv", 256, 2, (16, 16), init="paper") == (256 * 256 * 9 + 256, 256 * 256 * 9 * 16 * 16, 256)
+    assert upsampler_cost("deconv", 256, 2, (16, 16), init="paper") == (
+        256 * 256 * 9 + 256,
+        256 * 256 * 9 * 16 * 16,
+        256,
+    )
     assert upsampler_cost("bilinear", 256, 2, (16, 16), anchor="nearest").macs == 0
     assert upsampler_cost("bilinear", 256, 2, (16, 16), size=(25, 25)).macs == 4 * 256 * 25 * 25
     assert upsampler_cost("dysample", 256, 2, (16, 16), batch=3).macs == 3 * HAND["dysample"][2]
@@ -51,16 +55,22 @@ def test_hand_computed_counts_of_other_settings() -> None:
     # x8 as three x2 stages at 16x16, 32x32, 64x64 (outputs 32, 64, 128)
     stages = [16 * 16, 32 * 32, 64 * 64]
     assert upsampler_cost("dysample", 256, 8, (16, 16)) == (
-        3 * (256 * 32 + 32), sum(256 * 32 * p + 4 * 256 * 4 * p for p in stages), 3 * 32)
+        3 * (256 * 32 + 32),
+        sum(256 * 32 * p + 4 * 256 * 4 * p for p in stages),
+        3 * 32,
+    )
     assert upsampler_cost("dysample", 256, 8, (16, 16), size=(100, 100)).macs == (
-        256 * 32 * sum(stages) + 4 * 256 * (32 * 32 + 64 * 64 + 100 * 100))
+        256 * 32 * sum(stages) + 4 * 256 * (32 * 32 + 64 * 64 + 100 * 100)
+    )
     assert upsampler_cost("dysample", 256, 8, (16, 16), chain=False).params == 256 * 2 * 4 * 64 + 2 * 4 * 64
     assert module_cost(DySample(256, groups=4, size=(25, 25)), (1, 256, 16, 16)).macs == 256 * 32 * 256 + 4 * 256 * 625
     with pytest.raises(TypeError, match="got Conv2d"):
         module_cost(torch.nn.Conv2d(3, 3, 1), (1, 3, 4, 4))
 
 
-def _non_convolution_macs(module: torch.nn.Module, channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+def _non_convolution_macs(
+    module: torch.nn.Module, channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> int:
     """By hand: 4 per output element DySample or bilinear interpolation samples, 25 per CARAFE native output element."""
     h, w = in_hw
     if isinstance(module, UpsamplerChain):
@@ -78,7 +88,9 @@ def _non_convolution_macs(module: torch.nn.Module, channels: int, in_hw: tuple[i
 
 
 @pytest.mark.parametrize("name", UPSAMPLERS)
-@pytest.mark.parametrize(("scale", "anchor", "init"), [(2, "bilinear", "match"), (2, "nearest", "paper"), (4, "bilinear", "match")])
+@pytest.mark.parametrize(
+    ("scale", "anchor", "init"), [(2, "bilinear", "match"), (2, "nearest", "paper"), (4, "bilinear", "match")]
+)
 def test_convolution_macs_agree_with_a_flop_counting_pass(name, scale, anchor, init) -> None:
     up = create_upsampler(name, 16, scale, anchor=anchor, init=init)
     x, out_hw = torch.randn(1, 16, 7, 9), (7 * scale + 3, 9 * scale - 1)
@@ -100,8 +112,12 @@ def _segformer_b1_total(name: str, **kwargs: object):
 
 @pytest.mark.parametrize(
     ("name", "paper", "unit", "with_biases_rounds_to"),
-    [("dysample", 49.2, 1e3, 49.3), ("dysample+", 0.1, 1e6, 0.1), ("dysample-s", 6.1, 1e3, 6.2),
-     ("dysample-s+", 12.3, 1e3, 12.4)],
+    [
+        ("dysample", 49.2, 1e3, 49.3),
+        ("dysample+", 0.1, 1e6, 0.1),
+        ("dysample-s", 6.1, 1e3, 6.2),
+        ("dysample-s+", 12.3, 1e3, 12.4),
+    ],
 )
 def test_six_x2_stages_give_table_4_parameter_counts_without_biases(name, paper, unit, with_biases_rounds_to) -> None:
     """Table 4: DySample +49.2K, DySample+ +0.1M, DySample-S +6.1K, DySample-S+ +12.3K (weights only)."""
@@ -109,7 +125,9 @@ def test_six_x2_stages_give_table_4_parameter_counts_without_biases(name, paper,
     assert stages == 6
     assert round(weights / unit, 1) == paper
     assert round(params / unit, 1) == with_biases_rounds_to  # so the paper leaves the biases out
-    assert weights == {"dysample": 6 * 8192, "dysample+": 6 * 16384, "dysample-s": 6 * 1024, "dysample-s+": 6 * 2048}[name]
+    assert (
+        weights == {"dysample": 6 * 8192, "dysample+": 6 * 16384, "dysample-s": 6 * 1024, "dysample-s+": 6 * 2048}[name]
+    )
 
 
 def test_rivals_over_six_stages_match_table_4_where_the_paper_settings_are_used() -> None:

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dysample_swap.upsamplers.registry import rival_parameters
 from dysample_swap import (
     UPSAMPLERS,
     CARAFEPack,
@@ -20,6 +19,7 @@ from dysample_swap import (
     create_upsampler,
     exact_at_swap,
 )
+from dysample_swap.upsamplers.registry import rival_parameters
 
 ANCHORS = ("bilinear", "bilinear_align_corners", "nearest")
 
@@ -31,17 +31,34 @@ def _interpolate(x: torch.Tensor, anchor: str, **request: object) -> torch.Tenso
 
 
 def test_names() -> None:
-    assert UPSAMPLERS == ("dysample", "dysample+", "dysample-s", "dysample-s+", "carafe", "deconv", "pixelshuffle",
-                          "bilinear")
+    assert UPSAMPLERS == (
+        "dysample",
+        "dysample+",
+        "dysample-s",
+        "dysample-s+",
+        "carafe",
+        "deconv",
+        "pixelshuffle",
+        "bilinear",
+    )
     kinds = {name: type(create_upsampler(name, 16, 2)) for name in UPSAMPLERS}
-    assert kinds == {"dysample": DySample, "dysample+": DySample, "dysample-s": DySample, "dysample-s+": DySample,
-                     "carafe": CARAFEPack, "deconv": DeconvUpsampler, "pixelshuffle": PixelShuffleUpsampler,
-                     "bilinear": InterpolateUpsampler}
+    assert kinds == {
+        "dysample": DySample,
+        "dysample+": DySample,
+        "dysample-s": DySample,
+        "dysample-s+": DySample,
+        "carafe": CARAFEPack,
+        "deconv": DeconvUpsampler,
+        "pixelshuffle": PixelShuffleUpsampler,
+        "bilinear": InterpolateUpsampler,
+    }
     assert create_upsampler(" DySample-S+ ", 16, 2).variant == "dysample-s+"
 
 
 def test_errors_name_the_valid_values() -> None:
-    with pytest.raises(ValueError, match=r"unknown upsampler 'carafee'; choose one of dysample, .*bilinear\. Did you mean 'carafe'\?"):
+    with pytest.raises(
+        ValueError, match=r"unknown upsampler 'carafee'; choose one of dysample, .*bilinear\. Did you mean 'carafe'\?"
+    ):
         create_upsampler("carafee", 16, 2)
     with pytest.raises(ValueError, match="unknown upsampler 'zzz'; choose one of .*bilinear.$"):
         exact_at_swap("zzz")
@@ -65,8 +82,12 @@ def test_groups_fallback_is_passed_to_dysample() -> None:
 @pytest.mark.parametrize("scale", [2, 4])
 @pytest.mark.parametrize(
     ("in_hw", "request_", "out_hw"),
-    [((13, 13), {"size": (25, 25)}, (25, 25)), ((15, 17), {"size": (45, 51)}, (45, 51)),
-     ((15, 17), {"scale_factor": 3.0}, (45, 51)), ((13, 13), {"scale_factor": 1.5}, (19, 19))],
+    [
+        ((13, 13), {"size": (25, 25)}, (25, 25)),
+        ((15, 17), {"size": (45, 51)}, (45, 51)),
+        ((15, 17), {"scale_factor": 3.0}, (45, 51)),
+        ((13, 13), {"scale_factor": 1.5}, (19, 19)),
+    ],
 )
 def test_every_upsampler_gives_the_requested_size(name, scale, in_hw, request_, out_hw) -> None:
     up = create_upsampler(name, 16, scale)
@@ -120,8 +141,10 @@ def test_bilinear_chain_is_three_bilinear_x2_calls_not_one_x8() -> None:
 
 
 @pytest.mark.parametrize("name", ["dysample", "dysample-s+", "deconv", "pixelshuffle"])
-@pytest.mark.parametrize("request_", [{"size": (100, 41)}, {"size": (37, 10)}, {"scale_factor": 8},
-                                      {"scale_factor": 5.3}, {"scale_factor": (7.9, 3.3)}])
+@pytest.mark.parametrize(
+    "request_",
+    [{"size": (100, 41)}, {"size": (37, 10)}, {"scale_factor": 8}, {"scale_factor": 5.3}, {"scale_factor": (7.9, 3.3)}],
+)
 def test_nearest_chain_is_one_nearest_interpolation_at_any_size(name, request_) -> None:
     x = torch.randn(1, 16, 5, 6, dtype=torch.float64)
     chain = create_upsampler(name, 16, 8, anchor="nearest").double()
@@ -167,4 +190,5 @@ def test_rival_parameters_are_what_the_built_module_has(name: str) -> None:
     for channels, scale, init, chain in itertools.product((3, 16, 64), (2, 3, 4, 8), ("match", "paper"), (True, False)):
         module = create_upsampler(name, channels, scale, init=init, chain=chain)
         assert rival_parameters(name, channels, scale, init=init, chain=chain) == sum(
-            p.numel() for p in module.parameters()), (channels, scale, init, chain)
+            p.numel() for p in module.parameters()
+        ), (channels, scale, init, chain)

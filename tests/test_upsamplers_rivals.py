@@ -60,7 +60,13 @@ def test_without_replicate_padding_the_bilinear_deconv_borders_would_be_wrong() 
 @pytest.mark.parametrize("cls", RIVALS)
 @pytest.mark.parametrize(
     "request_",
-    [{"size": (25, 25)}, {"size": (45, 51)}, {"scale_factor": 1.5}, {"scale_factor": 3.0}, {"scale_factor": (2.5, 1.3)}],
+    [
+        {"size": (25, 25)},
+        {"size": (45, 51)},
+        {"scale_factor": 1.5},
+        {"scale_factor": 3.0},
+        {"scale_factor": (2.5, 1.3)},
+    ],
 )
 def test_nearest_init_stays_nearest_at_any_size(cls, request_) -> None:
     x = torch.randn(1, 4, 15, 17)
@@ -89,9 +95,14 @@ def test_align_corners_anchor_starts_as_plain_bilinear(cls) -> None:
 @pytest.mark.parametrize("cls", [*RIVALS, InterpolateUpsampler])
 @pytest.mark.parametrize(
     ("in_hw", "request_", "out_hw"),
-    [((13, 13), {}, (26, 26)), ((13, 13), {"size": (25, 25)}, (25, 25)), ((15, 17), {"size": (45, 51)}, (45, 51)),
-     ((15, 17), {"scale_factor": 3}, (45, 51)), ((13, 13), {"scale_factor": 1.5}, (19, 19)),
-     ((13, 13), {"size": 25}, (25, 25))],
+    [
+        ((13, 13), {}, (26, 26)),
+        ((13, 13), {"size": (25, 25)}, (25, 25)),
+        ((15, 17), {"size": (45, 51)}, (45, 51)),
+        ((15, 17), {"scale_factor": 3}, (45, 51)),
+        ((13, 13), {"scale_factor": 1.5}, (19, 19)),
+        ((13, 13), {"size": 25}, (25, 25)),
+    ],
 )
 def test_output_shapes(cls, in_hw, request_, out_hw) -> None:
     up = InterpolateUpsampler(2) if cls is InterpolateUpsampler else cls(4, 2)
@@ -101,7 +112,9 @@ def test_output_shapes(cls, in_hw, request_, out_hw) -> None:
 @pytest.mark.parametrize("cls", [*RIVALS, InterpolateUpsampler])
 def test_defaults_and_explicit_arguments(cls) -> None:
     x = torch.randn(1, 4, 13, 13)
-    make = (lambda **kw: InterpolateUpsampler(2, **kw)) if cls is InterpolateUpsampler else (lambda **kw: cls(4, 2, **kw))
+    make = (
+        (lambda **kw: InterpolateUpsampler(2, **kw)) if cls is InterpolateUpsampler else (lambda **kw: cls(4, 2, **kw))
+    )
     assert make(size=(25, 27))(x).shape == (1, 4, 25, 27)
     assert make(scale_factor=1.5)(x).shape == (1, 4, 19, 19)
     assert make(size=(25, 27))(x, scale_factor=3).shape == (1, 4, 39, 39)
@@ -122,7 +135,12 @@ def test_noop_arm_is_the_original_call_bit_for_bit(anchor, request_) -> None:
 
 def test_paper_layers() -> None:
     deconv = DeconvUpsampler(16, 2, init="paper").deconv
-    assert (deconv.kernel_size, deconv.stride, deconv.padding, deconv.output_padding) == ((3, 3), (2, 2), (1, 1), (1, 1))
+    assert (deconv.kernel_size, deconv.stride, deconv.padding, deconv.output_padding) == (
+        (3, 3),
+        (2, 2),
+        (1, 1),
+        (1, 1),
+    )
     conv = PixelShuffleUpsampler(16, 2, init="paper").conv
     assert (conv.kernel_size, conv.padding, conv.padding_mode, conv.out_channels) == ((3, 3), (1, 1), "zeros", 64)
     x = torch.randn(1, 16, 13, 13)

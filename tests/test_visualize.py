@@ -32,11 +32,12 @@ def _constant_offsets(module: DySample, dx: float, dy: float) -> DySample:
 @pytest.mark.parametrize("positions", POSITIONS)
 @pytest.mark.parametrize("variant", ["dysample", "dysample-s"])
 def test_static_scope_offsets_are_a_quarter_of_the_raw_offset(variant: str, positions: str) -> None:
-    up = _constant_offsets(DySample.from_variant(variant, in_channels=32, offset_init_std=0.0,
-                                                 positions=positions), 1.0, -2.0)
+    up = _constant_offsets(
+        DySample.from_variant(variant, in_channels=32, offset_init_std=0.0, positions=positions), 1.0, -2.0
+    )
     anchor, disp, scope = sampling_offsets(up, torch.randn(1, 32, 6, 6))
     assert scope is None and disp.shape == (1, up.groups, 2, 12, 12)
-    inner = disp[..., 2:-2, 2:-2]            # away from the border, where readings clamp
+    inner = disp[..., 2:-2, 2:-2]  # away from the border, where readings clamp
     assert torch.allclose(inner[:, :, 0], torch.full_like(inner[:, :, 0], 0.25), atol=1e-6)
     assert torch.allclose(inner[:, :, 1], torch.full_like(inner[:, :, 1], -0.5), atol=1e-6)
     # Bilinear anchors: output pixel j of a x2 upsampling reads input position (j + 0.5) / 2.
@@ -45,13 +46,12 @@ def test_static_scope_offsets_are_a_quarter_of_the_raw_offset(variant: str, posi
 
 
 def test_dynamic_scope_is_half_sigmoid_of_the_scope_projection() -> None:
-    up = _constant_offsets(DySample.from_variant("dysample+", in_channels=8, groups=2,
-                                                 offset_init_std=0.0), 0.4, 0.4)
-    with torch.no_grad():                    # scope(x) = 2 * channel 0 of x, for every output
+    up = _constant_offsets(DySample.from_variant("dysample+", in_channels=8, groups=2, offset_init_std=0.0), 0.4, 0.4)
+    with torch.no_grad():  # scope(x) = 2 * channel 0 of x, for every output
         up.scope.weight.zero_()
         up.scope.weight[:, 0] = 2.0
     x = torch.zeros(1, 8, 5, 5)
-    x[0, 0, :, :2] = 1.0                     # left two columns: scope(x) = 2, else 0
+    x[0, 0, :, :2] = 1.0  # left two columns: scope(x) = 2, else 0
     _, disp, scope = sampling_offsets(up, x)
     left, right = 0.5 / (1 + torch.exp(torch.tensor(-2.0))).item(), 0.25
     assert scope[0, :, :, 2:-2, 1:4].flatten().tolist() == pytest.approx([left] * 2 * 2 * 6 * 3, abs=1e-6)
@@ -76,12 +76,19 @@ def test_hook_reads_the_site_inside_a_model_at_any_size() -> None:
 
 def test_visualize_command_on_a_trained_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
-    overrides = ["model.spec=test_compare:tiny_net:num_classes={num_classes}",   # tests/test_compare.py
-                 "data.image_size=32", "data.num_samples=8", "data.num_val_samples=2",
-                 "train.batch_size=4", "train.max_steps=1", "train.checkpoint_every=0",
-                 "eval.num_images=0", "train.progress=never", "swap.policy.verbose=false"]
-    assert main(["finetune", "demo", "--out", str(run),
-                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    overrides = [
+        "model.spec=test_compare:tiny_net:num_classes={num_classes}",  # tests/test_compare.py
+        "data.image_size=32",
+        "data.num_samples=8",
+        "data.num_val_samples=2",
+        "train.batch_size=4",
+        "train.max_steps=1",
+        "train.checkpoint_every=0",
+        "eval.num_images=0",
+        "train.progress=never",
+        "swap.policy.verbose=false",
+    ]
+    assert main(["finetune", "demo", "--out", str(run), *[a for o in overrides for a in ("--set", o)]]) == 0
     image = tmp_path / "scene.png"
     Image.effect_mandelbrot((48, 40), (-2.0, -1.5, 1.0, 1.5), 60).convert("RGB").save(image)
     checkpoint = run / "checkpoints" / "last.pt"
@@ -92,27 +99,26 @@ def test_visualize_command_on_a_trained_checkpoint(tmp_path: Path, capsys: pytes
     assert listing.split("\n")[2].split()[:2] == ["0", "up1"] and "variant=dysample+" in listing
 
     out = tmp_path / "offsets.png"
-    assert main(["visualize", str(checkpoint), str(image), "--site", "0", "--out", str(out),
-                 "--trust-spec"]) == 0
+    assert main(["visualize", str(checkpoint), str(image), "--site", "0", "--out", str(out), "--trust-spec"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("up1 (dysample+, 8x8 -> 16x16)")     # the image at the recipe's 32 px
+    assert printed.startswith("up1 (dysample+, 8x8 -> 16x16)")  # the image at the recipe's 32 px
     assert "dynamic scope mean" in printed and f"wrote {out}" in printed
     assert out.read_bytes()[:8] == PNG
     with Image.open(out) as picture:
-        assert picture.width > 1000 and picture.height > 400     # three readable panels
+        assert picture.width > 1000 and picture.height > 400  # three readable panels
 
     assert main(["visualize", str(checkpoint), str(image), "--site", "99", "--trust-spec"]) == 2
     assert "site index 99 out of range" in capsys.readouterr().err
 
 
-def test_a_checkpoint_spec_that_runs_code_is_not_built(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_a_checkpoint_spec_that_runs_code_is_not_built(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # An edited checkpoint whose config names os.system as the model builder.
     marker = tmp_path / "pwned"
     spec = f"os:system:command='touch {marker}'"
     config = build_config({"model": {"spec": spec}, "data": {"format": "synthetic"}}).to_dict()
-    checkpoint = save_checkpoint(tmp_path / "last.pt", {
-        "config": config, "signature": {"num_classes": 2, "swapped": False}, "model": {}})
+    checkpoint = save_checkpoint(
+        tmp_path / "last.pt", {"config": config, "signature": {"num_classes": 2, "swapped": False}, "model": {}}
+    )
     image = tmp_path / "scene.png"
     Image.new("RGB", (16, 16)).save(image)
 

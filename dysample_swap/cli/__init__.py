@@ -48,4 +48,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     return int(args.run(args) or 0)
-

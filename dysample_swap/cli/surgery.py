@@ -12,13 +12,15 @@ import sys
 from typing import Any
 
 from dysample_swap.surgery.model_spec import build_model, is_owned
-from dysample_swap.surgery.swap import plan_swap, swap_upsamplers
 from dysample_swap.surgery.persist import save_swapped, writable_target
+from dysample_swap.surgery.swap import plan_swap, swap_upsamplers
 from dysample_swap.upsamplers import UPSAMPLERS, upsampler_cost
 
-MODEL_HELP = ("smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
-              "(weights=None, weights_backbone=None unless given), timm:NAME[:k=v,...], or "
-              "package.module:function[:k=v,...] returning an nn.Module")
+MODEL_HELP = (
+    "smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
+    "(weights=None, weights_backbone=None unless given), timm:NAME[:k=v,...], or "
+    "package.module:function[:k=v,...] returning an nn.Module"
+)
 
 
 def _shape(text: str) -> list[int]:
@@ -33,28 +35,59 @@ def _shape(text: str) -> list[int]:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("--variant", default="dysample+", choices=UPSAMPLERS,
-                        help="DySample variant (default dysample+), or a rival upsampler for ablations")
-    parser.add_argument("--input-shape", type=_shape, default=None,
-                        help="example input: NxCxHxW tensor, or CxHxW for one detector image "
-                             "(default: 1x3x128x128, or one 3x128x160 image for torchvision detectors)")
-    parser.add_argument("--include", action="append", default=None, metavar="PATH_OR_GLOB",
-                        help="only swap these sites (repeatable; a path also selects what is below it)")
-    parser.add_argument("--exclude", action="append", default=None, metavar="PATH_OR_GLOB",
-                        help="never swap these sites (repeatable)")
+    parser.add_argument(
+        "--variant",
+        default="dysample+",
+        choices=UPSAMPLERS,
+        help="DySample variant (default dysample+), or a rival upsampler for ablations",
+    )
+    parser.add_argument(
+        "--input-shape",
+        type=_shape,
+        default=None,
+        help="example input: NxCxHxW tensor, or CxHxW for one detector image "
+        "(default: 1x3x128x128, or one 3x128x160 image for torchvision detectors)",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=None,
+        metavar="PATH_OR_GLOB",
+        help="only swap these sites (repeatable; a path also selects what is below it)",
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=None, metavar="PATH_OR_GLOB", help="never swap these sites (repeatable)"
+    )
     parser.add_argument("--swap-final", action="store_true", help="also swap final-logit upsampling")
-    parser.add_argument("--groups-fallback", action=argparse.BooleanOptionalAction, default=True,
-                        help="use the largest valid group count where the variant's groups do not divide the "
-                             "channels (default; --no-groups-fallback skips those sites)")
-    parser.add_argument("--init", choices=("match", "paper"), default="match",
-                        help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)")
-    parser.add_argument("--chain", action=argparse.BooleanOptionalAction, default=True,
-                        help="x4/x8 sites as chains of x2 stages, as the paper (default; --no-chain: one module)")
-    parser.add_argument("--positions", choices=("exact", "grid"), default="exact",
-                        help="exact: zero offsets reproduce the interpolation at every size (default); "
-                             "grid: the authors' grid_sample arithmetic (~1e-6 off at odd sizes)")
-    parser.add_argument("--strict", action="store_true",
-                        help="fail when nothing is eligible or an --include site cannot be swapped")
+    parser.add_argument(
+        "--groups-fallback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the largest valid group count where the variant's groups do not divide the "
+        "channels (default; --no-groups-fallback skips those sites)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("match", "paper"),
+        default="match",
+        help="match: identical outputs at swap time (default); paper: bilinear anchor, N(0, 0.001)",
+    )
+    parser.add_argument(
+        "--chain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="x4/x8 sites as chains of x2 stages, as the paper (default; --no-chain: one module)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=("exact", "grid"),
+        default="exact",
+        help="exact: zero offsets reproduce the interpolation at every size (default); "
+        "grid: the authors' grid_sample arithmetic (~1e-6 off at odd sizes)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail when nothing is eligible or an --include site cannot be swapped"
+    )
 
 
 def _inputs(args: argparse.Namespace) -> Any:
@@ -68,9 +101,16 @@ def _inputs(args: argparse.Namespace) -> Any:
 
 
 def _policy(args: argparse.Namespace) -> dict[str, Any]:
-    return {"include": args.include, "exclude": args.exclude, "swap_final": args.swap_final,
-            "groups_fallback": args.groups_fallback, "init": args.init, "strict": args.strict,
-            "chain": args.chain, "positions": args.positions}
+    return {
+        "include": args.include,
+        "exclude": args.exclude,
+        "swap_final": args.swap_final,
+        "groups_fallback": args.groups_fallback,
+        "init": args.init,
+        "strict": args.strict,
+        "chain": args.chain,
+        "positions": args.positions,
+    }
 
 
 def cost_table(report: Any, policy: dict[str, Any]) -> str:
@@ -91,9 +131,16 @@ def cost_table(report: Any, policy: dict[str, Any]) -> str:
             if (d.owner, d.replacement) in seen:
                 continue
             seen.add((d.owner, d.replacement))
-            cost = upsampler_cost(name, d.in_channels, d.upsampler_scale, tuple(d.input_shape[2:]),
-                                  batch=d.input_shape[0], size=tuple(d.output_shape[2:]),
-                                  chain=policy.get("chain", True), init=policy.get("init", "match"))
+            cost = upsampler_cost(
+                name,
+                d.in_channels,
+                d.upsampler_scale,
+                tuple(d.input_shape[2:]),
+                batch=d.input_shape[0],
+                size=tuple(d.output_shape[2:]),
+                chain=policy.get("chain", True),
+                init=policy.get("init", "match"),
+            )
             params, macs = params + cost.params, macs + cost.macs
         rows.append((name, f"{params:,}", f"{macs / 1e9:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -152,7 +199,7 @@ def run_swap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(fn):  # noqa: ANN001, ANN202
+def _guarded(fn):
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
@@ -173,13 +220,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         'smp:FPN'
     """
     inspect_parser = commands.add_parser(
-        "inspect", help="list a model's upsampling sites and what swapping would do",
-        description="Run MODEL once on an example input and print every upsampling call with the swap decision.")
+        "inspect",
+        help="list a model's upsampling sites and what swapping would do",
+        description="Run MODEL once on an example input and print every upsampling call with the swap decision.",
+    )
     _add_common(inspect_parser)
     inspect_parser.set_defaults(run=_guarded(run_inspect))
     swap_parser = commands.add_parser(
-        "swap", help="swap a model's upsamplers for DySample and save it",
-        description="Swap MODEL's eligible upsamplers for DySample; write the state dict and the recipe to FILE.")
+        "swap",
+        help="swap a model's upsamplers for DySample and save it",
+        description="Swap MODEL's eligible upsamplers for DySample; write the state dict and the recipe to FILE.",
+    )
     _add_common(swap_parser)
     swap_parser.add_argument("--out", required=True, metavar="FILE", help="where to write state dict + recipe")
     swap_parser.set_defaults(run=_guarded(run_swap))

@@ -44,10 +44,10 @@ def data_config(cfg: Config) -> dict[str, Any]:
         'detection'
     """
     data = dict(cfg.data)
-    if data.get("format") in ("synthetic", "coco"):
-        if data.setdefault("task", cfg.task) != cfg.task:
-            raise ConfigError(f"data.task is {data['task']!r} but task is {cfg.task!r}; "
-                              "drop data.task (it follows task) or make them equal")
+    if data.get("format") in ("synthetic", "coco") and data.setdefault("task", cfg.task) != cfg.task:
+        raise ConfigError(
+            f"data.task is {data['task']!r} but task is {cfg.task!r}; drop data.task (it follows task) or make them equal"
+        )
     return data
 
 
@@ -96,8 +96,7 @@ def build_base_model(cfg: Config, num_classes: int, *, trust_spec: bool = False)
     return build_model(model_spec(cfg, num_classes), trust_spec=trust_spec)
 
 
-def signature(cfg: Config, num_classes: int, swapped: bool,
-              variant: str | None = None) -> dict[str, Any]:
+def signature(cfg: Config, num_classes: int, swapped: bool, variant: str | None = None) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into this recipe's model (``variant``: the
     upsampler swapped in, default ``swap.variant``).
 
@@ -105,13 +104,19 @@ def signature(cfg: Config, num_classes: int, swapped: bool,
         >>> signature(Config(), 6, swapped=False)["variant"] is None
         True
     """
-    return {"task": cfg.task, "model": model_spec(cfg, num_classes), "num_classes": num_classes,
-            "swapped": swapped, "variant": (variant or cfg.swap.variant) if swapped else None,
-            "policy": dict(cfg.swap.policy) if swapped else None}
+    return {
+        "task": cfg.task,
+        "model": model_spec(cfg, num_classes),
+        "num_classes": num_classes,
+        "swapped": swapped,
+        "variant": (variant or cfg.swap.variant) if swapped else None,
+        "policy": dict(cfg.swap.policy) if swapped else None,
+    }
 
 
-def swap_model(cfg: Config, model: torch.nn.Module, variant: str, example_inputs: Any,
-               verbose: bool = True) -> tuple[torch.nn.Module, int]:
+def swap_model(
+    cfg: Config, model: torch.nn.Module, variant: str, example_inputs: Any, verbose: bool = True
+) -> tuple[torch.nn.Module, int]:
     """Swap ``model``'s upsamplers for ``variant`` (in place) with the recipe's ``swap.policy``;
     returns the model and the number of swapped sites (an error if there are none).
 
@@ -130,14 +135,23 @@ def swap_model(cfg: Config, model: torch.nn.Module, variant: str, example_inputs
     model = swap_upsamplers(model, variant, example_inputs=example_inputs, **policy)
     sites = len(swap_report(model).swapped)
     if sites == 0:
-        raise ConfigError(f"swapping {cfg.model.spec} for {variant} replaced no upsampler (see the "
-                          "table above), so there is nothing new to train; check swap.policy, pick "
-                          "a model whose decoder/FPN upsamples, or set swap.enabled=false")
+        raise ConfigError(
+            f"swapping {cfg.model.spec} for {variant} replaced no upsampler (see the "
+            "table above), so there is nothing new to train; check swap.policy, pick "
+            "a model whose decoder/FPN upsamples, or set swap.enabled=false"
+        )
     return model, sites
 
 
-def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swapped: bool,
-             verbose: bool = True, variant: str | None = None) -> Arm:
+def make_arm(
+    cfg: Config,
+    base: torch.nn.Module,
+    task: Any,
+    val_set: Any,
+    swapped: bool,
+    verbose: bool = True,
+    variant: str | None = None,
+) -> Arm:
     """A deep copy of ``base``; with ``swapped=True`` its upsamplers are swapped for ``variant``
     (default ``swap.variant``). The arm is named after the upsampler, or ``original``.
 
@@ -152,5 +166,6 @@ def make_arm(cfg: Config, base: torch.nn.Module, task: Any, val_set: Any, swappe
         model, sites = swap_model(cfg, model, name, task.example_inputs(val_set), verbose)
         added = tuple(key for key, _ in model.named_parameters() if key not in before)
     model.train()
-    return Arm(name, model, signature(cfg, task.num_classes, swapped, variant), swapped_sites=sites,
-               new_parameters=added)
+    return Arm(
+        name, model, signature(cfg, task.num_classes, swapped, variant), swapped_sites=sites, new_parameters=added
+    )

@@ -122,30 +122,41 @@ def load_checkpoint(path: str | Path, signature: Mapping[str, Any] | None = None
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found; pass the path of a checkpoint "
-                              "written by `dysample-swap finetune` (RUN_DIR/checkpoints/last.pt)")
-    cut_off = ("it was probably cut off while being written (a crash, a full disk): delete it and "
-               "train again, or resume from a copy of an earlier checkpoint")
+        raise CheckpointError(
+            f"{path}: checkpoint file not found; pass the path of a checkpoint "
+            "written by `dysample-swap finetune` (RUN_DIR/checkpoints/last.pt)"
+        )
+    cut_off = (
+        "it was probably cut off while being written (a crash, a full disk): delete it and "
+        "train again, or resume from a copy of an earlier checkpoint"
+    )
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: cannot read checkpoint (the file is empty, 0 bytes); {cut_off}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index comes last
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt: not a complete "
-                              f"torch.save archive); {cut_off}")
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint (truncated or corrupt: not a complete torch.save archive); {cut_off}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: cannot read checkpoint (it holds Python objects that weights_only loading "
-            f"refuses, so it was not written by dysample-swap: {_first_line(err)})") from err
+            f"refuses, so it was not written by dysample-swap: {_first_line(err)})"
+        ) from err
     except Exception as err:  # torch.load fails on damaged archives in many ways
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt: "
-                              f"{_first_line(err)}); {cut_off}") from err
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint (truncated or corrupt: {_first_line(err)}); {cut_off}"
+        ) from err
     if not isinstance(state, dict) or "format_version" not in state:
-        raise CheckpointError(f"{path}: not a dysample-swap training checkpoint (no format_version "
-                              "key); a bare state dict cannot be resumed or evaluated here")
+        raise CheckpointError(
+            f"{path}: not a dysample-swap training checkpoint (no format_version "
+            "key); a bare state dict cannot be resumed or evaluated here"
+        )
     if state["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state['format_version']} but this "
-                              f"version of dysample-swap reads format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format_version']} but this "
+            f"version of dysample-swap reads format {FORMAT_VERSION}"
+        )
     if signature is not None:
         check_signature(path, state.get("signature", {}), signature)
     return state
@@ -171,15 +182,19 @@ def check_signature(path: str | Path, found: Mapping[str, Any], expected: Mappin
         ...
         dysample_swap.finetune.checkpoint.CheckpointError: a.pt: checkpoint does not match this recipe: model is 'smp:Unet' in the checkpoint but 'smp:FPN' here; use the recipe (and --set overrides) the checkpoint was trained with
     """
-    diffs = [f"{key} is {found.get(key)!r} in the checkpoint but {value!r} here"
-             for key, value in expected.items() if found.get(key) != value]
+    diffs = [
+        f"{key} is {found.get(key)!r} in the checkpoint but {value!r} here"
+        for key, value in expected.items()
+        if found.get(key) != value
+    ]
     if diffs:
-        raise CheckpointError(f"{path}: checkpoint does not match this recipe: {'; '.join(diffs)}; "
-                              "use the recipe (and --set overrides) the checkpoint was trained with")
+        raise CheckpointError(
+            f"{path}: checkpoint does not match this recipe: {'; '.join(diffs)}; "
+            "use the recipe (and --set overrides) the checkpoint was trained with"
+        )
 
 
-def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-                     path: str | Path) -> None:
+def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """``model.load_state_dict(strict=True)`` with a readable error on missing/unexpected keys.
 
     Example:
@@ -197,13 +212,18 @@ def load_model_state(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if unexpected:
         problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in result.items()
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in result.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
     if shapes:
         problems.append(f"shape mismatch {shapes[:5]}")
     if problems:
-        raise CheckpointError(f"{path}: model weights do not fit this model: {'; '.join(problems)}; "
-                              "the checkpoint was trained with a different model or swap setting")
+        raise CheckpointError(
+            f"{path}: model weights do not fit this model: {'; '.join(problems)}; "
+            "the checkpoint was trained with a different model or swap setting"
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -217,8 +237,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -234,8 +258,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     py = state["python"]
     random.setstate((3, tuple(py[:-1]), py[-1]))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -27,8 +27,7 @@ from dysample_swap.finetune.engine import TrainingInterrupted
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 
 #: Metrics listed first in tables (when present), in this order.
-HEADLINE = ("mIoU", "bIoU", "pixel_acc", "bbox/AP", "bbox/AP50", "bbox/AP75",
-            "segm/AP", "segm/AP50", "segm/AP75")
+HEADLINE = ("mIoU", "bIoU", "pixel_acc", "bbox/AP", "bbox/AP50", "bbox/AP75", "segm/AP", "segm/AP50", "segm/AP75")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,24 +40,39 @@ def register(commands: argparse._SubParsersAction) -> None:
         >>> parser.parse_args(["compare", "demo", "--set", "train.max_steps=5"]).overrides
         ['train.max_steps=5']
     """
+
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("recipe", help="recipe name in recipes/ (e.g. demo) or a YAML path")
-        parser.add_argument("--set", dest="overrides", action="append", default=[],
-                            metavar="KEY=VALUE", help="override a recipe key, e.g. train.lr=1e-3 "
-                            "(value read as YAML; repeatable)")
-        parser.add_argument("--preset", help="apply one of the recipe's presets first (e.g. cpu: "
-                            "the paper recipes' CPU-sized smoke test on synthetic data)")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. train.lr=1e-3 (value read as YAML; repeatable)",
+        )
+        parser.add_argument(
+            "--preset",
+            help="apply one of the recipe's presets first (e.g. cpu: "
+            "the paper recipes' CPU-sized smoke test on synthetic data)",
+        )
 
-    ft = commands.add_parser("finetune", help="train a model (DySample-swapped by default)",
-                             description="Train the recipe's model; writes config.yaml, "
-                             "metrics.jsonl, checkpoints/last.pt, summary.json, curves.png and "
-                             "predictions.png to --out. Multi-process: torchrun --nproc_per_node N "
-                             "-m dysample_swap.cli finetune ...")
+    ft = commands.add_parser(
+        "finetune",
+        help="train a model (DySample-swapped by default)",
+        description="Train the recipe's model; writes config.yaml, "
+        "metrics.jsonl, checkpoints/last.pt, summary.json, curves.png and "
+        "predictions.png to --out. Multi-process: torchrun --nproc_per_node N "
+        "-m dysample_swap.cli finetune ...",
+    )
     common(ft)
     ft.add_argument("--out", type=Path, help="run directory (default runs/<recipe name>)")
-    ft.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from checkpoints/last.pt (same settings; only "
-                    "the budget, log/eval/checkpoint intervals and resources may change)")
+    ft.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoints/last.pt (same settings; only "
+        "the budget, log/eval/checkpoint intervals and resources may change)",
+    )
     ft.set_defaults(run=finetune_command)
 
     ev = commands.add_parser("evaluate", help="score a checkpoint on the recipe's validation data")
@@ -67,46 +81,64 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", type=Path, help="also write eval.json and predictions.png here")
     ev.set_defaults(run=evaluate_command)
 
-    cmp = commands.add_parser("compare", help="train the original and swapped versions side by side",
-                              description="Train the original model and one version per upsampler "
-                              "(--arms), each with every seed (--seeds; same initial weights, data "
-                              "order and budget within a seed); print mean +- std per arm and each "
-                              "arm's difference from the original with a 95%% paired bootstrap "
-                              "interval; write summary.json, curves.png, predictions.png and "
-                              "offsets_<arm>.png for DySample arms.")
+    cmp = commands.add_parser(
+        "compare",
+        help="train the original and swapped versions side by side",
+        description="Train the original model and one version per upsampler "
+        "(--arms), each with every seed (--seeds; same initial weights, data "
+        "order and budget within a seed); print mean +- std per arm and each "
+        "arm's difference from the original with a 95%% paired bootstrap "
+        "interval; write summary.json, curves.png, predictions.png and "
+        "offsets_<arm>.png for DySample arms.",
+    )
     common(cmp)
     cmp.add_argument("--out", type=Path, help="output directory (default runs/<recipe>-compare)")
-    cmp.add_argument("--arms", help="comma-separated upsampler names, 'original' included, e.g. "
-                     "original,dysample,dysample+,carafe (default: original and swap.variant)")
+    cmp.add_argument(
+        "--arms",
+        help="comma-separated upsampler names, 'original' included, e.g. "
+        "original,dysample,dysample+,carafe (default: original and swap.variant)",
+    )
     cmp.add_argument("--seeds", type=int, help="seeds per arm: seed, seed+1, ... (default 1)")
-    cmp.add_argument("--jobs", type=int, help="train this many runs at a time in worker processes "
-                     "(default 0: one after another in this process)")
+    cmp.add_argument(
+        "--jobs",
+        type=int,
+        help="train this many runs at a time in worker processes (default 0: one after another in this process)",
+    )
     again = cmp.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue the comparison in --out: keep its finished runs, continue the "
-                       "interrupted ones, train the missing ones (more --arms/--seeds allowed; "
-                       "other settings must be the same)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="replace the comparison in --out (its runs are deleted and retrained)")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the comparison in --out: keep its finished runs, continue the "
+        "interrupted ones, train the missing ones (more --arms/--seeds allowed; "
+        "other settings must be the same)",
+    )
+    again.add_argument(
+        "--overwrite", action="store_true", help="replace the comparison in --out (its runs are deleted and retrained)"
+    )
     cmp.set_defaults(run=compare_command)
 
-    vis = commands.add_parser("visualize", help="draw a DySample site's sampling offsets on an image",
-                              description="Run a trained checkpoint's model on an image and draw, "
-                              "for one DySample site, the sampling offsets (arrows over the image "
-                              "region of the upsampled feature), their length and, for dynamic-"
-                              "scope variants, the scope factor (the paper's Fig. 7).")
+    vis = commands.add_parser(
+        "visualize",
+        help="draw a DySample site's sampling offsets on an image",
+        description="Run a trained checkpoint's model on an image and draw, "
+        "for one DySample site, the sampling offsets (arrows over the image "
+        "region of the upsampled feature), their length and, for dynamic-"
+        "scope variants, the scope factor (the paper's Fig. 7).",
+    )
     vis.add_argument("checkpoint", type=Path, help="training checkpoint (RUN/checkpoints/last.pt)")
     vis.add_argument("image", type=Path, help="image file (preprocessed as the recipe does)")
-    vis.add_argument("--site", help="DySample module path or index (default: the finest site); "
-                     "--list-sites shows them")
+    vis.add_argument("--site", help="DySample module path or index (default: the finest site); --list-sites shows them")
     vis.add_argument("--group", type=int, help="draw this channel group (default: mean over groups)")
     vis.add_argument("--arrows", type=int, default=24, help="arrows along each side (default 24)")
     vis.add_argument("--out", type=Path, default=Path("offsets.png"), help="PNG to write")
     vis.add_argument("--list-sites", action="store_true", help="list the DySample sites and exit")
-    vis.add_argument("--trust-spec", action="store_true",
-                     help="build the checkpoint's model even if its config names a "
-                     "package.module:function spec, which runs that module's code: only for a "
-                     "checkpoint whose origin you trust (smp:, torchvision:, timm: specs need no flag)")
+    vis.add_argument(
+        "--trust-spec",
+        action="store_true",
+        help="build the checkpoint's model even if its config names a "
+        "package.module:function spec, which runs that module's code: only for a "
+        "checkpoint whose origin you trust (smp:, torchvision:, timm: specs need no flag)",
+    )
     vis.set_defaults(run=visualize_command)
 
 
@@ -168,10 +200,18 @@ def _interval_cell(diff: Mapping[str, Any] | None) -> str:
 
 
 #: Rows of the compare table after the metrics: (label, summary key).
-SPEED_ROWS = (("train img/s", "train_img_per_s"), ("train time (s)", "train_time_s"),
-              ("peak memory (MB)", "peak_memory_mb"), ("final train loss", "final_loss"))
-SIZE_ROWS = (("steps", "steps"), ("parameters", "parameters"),
-             ("added parameters", "added_parameters"), ("swapped sites", "swapped_sites"))
+SPEED_ROWS = (
+    ("train img/s", "train_img_per_s"),
+    ("train time (s)", "train_time_s"),
+    ("peak memory (MB)", "peak_memory_mb"),
+    ("final train loss", "final_loss"),
+)
+SIZE_ROWS = (
+    ("steps", "steps"),
+    ("parameters", "parameters"),
+    ("added parameters", "added_parameters"),
+    ("swapped sites", "swapped_sites"),
+)
 
 
 def compare_table(summary: Mapping[str, Any]) -> str:
@@ -196,8 +236,7 @@ def compare_table(summary: Mapping[str, Any]) -> str:
     arms = list(summary["arms"])
     records = summary["arms"]
     metrics = ordered_metrics(records[arms[0]]["metrics"])
-    rows: list[list[Any]] = [[k, *[_spread_cell(records[a]["metrics"].get(k)) for a in arms]]
-                             for k in metrics]
+    rows: list[list[Any]] = [[k, *[_spread_cell(records[a]["metrics"].get(k)) for a in arms]] for k in metrics]
     rows += [[label, *[_spread_cell(records[a].get(key)) for a in arms]] for label, key in SPEED_ROWS]
     rows += [[label, *[records[a].get(key) for a in arms]] for label, key in SIZE_ROWS]
     values = format_table(["metric", *arms], rows)
@@ -206,8 +245,10 @@ def compare_table(summary: Mapping[str, Any]) -> str:
     diff_rows = [[k, *[_interval_cell(diffs["arms"][a].get(k)) for a in others]] for k in metrics]
     table = format_table(["difference", *[f"{a} - original" for a in others]], diff_rows)
     if diffs.get("method"):
-        how = (f"mean over seeds; {diffs['level']:.0%} interval: {diffs['method']} "
-               f"({diffs['resamples']} resamples); * = the interval excludes 0")
+        how = (
+            f"mean over seeds; {diffs['level']:.0%} interval: {diffs['method']} "
+            f"({diffs['resamples']} resamples); * = the interval excludes 0"
+        )
     else:
         how = f"mean over seeds; no interval: {diffs.get('note', 'not enough runs')}"
     return f"{values}\n\n{table}\n{how}"
@@ -226,11 +267,13 @@ def _run(command: str, job: Any) -> int:
     try:
         return job()
     except TrainingInterrupted as stop:
-        print(f"dysample-swap {command}: interrupted at step {stop.step}; checkpoint written to "
-              f"{stop.checkpoint}; continue with --resume", file=sys.stderr)
+        print(
+            f"dysample-swap {command}: interrupted at step {stop.step}; checkpoint written to "
+            f"{stop.checkpoint}; continue with --resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
-    except (ConfigError, CheckpointError, DatasetError, KeyError, ValueError,
-            FloatingPointError) as err:
+    except (ConfigError, CheckpointError, DatasetError, KeyError, ValueError, FloatingPointError) as err:
         return _error(command, err)
     finally:
         shutdown_distributed()
@@ -258,12 +301,16 @@ def finetune_command(args: argparse.Namespace) -> int:
             rows = [[k, summary["metrics"][k]] for k in ordered_metrics(summary["metrics"])]
             rows += [["train img/s", summary["train_img_per_s"]], ["steps", summary["steps"]]]
             print(format_table(["metric", summary["arm"]], rows))
-            print(f"\nrun directory: {out}  (summary.json, metrics.jsonl, config.yaml, "
-                  f"checkpoints/last.pt)\nplots: {', '.join(summary['plots'].values())}\n"
-                  f"wall time: {time.perf_counter() - start:.1f} s")
+            print(
+                f"\nrun directory: {out}  (summary.json, metrics.jsonl, config.yaml, "
+                f"checkpoints/last.pt)\nplots: {', '.join(summary['plots'].values())}\n"
+                f"wall time: {time.perf_counter() - start:.1f} s"
+            )
             if not summary["completed"]:
-                print(f"stopped at step {summary['steps']} of {summary['total_steps']} "
-                      "(train.stop_after); continue with --resume")
+                print(
+                    f"stopped at step {summary['steps']} of {summary['total_steps']} "
+                    "(train.stop_after); continue with --resume"
+                )
         return 0
 
     return _run("finetune", job)
@@ -283,8 +330,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         result = run_evaluate(cfg, args.checkpoint, args.out, ctx=ctx)
         if ctx.is_main:
             metrics = result["metrics"]
-            print(format_table(["metric", f"{result['arm']} (step {result['step']})"],
-                               [[k, metrics[k]] for k in ordered_metrics(metrics)]))
+            print(
+                format_table(
+                    ["metric", f"{result['arm']} (step {result['step']})"],
+                    [[k, metrics[k]] for k in ordered_metrics(metrics)],
+                )
+            )
             if args.out:
                 print(f"\nwrote {args.out / 'eval.json'}")
         return 0
@@ -304,25 +355,36 @@ def compare_command(args: argparse.Namespace) -> int:
     from dysample_swap.finetune.runner import compare_arms, compare_seeds, run_compare
 
     def job() -> int:
-        flags = [f"compare.{key}={value}" for key, value in
-                 (("arms", args.arms), ("seeds", args.seeds), ("jobs", args.jobs)) if value is not None]
+        flags = [
+            f"compare.{key}={value}"
+            for key, value in (("arms", args.arms), ("seeds", args.seeds), ("jobs", args.jobs))
+            if value is not None
+        ]
         cfg = _config(args, flags)
         out = args.out or Path("runs") / f"{cfg.name}-compare"
         ctx = init_distributed(cfg.train.device)
         start = time.perf_counter()
         arms, seeds = compare_arms(cfg), compare_seeds(cfg)
         if ctx.is_main:
-            print(f"{cfg.name}: {len(arms)} arms ({', '.join(arms)}) x {len(seeds)} seed(s) "
-                  f"({', '.join(map(str, seeds))}) -> {out}", flush=True)
-        summary = run_compare(cfg, out, ctx=ctx, report=lambda line: print(line, flush=True),
-                              resume=args.resume, overwrite=args.overwrite)
+            print(
+                f"{cfg.name}: {len(arms)} arms ({', '.join(arms)}) x {len(seeds)} seed(s) "
+                f"({', '.join(map(str, seeds))}) -> {out}",
+                flush=True,
+            )
+        summary = run_compare(
+            cfg, out, ctx=ctx, report=lambda line: print(line, flush=True), resume=args.resume, overwrite=args.overwrite
+        )
         if ctx.is_main:
-            print(f"\n{cfg.name}: {len(arms)} arms x {len(seeds)} seed(s); within a seed every arm "
-                  f"has the same initial weights, data order and budget ({summary['steps']} steps "
-                  f"x {summary['batch_size']} images x {summary['world_size']} process(es))\n")
+            print(
+                f"\n{cfg.name}: {len(arms)} arms x {len(seeds)} seed(s); within a seed every arm "
+                f"has the same initial weights, data order and budget ({summary['steps']} steps "
+                f"x {summary['batch_size']} images x {summary['world_size']} process(es))\n"
+            )
             print(compare_table(summary))
-            print(f"\nplots: {', '.join(summary['plots'].values())}\nsummary: {out / 'summary.json'}"
-                  f" (runs in {out}/<arm>/seed<k>/)\nwall time: {time.perf_counter() - start:.1f} s")
+            print(
+                f"\nplots: {', '.join(summary['plots'].values())}\nsummary: {out / 'summary.json'}"
+                f" (runs in {out}/<arm>/seed<k>/)\nwall time: {time.perf_counter() - start:.1f} s"
+            )
         return 0
 
     return _run("compare", job)
@@ -337,27 +399,38 @@ def visualize_command(args: argparse.Namespace) -> int:
         >>> #     site=None, group=None, arrows=24, out=Path("offsets.png"), list_sites=False,
         >>> #     trust_spec=False))
     """
-    from dysample_swap.finetune.visualize import (
-        dysample_sites, load_checkpoint_model, visualize_offsets)
+    from dysample_swap.finetune.visualize import dysample_sites, load_checkpoint_model, visualize_offsets
 
     def job() -> int:
         if args.list_sites:
             model, _, _ = load_checkpoint_model(args.checkpoint, trust_spec=args.trust_spec)
             sites = dysample_sites(model)
-            print(format_table(["index", "DySample site", "module"],
-                               [[k, name, dict(model.named_modules())[name].extra_repr()]
-                                for k, name in enumerate(sites)]) if sites else
-                  "no DySample sites (an 'original' arm, or another upsampler)")
+            print(
+                format_table(
+                    ["index", "DySample site", "module"],
+                    [[k, name, dict(model.named_modules())[name].extra_repr()] for k, name in enumerate(sites)],
+                )
+                if sites
+                else "no DySample sites (an 'original' arm, or another upsampler)"
+            )
             return 0
         site = int(args.site) if args.site is not None and args.site.lstrip("-").isdigit() else args.site
-        field = visualize_offsets(args.checkpoint, args.image, site=site, out=args.out,
-                                  group=args.group, arrows=args.arrows,
-                                  title=f"{args.checkpoint} on {args.image.name}",
-                                  trust_spec=args.trust_spec)
+        field = visualize_offsets(
+            args.checkpoint,
+            args.image,
+            site=site,
+            out=args.out,
+            group=args.group,
+            arrows=args.arrows,
+            title=f"{args.checkpoint} on {args.image.name}",
+            trust_spec=args.trust_spec,
+        )
         length = field.magnitude(args.group)
-        line = (f"{field.site} ({field.variant}, {field.input_size[0]}x{field.input_size[1]} -> "
-                f"{field.output_size[0]}x{field.output_size[1]}): offset length mean "
-                f"{float(length.mean()):.4f}, max {float(length.max()):.4f} input px")
+        line = (
+            f"{field.site} ({field.variant}, {field.input_size[0]}x{field.input_size[1]} -> "
+            f"{field.output_size[0]}x{field.output_size[1]}): offset length mean "
+            f"{float(length.mean()):.4f}, max {float(length.max()):.4f} input px"
+        )
         if field.scope is not None:
             line += f"; dynamic scope mean {float(field.scope.nanmean()):.4f} (static: 0.25)"
         print(f"{line}\nwrote {field.path}")

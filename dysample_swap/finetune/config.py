@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
+
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the key and the fix.
 
@@ -320,7 +321,7 @@ def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[:depth + 1])} is not a section; cannot set {key}")
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a section; cannot set {key}")
         node = child
     node[parts[-1]] = value
 
@@ -347,24 +348,29 @@ def _check(cfg: Config) -> None:
     """Cross-field rules a type check cannot express."""
     t = cfg.train
     if (t.max_steps is None) == (t.epochs is None):
-        raise ConfigError("set exactly one of train.max_steps and train.epochs (the other to null); "
-                          f"got max_steps={t.max_steps}, epochs={t.epochs}")
+        raise ConfigError(
+            "set exactly one of train.max_steps and train.epochs (the other to null); "
+            f"got max_steps={t.max_steps}, epochs={t.epochs}"
+        )
     for key in ("max_steps", "epochs", "batch_size", "stop_after"):
         value = getattr(t, key)
         if value is not None and value < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {value}")
-    for key in ("num_workers", "warmup_steps", "dysample_only_steps", "checkpoint_every",
-                "eval_every"):
+    for key in ("num_workers", "warmup_steps", "dysample_only_steps", "checkpoint_every", "eval_every"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be >= 1, got {t.log_every}")
     if t.lr <= 0 or t.dysample_lr_mult < 0:
-        raise ConfigError(f"train.lr must be > 0 and train.dysample_lr_mult >= 0; "
-                          f"got lr={t.lr}, dysample_lr_mult={t.dysample_lr_mult}")
+        raise ConfigError(
+            f"train.lr must be > 0 and train.dysample_lr_mult >= 0; "
+            f"got lr={t.lr}, dysample_lr_mult={t.dysample_lr_mult}"
+        )
     if any(not 0.0 < m < 1.0 for m in t.milestones) or list(t.milestones) != sorted(t.milestones):
-        raise ConfigError(f"train.milestones must be increasing fractions of the budget in (0, 1), "
-                          f"e.g. [0.667, 0.917] for epochs 8 and 11 of 12; got {t.milestones}")
+        raise ConfigError(
+            f"train.milestones must be increasing fractions of the budget in (0, 1), "
+            f"e.g. [0.667, 0.917] for epochs 8 and 11 of 12; got {t.milestones}"
+        )
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas must be two numbers, got {t.betas}")
     if t.grad_clip is not None and t.grad_clip <= 0:
@@ -379,23 +385,43 @@ def _check(cfg: Config) -> None:
     for arm in c.arms:
         _check_name("compare.arms", arm, (ORIGINAL, *known))
     if c.arms and (ORIGINAL not in c.arms or len(set(c.arms)) != len(c.arms) or len(c.arms) < 2):
-        raise ConfigError(f"compare.arms must name distinct arms, '{ORIGINAL}' (the reference every "
-                          f"other arm is compared with) and at least one upsampler; got {c.arms}")
+        raise ConfigError(
+            f"compare.arms must name distinct arms, '{ORIGINAL}' (the reference every "
+            f"other arm is compared with) and at least one upsampler; got {c.arms}"
+        )
     if c.seeds < 1 or c.jobs < 0 or c.resamples < 1 or not 0.0 < c.level < 1.0:
-        raise ConfigError(f"compare needs seeds >= 1, jobs >= 0, resamples >= 1 and 0 < level < 1; "
-                          f"got seeds={c.seeds}, jobs={c.jobs}, resamples={c.resamples}, "
-                          f"level={c.level}")
+        raise ConfigError(
+            f"compare needs seeds >= 1, jobs >= 0, resamples >= 1 and 0 < level < 1; "
+            f"got seeds={c.seeds}, jobs={c.jobs}, resamples={c.resamples}, "
+            f"level={c.level}"
+        )
 
 
 #: Keys a resumed run may change: labels, the budget (``finetune --resume`` continues to a larger
 #: one), when to log, evaluate and checkpoint, and the resources used; none of them changes what
 #: the steps compute. Every other key (model, swap, data, seed, optimiser, schedule, precision,
 #: batch size, ...) must be as the run was started.
-RESUME_FREE = ("name", "description", "train.max_steps", "train.epochs", "train.stop_after",
-               "train.checkpoint_every", "train.log_every", "train.eval_every", "train.num_workers",
-               "train.device", "train.progress", "eval.batch_size", "eval.num_images",
-               "compare.arms", "compare.seeds", "compare.jobs", "compare.resamples",
-               "compare.level", "compare.visualize")
+RESUME_FREE = (
+    "name",
+    "description",
+    "train.max_steps",
+    "train.epochs",
+    "train.stop_after",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.eval_every",
+    "train.num_workers",
+    "train.device",
+    "train.progress",
+    "eval.batch_size",
+    "eval.num_images",
+    "compare.arms",
+    "compare.seeds",
+    "compare.jobs",
+    "compare.resamples",
+    "compare.level",
+    "compare.visualize",
+)
 
 #: The budget keys, fixed when a comparison resumes (its arms must share one budget).
 BUDGET = ("train.max_steps", "train.epochs")
@@ -411,8 +437,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resume_differences(found: Mapping[str, Any], cfg: Config,
-                       free: Sequence[str] = RESUME_FREE) -> list[str]:
+def resume_differences(found: Mapping[str, Any], cfg: Config, free: Sequence[str] = RESUME_FREE) -> list[str]:
     """The settings where ``cfg`` differs from ``found`` (the config a run was started with, as
     :meth:`Config.to_dict` wrote it), apart from the keys in ``free``; one ``key: old -> new``
     text per difference.
@@ -435,8 +460,7 @@ def resume_differences(found: Mapping[str, Any], cfg: Config,
     return diffs
 
 
-def check_resume(found: Mapping[str, Any], cfg: Config, where: str | Path,
-                 free: Sequence[str] = RESUME_FREE) -> None:
+def check_resume(found: Mapping[str, Any], cfg: Config, where: str | Path, free: Sequence[str] = RESUME_FREE) -> None:
     """Raise :class:`ConfigError` if ``cfg`` changes a setting of the run recorded in ``where``
     (:func:`resume_differences`): resuming would then no longer continue that run.
 
@@ -448,9 +472,11 @@ def check_resume(found: Mapping[str, Any], cfg: Config, where: str | Path,
     """
     diffs = resume_differences(found, cfg, free)
     if diffs:
-        raise ConfigError(f"cannot resume {where} with changed settings: {'; '.join(diffs)}; resume "
-                          "with the run's own recipe and --set overrides (its config.yaml), or train "
-                          "into a new --out")
+        raise ConfigError(
+            f"cannot resume {where} with changed settings: {'; '.join(diffs)}; resume "
+            "with the run's own recipe and --set overrides (its config.yaml), or train "
+            "into a new --out"
+        )
 
 
 #: The arm name of the unswapped network in ``compare``.
@@ -474,8 +500,7 @@ def _check_name(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         close = difflib.get_close_matches(value, list(choices), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{key}: unknown upsampler {value!r}{hint}; choose from "
-                          f"{', '.join(choices)}")
+        raise ConfigError(f"{key}: unknown upsampler {value!r}{hint}; choose from {', '.join(choices)}")
 
 
 def packaged_recipes() -> Path:
@@ -514,8 +539,10 @@ def resolve_recipe(recipe: str | Path) -> Path:
         if (folder / name).is_file():
             return folder / name
     known = sorted({p.stem for d in recipe_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"recipe {str(recipe)!r} not found (not a file, not in "
-                      f"{', '.join(str(d) for d in recipe_dirs())}); known recipes: {', '.join(known)}")
+    raise ConfigError(
+        f"recipe {str(recipe)!r} not found (not a file, not in "
+        f"{', '.join(str(d) for d in recipe_dirs())}); known recipes: {', '.join(known)}"
+    )
 
 
 def load_config(recipe: str | Path, overrides: Sequence[str] = (), preset: str | None = None) -> Config:
@@ -541,7 +568,8 @@ def load_config(recipe: str | Path, overrides: Sequence[str] = (), preset: str |
     raw.setdefault("name", path.stem)
     presets = raw.pop("presets", None) or {}
     if not isinstance(presets, dict) or not all(
-            isinstance(v, list) and all(isinstance(o, str) for o in v) for v in presets.values()):
+        isinstance(v, list) and all(isinstance(o, str) for o in v) for v in presets.values()
+    ):
         raise ConfigError(f"{path}: presets must map a name to a list of 'KEY=VALUE' strings")
     if preset is not None and preset not in presets:
         known = ", ".join(presets) or "none"

@@ -66,8 +66,9 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available; "
-                               "use --set train.device=cpu (or auto)")
+            raise RuntimeError(
+                "train.device=cuda but no CUDA device is available; use --set train.device=cpu (or auto)"
+            )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -88,8 +89,7 @@ def init_distributed(preference: str = "auto") -> DistContext:
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(minutes=10))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
     return DistContext(rank, world_size, local_rank, device)
 
 
@@ -169,10 +169,8 @@ class TrainSampler(DistributedSampler):
         True
     """
 
-    def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, seed: int,
-                 batch_size: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
+    def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.batch_size = batch_size
         self.start = 0
 

@@ -54,12 +54,24 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dysample_swap.finetune.checkpoint import (
-    CheckpointError, check_signature, load_checkpoint, load_model_state, rng_state, save_checkpoint,
-    set_rng_state)
+    CheckpointError,
+    check_signature,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dysample_swap.finetune.config import Config, check_resume
 from dysample_swap.finetune.distributed import (
-    DistContext, ShardSampler, TrainSampler, any_rank, broadcast_buffers, gather_across_ranks,
-    sum_across_ranks)
+    DistContext,
+    ShardSampler,
+    TrainSampler,
+    any_rank,
+    broadcast_buffers,
+    gather_across_ranks,
+    sum_across_ranks,
+)
 from dysample_swap.finetune.optim import build_optimizer, upsampler_parameters
 from dysample_swap.finetune.runlog import MetricsLog
 from dysample_swap.finetune.schedule import build_scheduler
@@ -184,14 +196,17 @@ def eval_loader(dataset: Dataset, task: Any, cfg: Config, ctx: DistContext) -> D
         >>> len(eval_loader(list(range(10)), T(), Config(), ctx))
         2
     """
-    return DataLoader(dataset, batch_size=cfg.eval.batch_size,
-                      sampler=ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
-                      collate_fn=task.collate, num_workers=cfg.train.num_workers,
-                      generator=seeded_generator(cfg.seed))
+    return DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        sampler=ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
+        collate_fn=task.collate,
+        num_workers=cfg.train.num_workers,
+        generator=seeded_generator(cfg.seed),
+    )
 
 
-def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
-             ctx: DistContext) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config, ctx: DistContext) -> dict[str, float]:
     """Score ``model`` on ``dataset``; with several processes each scores its shard and the
     metric states are reduced across ranks, so every rank returns the whole-set result.
 
@@ -202,8 +217,7 @@ def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
 
 
 @torch.no_grad()
-def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config,
-                     ctx: DistContext) -> Any:
+def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config, ctx: DistContext) -> Any:
     """The task's metric accumulator after scoring ``dataset`` (synced across ranks), for callers
     that need more than the final numbers (segmentation: ``per_image_counts()``).
 
@@ -215,8 +229,9 @@ def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: C
     broadcast_buffers(model, ctx)
     metrics = task.new_metrics(dataset)
     loader = eval_loader(dataset, task, cfg, ctx)
-    bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
-               disable=not progress_enabled(cfg.train.progress, ctx))
+    bar = tqdm(
+        loader, desc="evaluate", leave=False, dynamic_ncols=True, disable=not progress_enabled(cfg.train.progress, ctx)
+    )
     with autocast(ctx, cfg.train.amp):
         for batch in bar:
             batch = task.to_device(batch, ctx.device)
@@ -234,8 +249,9 @@ class Trainer:
         >>> # see the module example: Trainer(cfg, arm, task, train_set, val_set, ctx, out).fit()
     """
 
-    def __init__(self, cfg: Config, arm: Arm, task: Any, train_set: Dataset, val_set: Dataset,
-                 ctx: DistContext, out_dir: Path) -> None:
+    def __init__(
+        self, cfg: Config, arm: Arm, task: Any, train_set: Dataset, val_set: Dataset, ctx: DistContext, out_dir: Path
+    ) -> None:
         self.cfg, self.arm, self.task, self.ctx, self.out_dir = cfg, arm, task, ctx, out_dir
         self.train_set, self.val_set = train_set, val_set
         t = cfg.train
@@ -245,30 +261,43 @@ class Trainer:
         special = {id(p) for p in self.upsampler_params}
         self.other_params = [p for p in self.model.parameters() if id(p) not in special]
         if t.dysample_only_steps and not self.upsampler_params and arm.signature.get("swapped"):
-            raise ValueError(f"train.dysample_only_steps={t.dysample_only_steps} but the model has "
-                             "no swapped-in upsampler parameters to train; set it to 0")
+            raise ValueError(
+                f"train.dysample_only_steps={t.dysample_only_steps} but the model has "
+                "no swapped-in upsampler parameters to train; set it to 0"
+            )
         self.optimizer = build_optimizer(self.model, t, self.upsampler_params)
-        self.sampler = TrainSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
-                                    seed=cfg.seed, batch_size=t.batch_size)
+        self.sampler = TrainSampler(
+            train_set, num_replicas=ctx.world_size, rank=ctx.rank, seed=cfg.seed, batch_size=t.batch_size
+        )
         self.steps_per_epoch = len(self.sampler) // t.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"the training split has {len(train_set)} samples: fewer than "
-                             f"train.batch_size ({t.batch_size}) x processes ({ctx.world_size}); "
-                             "lower train.batch_size or add data")
+            raise ValueError(
+                f"the training split has {len(train_set)} samples: fewer than "
+                f"train.batch_size ({t.batch_size}) x processes ({ctx.world_size}); "
+                "lower train.batch_size or add data"
+            )
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, t.stop_after or self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, t)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.amp == "fp16")
         self.loader_generator = seeded_generator(cfg.seed)
-        self.loader = DataLoader(train_set, batch_size=t.batch_size, sampler=self.sampler,
-                                 drop_last=True, collate_fn=task.collate, num_workers=t.num_workers,
-                                 generator=self.loader_generator,
-                                 pin_memory=ctx.device.type == "cuda")
+        self.loader = DataLoader(
+            train_set,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            collate_fn=task.collate,
+            num_workers=t.num_workers,
+            generator=self.loader_generator,
+            pin_memory=ctx.device.type == "cuda",
+        )
         self.net: torch.nn.Module = self.model
         if ctx.distributed:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=task.name == "detection")
+                self.model,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=task.name == "detection",
+            )
         self.step = self.epoch = self.batches_done = 0
         self.log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
         self.checkpoint_path = out_dir / "checkpoints" / "last.pt"
@@ -289,9 +318,14 @@ class Trainer:
         return {
             "arm": self.arm.name,
             "signature": self.arm.signature,
-            "position": {"world_size": self.ctx.world_size, "batch_size": self.cfg.train.batch_size,
-                         "seed": self.cfg.seed},
-            "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+            "position": {
+                "world_size": self.ctx.world_size,
+                "batch_size": self.cfg.train.batch_size,
+                "seed": self.cfg.seed,
+            },
+            "step": self.step,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -335,8 +369,10 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: optimiser/scheduler state does not fit this run ({err}); "
-                                  "resume with the recipe and settings it was written with") from err
+            raise CheckpointError(
+                f"{path}: optimiser/scheduler state does not fit this run ({err}); "
+                "resume with the recipe and settings it was written with"
+            ) from err
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
         self._rng_after_step = state["rng"]
         set_rng_state(state["rng"])
@@ -365,8 +401,9 @@ class Trainer:
         with autocast(self.ctx, t.amp):
             loss = self.task.loss(self.net, batch)
         if t.amp != "fp16" and not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower train.lr, "
-                                     "set train.grad_clip, or use train.amp=none")
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.step}; lower train.lr, set train.grad_clip, or use train.amp=none"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.step < t.dysample_only_steps and self.upsampler_params:
@@ -374,8 +411,7 @@ class Trainer:
                 param.grad = None
         if t.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                           t.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], t.grad_clip)
         self._updating = True
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -391,8 +427,7 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_requested = True
         if self.ctx.is_main:
-            tqdm.write("stopping after this step (checkpoint follows); press Ctrl-C again to abort "
-                       "without one")
+            tqdm.write("stopping after this step (checkpoint follows); press Ctrl-C again to abort without one")
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -429,8 +464,13 @@ class Trainer:
             self.log.truncate_after(0)  # a fresh run starts a fresh log
         train_time, images = 0.0, 0
         last_loss: float | None = None
-        bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {self.arm.name}",
-                   dynamic_ncols=True, disable=not progress_enabled(t.progress, self.ctx))
+        bar = tqdm(
+            total=self.stop_at,
+            initial=self.step,
+            desc=f"train {self.arm.name}",
+            dynamic_ncols=True,
+            disable=not progress_enabled(t.progress, self.ctx),
+        )
         batches = self._batches()
         with self._signals(), bar:
             try:
@@ -448,9 +488,14 @@ class Trainer:
                     if on_grid or self.step == self.stop_at:
                         total, count = sum_across_ranks([self._loss_sum, self._loss_count], self.ctx)
                         last_loss = total / count
-                        record = {"split": "train", "step": self.step, "epoch": self.epoch,
-                                  "loss": last_loss, "lr": self.optimizer.param_groups[0]["lr"],
-                                  "img_per_s": images / train_time}
+                        record = {
+                            "split": "train",
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "loss": last_loss,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "img_per_s": images / train_time,
+                        }
                         self.log.write(record)
                         bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
                     if on_grid:
@@ -470,10 +515,17 @@ class Trainer:
                 raise TrainingInterrupted(self.step, self.save(synced=False)) from None
         self.save()
         metrics = self._evaluate()
-        return FitResult(steps=self.step, total_steps=self.total_steps,
-                         completed=self.step >= self.total_steps, train_time_s=train_time,
-                         images_seen=images, final_loss=last_loss, metrics=metrics,
-                         checkpoint=self.checkpoint_path, per_image_counts=self.per_image_counts)
+        return FitResult(
+            steps=self.step,
+            total_steps=self.total_steps,
+            completed=self.step >= self.total_steps,
+            train_time_s=train_time,
+            images_seen=images,
+            final_loss=last_loss,
+            metrics=metrics,
+            checkpoint=self.checkpoint_path,
+            per_image_counts=self.per_image_counts,
+        )
 
 
 def count_parameters(module: torch.nn.Module) -> int:

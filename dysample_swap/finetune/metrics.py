@@ -105,14 +105,20 @@ class SegmentationMetrics:
         (1.0, 1.0, True)
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255,
-                 boundary_dilation_ratio: float = 0.02,
-                 class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        boundary_dilation_ratio: float = 0.02,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} collides with class {ignore_index} "
-                             f"(num_classes {num_classes}); use a value >= num_classes, e.g. 255")
+            raise ValueError(
+                f"ignore_index {ignore_index} collides with class {ignore_index} "
+                f"(num_classes {num_classes}); use a value >= num_classes, e.g. 255"
+            )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.boundary_dilation_ratio = boundary_dilation_ratio
@@ -130,7 +136,7 @@ class SegmentationMetrics:
             0
         """
         c = self.num_classes
-        self.confusion = torch.zeros(c, c, dtype=torch.int64)   # rows: target, cols: prediction
+        self.confusion = torch.zeros(c, c, dtype=torch.int64)  # rows: target, cols: prediction
         self.boundary_intersection = torch.zeros(c, dtype=torch.int64)
         self.boundary_union = torch.zeros(c, dtype=torch.int64)
         self._per_image: list[torch.Tensor] = []
@@ -140,17 +146,19 @@ class SegmentationMetrics:
         if preds.dim() == 2:
             preds, targets = preds.unsqueeze(0), targets.unsqueeze(0)
         if preds.shape != targets.shape or preds.dim() != 3:
-            raise ValueError(f"preds and targets must both be [N, H, W] class indices; got "
-                             f"{tuple(preds.shape)} and {tuple(targets.shape)}")
+            raise ValueError(
+                f"preds and targets must both be [N, H, W] class indices; got "
+                f"{tuple(preds.shape)} and {tuple(targets.shape)}"
+            )
         if preds.is_floating_point() or targets.is_floating_point():
-            raise ValueError("preds and targets must be integer class indices; take "
-                             "logits.argmax(1) before update()")
+            raise ValueError("preds and targets must be integer class indices; take logits.argmax(1) before update()")
         valid = targets != self.ignore_index
         for name, values in (("targets", targets[valid]), ("preds", preds[valid])):
             if values.numel() and (values.min() < 0 or values.max() >= self.num_classes):
                 bad = values[(values < 0) | (values >= self.num_classes)].unique()[:5].tolist()
-                raise ValueError(f"{name} hold label(s) {bad} outside 0..{self.num_classes - 1} "
-                                 f"(ignore index {self.ignore_index})")
+                raise ValueError(
+                    f"{name} hold label(s) {bad} outside 0..{self.num_classes - 1} (ignore index {self.ignore_index})"
+                )
         return preds.long(), targets.long()
 
     def update(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -163,16 +171,21 @@ class SegmentationMetrics:
             18
         """
         if self._synced:
-            raise RuntimeError("update() after sync(): the state is already the global sum; "
-                               "call reset() before accumulating again")
+            raise RuntimeError(
+                "update() after sync(): the state is already the global sum; call reset() before accumulating again"
+            )
         preds, targets = self._check(preds, targets)
         self.confusion += multiclass_confusion_matrix(
-            preds.reshape(-1), targets.reshape(-1), self.num_classes,
-            ignore_index=self.ignore_index, validate_args=False).cpu()
+            preds.reshape(-1),
+            targets.reshape(-1),
+            self.num_classes,
+            ignore_index=self.ignore_index,
+            validate_args=False,
+        ).cpu()
         counts = self._image_counts(preds, targets)
         c = self.num_classes
-        self.boundary_intersection += counts[:, 3 * c:4 * c].sum(0)
-        self.boundary_union += counts[:, 4 * c:].sum(0)
+        self.boundary_intersection += counts[:, 3 * c : 4 * c].sum(0)
+        self.boundary_union += counts[:, 4 * c :].sum(0)
         self._per_image.append(counts)
 
     def _image_counts(self, preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -192,8 +205,10 @@ class SegmentationMetrics:
 
         b_pred, b_gt = count(preds, pred_band), count(targets, gt_band)
         b_inter = count(targets, pred_band & gt_band & correct)
-        return torch.cat([count(targets, correct), count(preds, valid), count(targets, valid),
-                          b_inter, b_pred + b_gt - b_inter], dim=1)
+        return torch.cat(
+            [count(targets, correct), count(preds, valid), count(targets, valid), b_inter, b_pred + b_gt - b_inter],
+            dim=1,
+        )
 
     def state_tensors(self) -> torch.Tensor:
         """All statistics as one ``int64`` vector (confusion matrix, boundary ∩, boundary ∪);
@@ -218,9 +233,9 @@ class SegmentationMetrics:
         if state.numel() != c * c + 2 * c:
             raise ValueError(f"state has {state.numel()} values; {c} classes need {c * c + 2 * c}")
         state = state.reshape(-1).to(device="cpu", dtype=torch.int64)
-        self.confusion = state[:c * c].reshape(c, c).clone()
-        self.boundary_intersection = state[c * c:c * c + c].clone()
-        self.boundary_union = state[c * c + c:].clone()
+        self.confusion = state[: c * c].reshape(c, c).clone()
+        self.boundary_intersection = state[c * c : c * c + c].clone()
+        self.boundary_union = state[c * c + c :].clone()
         self._per_image = []
 
     def per_image_counts(self) -> np.ndarray:
@@ -283,15 +298,18 @@ class SegmentationMetrics:
         """
         c = self.num_classes
         counts = np.asarray(counts, dtype=np.float64)
-        tp, pred, gt = counts[..., :c], counts[..., c:2 * c], counts[..., 2 * c:3 * c]
-        b_inter, b_union = counts[..., 3 * c:4 * c], counts[..., 4 * c:]
+        tp, pred, gt = counts[..., :c], counts[..., c : 2 * c], counts[..., 2 * c : 3 * c]
+        b_inter, b_union = counts[..., 3 * c : 4 * c], counts[..., 4 * c :]
         union = pred + gt - tp
         with np.errstate(invalid="ignore", divide="ignore"):
             iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
             biou = np.where(b_union > 0, b_inter / np.maximum(b_union, 1), np.nan)
             total = gt.sum(-1)
-            result = {"mIoU": nanmean(iou, axis=-1), "bIoU": nanmean(biou, axis=-1),
-                      "pixel_acc": np.where(total > 0, tp.sum(-1) / np.maximum(total, 1), np.nan)}
+            result = {
+                "mIoU": nanmean(iou, axis=-1),
+                "bIoU": nanmean(biou, axis=-1),
+                "pixel_acc": np.where(total > 0, tp.sum(-1) / np.maximum(total, 1), np.nan),
+            }
         for k, name in enumerate(self.class_names):
             result[f"IoU/{name}"] = iou[..., k]
         for k, name in enumerate(self.class_names):
@@ -308,10 +326,16 @@ class SegmentationMetrics:
             RuntimeError: no pixels evaluated: call update() with at least one non-ignored target pixel first
         """
         if int(self.confusion.sum()) == 0:
-            raise RuntimeError("no pixels evaluated: call update() with at least one non-ignored "
-                               "target pixel first")
-        counts = torch.cat([self.confusion.diag(), self.confusion.sum(0), self.confusion.sum(1),
-                            self.boundary_intersection, self.boundary_union]).numpy()
+            raise RuntimeError("no pixels evaluated: call update() with at least one non-ignored target pixel first")
+        counts = torch.cat(
+            [
+                self.confusion.diag(),
+                self.confusion.sum(0),
+                self.confusion.sum(1),
+                self.boundary_intersection,
+                self.boundary_union,
+            ]
+        ).numpy()
         return {k: float(v) for k, v in self.scores(counts).items()}
 
 
@@ -375,15 +399,18 @@ class DetectionMetrics:
         if self._synced:
             raise RuntimeError("update() after sync(): call reset() before accumulating again")
         if len(predictions) != len(targets):
-            raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets; "
-                             f"pass one prediction dict per target")
+            raise ValueError(
+                f"{len(predictions)} predictions for {len(targets)} targets; pass one prediction dict per target"
+            )
         for pred, target in zip(predictions, targets):
             image_id = int(target["image_id"])
             if image_id in self._detections:
                 continue
             if self.coco_gt is not None and image_id not in self.coco_gt.imgs:
-                raise ValueError(f"image_id {image_id} is not in the ground truth coco_gt; "
-                                 f"targets must come from the dataset whose .coco was given")
+                raise ValueError(
+                    f"image_id {image_id} is not in the ground truth coco_gt; "
+                    f"targets must come from the dataset whose .coco was given"
+                )
             self._detections[image_id] = self._convert(pred, image_id)
             if self.coco_gt is None:
                 self._ground_truth[image_id] = self._ground_truth_record(target, pred, image_id)
@@ -395,26 +422,32 @@ class DetectionMetrics:
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
         out: dict[str, list[dict[str, Any]]] = {}
         if "bbox" in self.iou_types:
-            out["bbox"] = [{"image_id": image_id, "category_id": int(c), "bbox": b, "score": float(s)}
-                           for b, s, c in zip(xywh, scores, labels)]
+            out["bbox"] = [
+                {"image_id": image_id, "category_id": int(c), "bbox": b, "score": float(s)}
+                for b, s, c in zip(xywh, scores, labels)
+            ]
         if "segm" in self.iou_types:
             if "masks" not in pred:
-                raise ValueError("iou_types has 'segm' but a prediction has no 'masks'; use a "
-                                 "mask-predicting model (Mask R-CNN) or iou_types=('bbox',)")
+                raise ValueError(
+                    "iou_types has 'segm' but a prediction has no 'masks'; use a "
+                    "mask-predicting model (Mask R-CNN) or iou_types=('bbox',)"
+                )
             rles = encode_masks(_binary_masks(torch.as_tensor(pred["masks"])))
-            out["segm"] = [{"image_id": image_id, "category_id": int(c), "segmentation": r, "score": float(s)}
-                           for r, s, c in zip(rles, scores, labels)]
+            out["segm"] = [
+                {"image_id": image_id, "category_id": int(c), "segmentation": r, "score": float(s)}
+                for r, s, c in zip(rles, scores, labels)
+            ]
         return out
 
-    def _ground_truth_record(self, target: Mapping[str, Any], pred: Mapping[str, Any],
-                             image_id: int) -> dict[str, Any]:
+    def _ground_truth_record(self, target: Mapping[str, Any], pred: Mapping[str, Any], image_id: int) -> dict[str, Any]:
         if "segm" in self.iou_types and "masks" not in target:
-            raise ValueError("iou_types has 'segm' but a target has no 'masks' and no coco_gt was "
-                             "given; pass masks in the targets or coco_gt=dataset.coco")
+            raise ValueError(
+                "iou_types has 'segm' but a target has no 'masks' and no coco_gt was "
+                "given; pass masks in the targets or coco_gt=dataset.coco"
+            )
         sized = target.get("masks", pred.get("masks"))
         height, width = (int(sized.shape[-2]), int(sized.shape[-1])) if sized is not None else (0, 0)
-        return {"image": {"id": image_id, "height": height, "width": width},
-                "annotations": target_annotations(target)}
+        return {"image": {"id": image_id, "height": height, "width": width}, "annotations": target_annotations(target)}
 
     def state_objects(self) -> dict[str, Any]:
         """This process's records (plain picklable Python objects), for gathering across ranks.
@@ -466,11 +499,10 @@ class DetectionMetrics:
         records = [self._ground_truth[i] for i in sorted(self._ground_truth)]
         annotations = [ann for r in records for ann in r["annotations"]]
         labels = [ann["category_id"] for ann in annotations] + [
-            det["category_id"] for dets in self._detections.values()
-            for kind in dets.values() for det in kind]
+            det["category_id"] for dets in self._detections.values() for kind in dets.values() for det in kind
+        ]
         num_labels = max(labels, default=0)
-        return build_coco([r["image"] for r in records], annotations,
-                          [f"class{i}" for i in range(1, num_labels + 1)])
+        return build_coco([r["image"] for r in records], annotations, [f"class{i}" for i in range(1, num_labels + 1)])
 
     def compute(self) -> dict[str, float]:
         """``<type>/AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` for each IoU type, as
@@ -493,13 +525,14 @@ class DetectionMetrics:
                 if dets:
                     coco_dt = coco_gt.loadRes(dets)
                 else:
-                    coco_dt = build_coco(coco_gt.dataset["images"], [],
-                                         [c["name"] for c in coco_gt.dataset["categories"]])
+                    coco_dt = build_coco(
+                        coco_gt.dataset["images"], [], [c["name"] for c in coco_gt.dataset["categories"]]
+                    )
                 evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
                 evaluator.params.imgIds = image_ids
                 evaluator.evaluate()
                 evaluator.accumulate()
                 evaluator.summarize()
-            for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:len(COCO_STAT_NAMES)]):
+            for name, value in zip(COCO_STAT_NAMES, evaluator.stats[: len(COCO_STAT_NAMES)]):
                 result[f"{iou_type}/{name}"] = float(value) if value >= 0 else float("nan")
         return result

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.finetune.config import TrainConfig
+from dysample_swap.upsamplers.dysample.module import DySample
 
 
 def dysample_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -40,8 +40,7 @@ def dysample_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return list(seen.values())
 
 
-def upsampler_parameters(model: torch.nn.Module,
-                         names: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
+def upsampler_parameters(model: torch.nn.Module, names: Sequence[str] | None = None) -> list[torch.nn.Parameter]:
     """The swapped-in upsampler's trainable parameters: those called ``names`` (the parameters a
     swap added, whatever upsampler it put in), or without ``names`` the DySample parameters.
 
@@ -56,8 +55,9 @@ def upsampler_parameters(model: torch.nn.Module,
     return [p for name, p in model.named_parameters() if name in wanted and p.requires_grad]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
-                    upsampler: Sequence[torch.nn.Parameter] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, upsampler: Sequence[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters: group ``base`` at ``lr`` and group
     ``dysample`` at ``lr * dysample_lr_mult`` holding ``upsampler`` (default: the model's DySample
     parameters; the group is only present when there are any).

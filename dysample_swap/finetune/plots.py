@@ -22,17 +22,18 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def _series(records: Sequence[Mapping[str, Any]], split: str, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in records if r.get("split") == split and r.get(key) is not None}
 
 
-def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], split: str,
-              key: str) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+def seed_band(
+    runs: Sequence[Sequence[Mapping[str, Any]]], split: str, key: str
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """Steps logged by every run, and the mean, minimum and maximum of ``key`` over the runs.
 
     Example:
@@ -50,8 +51,9 @@ def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], split: str,
     return steps, values.mean(0), values.min(0), values.max(0)
 
 
-def plot_curves(logs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], metrics: Sequence[str],
-                path: str | Path) -> Path:
+def plot_curves(
+    logs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], metrics: Sequence[str], path: str | Path
+) -> Path:
     """Loss and metric curves from ``metrics.jsonl`` records: per arm the mean over its runs, and
     (with two runs or more) a shaded band from the lowest to the highest run.
 
@@ -74,12 +76,11 @@ def plot_curves(logs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], metri
         for arm, runs in logs.items():
             steps, mean, low, high = seed_band(runs, split, key)
             label = arm if len(runs) < 2 else f"{arm} (mean of {len(runs)})"
-            line, = ax.plot(steps, mean, marker="" if len(steps) > 12 else "o", label=label)
+            (line,) = ax.plot(steps, mean, marker="" if len(steps) > 12 else "o", label=label)
             if len(runs) > 1:
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         what = "training" if split == "train" else "validation"
-        ax.set_title(f"{what} {key}" + (f" (band: min-max over {seeds} seeds)" if seeds > 1 else ""),
-                     fontsize=9)
+        ax.set_title(f"{what} {key}" + (f" (band: min-max over {seeds} seeds)" if seeds > 1 else ""), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -90,8 +91,7 @@ def plot_curves(logs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], metri
     return path
 
 
-def plot_predictions(rows: Sequence[Sequence[torch.Tensor]], titles: Sequence[str],
-                     path: str | Path) -> Path:
+def plot_predictions(rows: Sequence[Sequence[torch.Tensor]], titles: Sequence[str], path: str | Path) -> Path:
     """A grid of ``uint8 [3, H, W]`` pictures: ``rows[i][j]`` under column title ``titles[j]``.
 
     Example:

@@ -60,8 +60,11 @@ class MetricsLog:
         """
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in read_log(self.path) if r.get("step", 0) <= step
-                and not (partial and r.get("step") == step and r.get("split") == "train")]
+        kept = [
+            r
+            for r in read_log(self.path)
+            if r.get("step", 0) <= step and not (partial and r.get("step") == step and r.get("split") == "train")
+        ]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -69,8 +69,9 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return decay_factor(step, total, cfg) * warmup_factor(step, cfg)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total: int,
-                    cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` following :func:`lr_factor`; call ``.step()`` after each optimiser step.
 
     Its ``state_dict`` holds only numbers, so checkpoints load with ``weights_only=True``.

@@ -99,10 +99,11 @@ class Interval:
             >>> Interval(0.123456, 0.1, 0.2).to_dict()
             {'mean': 0.1235, 'low': 0.1, 'high': 0.2, 'excludes_zero': True}
         """
+
         def r(v: float | None) -> float | None:
-            return None if v is None else round(v, digits) + 0.0   # + 0.0: no "-0.0"
-        return {"mean": r(self.estimate), "low": r(self.low), "high": r(self.high),
-                "excludes_zero": self.excludes_zero}
+            return None if v is None else round(v, digits) + 0.0  # + 0.0: no "-0.0"
+
+        return {"mean": r(self.estimate), "low": r(self.low), "high": r(self.high), "excludes_zero": self.excludes_zero}
 
 
 def nanmean(values: np.ndarray, axis: int) -> np.ndarray:
@@ -139,9 +140,15 @@ def resample_weights(rng: np.random.Generator, resamples: int, count: int) -> np
     return weights
 
 
-def paired_bootstrap(statistic: Statistic, reference: np.ndarray, other: np.ndarray, *,
-                     resamples: int = 1000, level: float = 0.95,
-                     generator: np.random.Generator | int = 0) -> dict[str, Interval]:
+def paired_bootstrap(
+    statistic: Statistic,
+    reference: np.ndarray,
+    other: np.ndarray,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    generator: np.random.Generator | int = 0,
+) -> dict[str, Interval]:
     """Paired bootstrap interval of ``statistic(other) - statistic(reference)``, per metric.
 
     Args:
@@ -168,17 +175,19 @@ def paired_bootstrap(statistic: Statistic, reference: np.ndarray, other: np.ndar
     """
     reference, other = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
     if reference.shape != other.shape or reference.ndim != 3:
-        raise ValueError(f"reference and other must both be [seeds, images, K] arrays of the same "
-                         f"shape (paired); got {reference.shape} and {other.shape}")
+        raise ValueError(
+            f"reference and other must both be [seeds, images, K] arrays of the same "
+            f"shape (paired); got {reference.shape} and {other.shape}"
+        )
     if not 0.0 < level < 1.0 or resamples < 1:
         raise ValueError(f"need 0 < level < 1 and resamples >= 1, got {level} and {resamples}")
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
     seeds, images, _ = reference.shape
-    weights = resample_weights(rng, resamples, images)                 # [B, I]
-    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))        # [B, S]
+    weights = resample_weights(rng, resamples, images)  # [B, I]
+    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))  # [B, S]
 
     def scores(stats: np.ndarray) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]:
-        whole = statistic(stats.sum(axis=1))                            # {m: [S]}
+        whole = statistic(stats.sum(axis=1))  # {m: [S]}
         resampled = statistic(np.einsum("bi,sik->sbk", weights, stats))  # {m: [S, B]}
         return whole, resampled
 
@@ -188,18 +197,24 @@ def paired_bootstrap(statistic: Statistic, reference: np.ndarray, other: np.ndar
     result = {}
     for name in ref_whole:
         per_seed = np.asarray(oth_whole[name], dtype=np.float64) - ref_whole[name]
-        diff = np.asarray(oth_boot[name], dtype=np.float64) - ref_boot[name]        # [S, B]
-        drawn = diff[seed_draws, np.arange(resamples)[:, None]]         # [B, S]
+        diff = np.asarray(oth_boot[name], dtype=np.float64) - ref_boot[name]  # [S, B]
+        drawn = diff[seed_draws, np.arange(resamples)[:, None]]  # [B, S]
         boot = nanmean(drawn, axis=1)
         estimate = nanmean(per_seed[None, :], axis=1)[0]
-        result[name] = Interval(None if math.isnan(estimate) else float(estimate),
-                                _percentile(boot, tail), _percentile(boot, 100.0 - tail))
+        result[name] = Interval(
+            None if math.isnan(estimate) else float(estimate), _percentile(boot, tail), _percentile(boot, 100.0 - tail)
+        )
     return result
 
 
-def seed_bootstrap(reference: Mapping[str, Sequence[float | None]],
-                   other: Mapping[str, Sequence[float | None]], *, resamples: int = 1000,
-                   level: float = 0.95, generator: np.random.Generator | int = 0) -> dict[str, Interval]:
+def seed_bootstrap(
+    reference: Mapping[str, Sequence[float | None]],
+    other: Mapping[str, Sequence[float | None]],
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    generator: np.random.Generator | int = 0,
+) -> dict[str, Interval]:
     """Paired bootstrap over seeds of per-seed metric values (``{metric: [value per seed]}``).
 
     Seed ``k`` of ``reference`` is paired with seed ``k`` of ``other``. Needs at least two seeds
@@ -214,10 +229,11 @@ def seed_bootstrap(reference: Mapping[str, Sequence[float | None]],
 
     def stack(values: Mapping[str, Sequence[float | None]]) -> np.ndarray:
         table = [[np.nan if v is None else float(v) for v in values[m]] for m in names]
-        return np.asarray(table, dtype=np.float64).T[:, None, :]        # [S, 1, M]
+        return np.asarray(table, dtype=np.float64).T[:, None, :]  # [S, 1, M]
 
     def identity(stats: np.ndarray) -> dict[str, np.ndarray]:
         return {m: stats[..., k] for k, m in enumerate(names)}
 
-    return paired_bootstrap(identity, stack(reference), stack(other), resamples=resamples,
-                            level=level, generator=generator)
+    return paired_bootstrap(
+        identity, stack(reference), stack(other), resamples=resamples, level=level, generator=generator
+    )

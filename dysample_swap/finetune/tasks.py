@@ -27,20 +27,38 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from dysample_swap.finetune.data.common import IMAGENET_MEAN, IMAGENET_STD
 
 #: Colours for classes in pictures (class k uses entry k modulo the length).
-PALETTE = [(40, 40, 40), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-           (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0)]
+PALETTE = [
+    (40, 40, 40),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+]
 
 
 def _segmentation_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(output, dict):
         if "out" not in output:
-            raise TypeError(f"segmentation model returned a dict with keys {sorted(output)}; "
-                            "expected 'out' (torchvision segmentation models) or a tensor")
+            raise TypeError(
+                f"segmentation model returned a dict with keys {sorted(output)}; "
+                "expected 'out' (torchvision segmentation models) or a tensor"
+            )
         return output["out"], output.get("aux")
     if not isinstance(output, torch.Tensor) or output.dim() != 4:
-        raise TypeError("segmentation model must return logits [N, classes, H, W] or {'out': ...}; "
-                        f"got {type(output).__name__}")
+        raise TypeError(
+            f"segmentation model must return logits [N, classes, H, W] or {{'out': ...}}; got {type(output).__name__}"
+        )
     return output, None
 
 
@@ -97,9 +115,11 @@ class SegmentationTask:
         if aux is not None and aux.shape[-2:] != size:
             aux = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
         if logits.shape[1] != self.num_classes:
-            raise ValueError(f"model predicts {logits.shape[1]} classes but the dataset has "
-                             f"{self.num_classes}; put {{num_classes}} in model.spec "
-                             "(e.g. classes={num_classes}) or fix the class count")
+            raise ValueError(
+                f"model predicts {logits.shape[1]} classes but the dataset has "
+                f"{self.num_classes}; put {{num_classes}} in model.spec "
+                "(e.g. classes={num_classes}) or fix the class count"
+            )
         return logits, aux
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -147,8 +167,7 @@ class SegmentationTask:
         """
         from dysample_swap.finetune.metrics import SegmentationMetrics
 
-        return SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index,
-                                   class_names=self.class_names)
+        return SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
 
     def to_cpu(self, value: torch.Tensor) -> torch.Tensor:
         """Predictions or targets moved to the CPU (where the metrics accumulate).
@@ -166,8 +185,9 @@ class SegmentationTask:
             >>> SegmentationTask(2, 255, "ab").picture(None, torch.tensor([[1, 255]]))[:, 0, :].T.tolist()
             [[230, 25, 75], [255, 255, 255]]
         """
-        palette = torch.tensor([PALETTE[k % len(PALETTE)] for k in range(self.num_classes)] +
-                               [(255, 255, 255)], dtype=torch.uint8)
+        palette = torch.tensor(
+            [PALETTE[k % len(PALETTE)] for k in range(self.num_classes)] + [(255, 255, 255)], dtype=torch.uint8
+        )
         labels = labels.cpu().long()
         index = torch.where((labels >= 0) & (labels < self.num_classes), labels, self.num_classes)
         return palette[index].permute(2, 0, 1).contiguous()
@@ -195,8 +215,9 @@ class DetectionTask:
 
     name = "detection"
 
-    def __init__(self, num_classes: int, class_names: Sequence[str], *, with_masks: bool,
-                 score_threshold: float = 0.5) -> None:
+    def __init__(
+        self, num_classes: int, class_names: Sequence[str], *, with_masks: bool, score_threshold: float = 0.5
+    ) -> None:
         from dysample_swap.finetune.data import detection_collate
 
         self.num_classes = num_classes
@@ -225,8 +246,7 @@ class DetectionTask:
         """
         images, targets = batch
         images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                   for t in targets]
+        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
         return images, targets
 
     def batch_size(self, batch: Any) -> int:
@@ -250,9 +270,11 @@ class DetectionTask:
         images, targets = batch
         losses = model(images, targets)
         if not isinstance(losses, dict):
-            raise TypeError(f"detection model in train mode returned {type(losses).__name__}, not a "
-                            "loss dict; use a torchvision detection model (FasterRCNN, RetinaNet, "
-                            "FCOS, MaskRCNN)")
+            raise TypeError(
+                f"detection model in train mode returned {type(losses).__name__}, not a "
+                "loss dict; use a torchvision detection model (FasterRCNN, RetinaNet, "
+                "FCOS, MaskRCNN)"
+            )
         return sum(v.float() for v in losses.values())
 
     @torch.no_grad()
@@ -300,8 +322,7 @@ class DetectionTask:
             >>> DetectionTask(2, "ab", with_masks=False).to_cpu([{"boxes": torch.zeros(1, 4), "image_id": 3}])[0]["image_id"]
             3
         """
-        return [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
-                for d in value]
+        return [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()} for d in value]
 
     def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
@@ -333,8 +354,7 @@ class DetectionTask:
         if not labels:
             return picture
         names = [self.class_names[int(k)] if int(k) < len(self.class_names) else str(k) for k in labels]
-        return draw_bounding_boxes(picture, target["boxes"].cpu()[keep], labels=names,
-                                   colors=colours, width=1)
+        return draw_bounding_boxes(picture, target["boxes"].cpu()[keep], labels=names, colors=colours, width=1)
 
 
 def make_task(task: str, dataset: Any, score_threshold: float = 0.5) -> SegmentationTask | DetectionTask:
@@ -346,7 +366,7 @@ def make_task(task: str, dataset: Any, score_threshold: float = 0.5) -> Segmenta
         2
     """
     if task == "segmentation":
-        return SegmentationTask(dataset.num_classes, getattr(dataset, "ignore_index", 255),
-                                dataset.class_names)
-    return DetectionTask(dataset.num_classes, dataset.class_names, with_masks=task == "instance",
-                         score_threshold=score_threshold)
+        return SegmentationTask(dataset.num_classes, getattr(dataset, "ignore_index", 255), dataset.class_names)
+    return DetectionTask(
+        dataset.num_classes, dataset.class_names, with_masks=task == "instance", score_threshold=score_threshold
+    )

@@ -37,15 +37,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
 
+from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask
 from dysample_swap.upsamplers.dysample import sampling
-from dysample_swap.upsamplers.dysample.module import DySample  # noqa: E402
-from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask  # noqa: E402
+from dysample_swap.upsamplers.dysample.module import DySample
 
 
 @dataclass
@@ -113,11 +113,10 @@ def _with_coordinates(x: Tensor, groups: int, block: int) -> tuple[Tensor, list[
     n, channels, height, width = x.shape
     per = channels // groups
     grid_x = (torch.arange(width, dtype=x.dtype, device=x.device) + 0.5).expand(n, block, height, width)
-    grid_y = (torch.arange(height, dtype=x.dtype, device=x.device) + 0.5).view(-1, 1).expand(
-        n, block, height, width)
+    grid_y = (torch.arange(height, dtype=x.dtype, device=x.device) + 0.5).view(-1, 1).expand(n, block, height, width)
     parts, keep = [], []
     for k in range(groups):
-        parts += [x[:, k * per:(k + 1) * per], grid_x, grid_y]
+        parts += [x[:, k * per : (k + 1) * per], grid_x, grid_y]
         start = k * (per // block + 2)
         keep += range(start, start + per // block)
     return torch.cat(parts, dim=1), keep
@@ -131,9 +130,9 @@ def _padded(weight: Tensor, keep: list[int], columns: int) -> Tensor:
 
 
 @torch.no_grad()
-def sampling_offsets(module: DySample, x: Tensor, size: Sequence[int] | None = None,
-                     scale_factor: float | Sequence[float] | None = None
-                     ) -> tuple[Tensor, Tensor, Tensor | None]:
+def sampling_offsets(
+    module: DySample, x: Tensor, size: Sequence[int] | None = None, scale_factor: float | Sequence[float] | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Anchor, offsets and dynamic scope of ``module`` on input ``x``, recomputed with the
     module's weights through :func:`dysample_swap.upsamplers.dysample.sampling.dysample`.
 
@@ -169,12 +168,20 @@ def sampling_offsets(module: DySample, x: Tensor, size: Sequence[int] | None = N
     def positions(offset_weight: Tensor, offset_bias: Tensor | None) -> Tensor:
         scope = module.scope.weight if module.dyscope else None
         out = sampling.dysample(
-            wide, _padded(offset_weight.double(), keep, columns),
+            wide,
+            _padded(offset_weight.double(), keep, columns),
             None if offset_bias is None else offset_bias.double(),
             None if scope is None else _padded(scope.double(), keep, columns),
-            scale=s, style=module.style, groups=g, size=size, scale_factor=scale_factor,
-            anchor=module.anchor, positions=module.positions, init_pos=module.init_pos)
-        out = out.unflatten(1, (g, per + 2 * block))                    # [N, g, per + 2b, Ho, Wo]
+            scale=s,
+            style=module.style,
+            groups=g,
+            size=size,
+            scale_factor=scale_factor,
+            anchor=module.anchor,
+            positions=module.positions,
+            init_pos=module.init_pos,
+        )
+        out = out.unflatten(1, (g, per + 2 * block))  # [N, g, per + 2b, Ho, Wo]
         return torch.stack([out[:, :, per], out[:, :, per + block]], dim=2)  # [N, g, 2, Ho, Wo]
 
     weight, bias = module.offset.weight, module.offset.bias
@@ -190,8 +197,7 @@ def sampling_offsets(module: DySample, x: Tensor, size: Sequence[int] | None = N
         forward = positions(flat, unit) - zero
         backward = zero - positions(flat, -unit)
         free = ((positions(flat, 1e-3 * unit) - zero) > 0) | ((zero - positions(flat, -1e-3 * unit)) > 0)
-        scope = torch.where(free, torch.maximum(forward, backward),
-                            torch.full_like(forward, float("nan"))).float()
+        scope = torch.where(free, torch.maximum(forward, backward), torch.full_like(forward, float("nan"))).float()
     return zero[:, 0].float(), displacement, scope
 
 
@@ -205,17 +211,16 @@ def dysample_sites(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, DySample)]
 
 
-def _task_for(task: str, num_classes: int, score_threshold: float = 0.5
-              ) -> SegmentationTask | DetectionTask:
+def _task_for(task: str, num_classes: int, score_threshold: float = 0.5) -> SegmentationTask | DetectionTask:
     names = [f"class{k}" for k in range(num_classes)]
     if task == "segmentation":
         return SegmentationTask(num_classes, 255, names)
-    return DetectionTask(num_classes, names, with_masks=task == "instance",
-                         score_threshold=score_threshold)
+    return DetectionTask(num_classes, names, with_masks=task == "instance", score_threshold=score_threshold)
 
 
-def load_image_input(path: str | Path, task: SegmentationTask | DetectionTask,
-                     image_size: int | Sequence[int] | None = None) -> Tensor:
+def load_image_input(
+    path: str | Path, task: SegmentationTask | DetectionTask, image_size: int | Sequence[int] | None = None
+) -> Tensor:
     """An image file as the model input ``[3, H, W]`` of ``task``: ImageNet-normalised for
     segmentation (resized to ``image_size`` if given), ``[0, 1]`` for detection.
 
@@ -225,8 +230,7 @@ def load_image_input(path: str | Path, task: SegmentationTask | DetectionTask,
         >>> load_image_input(p, _task_for("segmentation", 2), 4).shape
         torch.Size([3, 4, 4])
     """
-    from dysample_swap.finetune.data.common import (
-        image_to_unit_tensor, load_image, normalize_image, parse_image_size)
+    from dysample_swap.finetune.data.common import image_to_unit_tensor, load_image, normalize_image, parse_image_size
 
     image = load_image(Path(path))
     if isinstance(task, DetectionTask):
@@ -237,9 +241,9 @@ def load_image_input(path: str | Path, task: SegmentationTask | DetectionTask,
     return normalize_image(image)
 
 
-def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *,
-                          trust_spec: bool = False
-                          ) -> tuple[nn.Module, SegmentationTask | DetectionTask, Any]:
+def load_checkpoint_model(
+    checkpoint: str | Path, image: Tensor | None = None, *, trust_spec: bool = False
+) -> tuple[nn.Module, SegmentationTask | DetectionTask, Any]:
     """Rebuild the model of a training checkpoint (the engine's ``last.pt``) from the recipe it
     records, without its dataset; returns ``(model in eval mode, task, config)``.
 
@@ -255,10 +259,10 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
     Example:
         >>> # model, task, cfg = load_checkpoint_model("runs/demo/dysample+/seed0/checkpoints/last.pt")
     """
+    from dysample_swap.finetune.builders import build_base_model, swap_model
     from dysample_swap.finetune.checkpoint import load_checkpoint, load_model_state
     from dysample_swap.finetune.config import build_config
     from dysample_swap.finetune.data.common import parse_image_size
-    from dysample_swap.finetune.builders import build_base_model, swap_model
     from dysample_swap.surgery.model_spec import UntrustedSpecError
 
     state = load_checkpoint(checkpoint)
@@ -273,13 +277,13 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
             f"{checkpoint}: its config's model spec {cfg.model.spec!r} imports and runs a Python "
             "function, and a checkpoint's config is not trusted: if you trust where this checkpoint "
             "came from, pass --trust-spec (Python: trust_spec=True); otherwise build the model "
-            "yourself, load the checkpoint's weights and pass the model") from err
+            "yourself, load the checkpoint's weights and pass the model"
+        ) from err
     if found.get("swapped"):
         if image is None:
             height, width = parse_image_size(cfg.data.get("image_size", 64))
             image = torch.zeros(3, height, width)
-        model, _ = swap_model(cfg, model, found["variant"], task.example_inputs([(image, None)]),
-                              verbose=False)
+        model, _ = swap_model(cfg, model, found["variant"], task.example_inputs([(image, None)]), verbose=False)
     load_model_state(model, state["model"], checkpoint)
     return model.eval(), task, cfg
 
@@ -287,26 +291,39 @@ def load_checkpoint_model(checkpoint: str | Path, image: Tensor | None = None, *
 def _choose(model: nn.Module, site: str | int | None) -> list[str]:
     sites = dysample_sites(model)
     if not sites:
-        raise ValueError("the model has no DySample module to visualise (an 'original' arm, or a "
-                         "rival upsampler); pass a DySample-swapped model or its checkpoint")
+        raise ValueError(
+            "the model has no DySample module to visualise (an 'original' arm, or a "
+            "rival upsampler); pass a DySample-swapped model or its checkpoint"
+        )
     if site is None:
         return sites
     if isinstance(site, int):
         if not -len(sites) <= site < len(sites):
-            raise ValueError(f"site index {site} out of range: the model has {len(sites)} DySample "
-                             f"sites: {', '.join(f'{k}: {s}' for k, s in enumerate(sites))}")
+            raise ValueError(
+                f"site index {site} out of range: the model has {len(sites)} DySample "
+                f"sites: {', '.join(f'{k}: {s}' for k, s in enumerate(sites))}"
+            )
         return [sites[site]]
     if site not in sites:
-        raise ValueError(f"no DySample site {site!r}; the model's DySample sites are "
-                         f"{', '.join(f'{k}: {s}' for k, s in enumerate(sites))}")
+        raise ValueError(
+            f"no DySample site {site!r}; the model's DySample sites are "
+            f"{', '.join(f'{k}: {s}' for k, s in enumerate(sites))}"
+        )
     return [site]
 
 
-def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | Path | Tensor,
-                      site: str | int | None = None, out: str | Path | None = "offsets.png", *,
-                      group: int | None = None, arrows: int = 24,
-                      task: SegmentationTask | DetectionTask | None = None,
-                      title: str | None = None, trust_spec: bool = False) -> OffsetField:
+def visualize_offsets(
+    model_or_checkpoint: nn.Module | str | Path,
+    image: str | Path | Tensor,
+    site: str | int | None = None,
+    out: str | Path | None = "offsets.png",
+    *,
+    group: int | None = None,
+    arrows: int = 24,
+    task: SegmentationTask | DetectionTask | None = None,
+    title: str | None = None,
+    trust_spec: bool = False,
+) -> OffsetField:
     """Run a model on ``image`` and draw the sampling offsets of one DySample site.
 
     Args:
@@ -343,8 +360,7 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
         path = Path(model_or_checkpoint)
         given = image if isinstance(image, Tensor) else None
         model, task, cfg = load_checkpoint_model(path, given, trust_spec=trust_spec)
-        inputs = given if given is not None else load_image_input(
-            image, task, cfg.data.get("image_size"))
+        inputs = given if given is not None else load_image_input(image, task, cfg.data.get("image_size"))
     candidates = _choose(model, site)
     calls: dict[str, tuple[DySample, Tensor, Any, Any, int]] = {}
 
@@ -356,6 +372,7 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
                 size, scale_factor = module.size, module.scale_factor
             area = output.shape[-2] * output.shape[-1]
             calls.setdefault(name, (module, args[0][:1].detach(), size, scale_factor, area))
+
         return capture
 
     modules = dict(model.named_modules())
@@ -363,10 +380,12 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
     frame: dict[str, tuple[int, int, float, float]] = {}
     transform = getattr(model, "transform", None)
     if isinstance(task, DetectionTask) and isinstance(transform, nn.Module):
+
         def resized(module: nn.Module, args: tuple, output: Any) -> None:
             batch = output[0]
             (h, w), (ph, pw) = batch.image_sizes[0], batch.tensors.shape[-2:]
             frame["net"] = (ph, pw, h / inputs.shape[-2], w / inputs.shape[-1])
+
         handles.append(transform.register_forward_hook(resized))
     device = next(model.parameters()).device
     was_training = model.training
@@ -388,21 +407,35 @@ def visualize_offsets(model_or_checkpoint: nn.Module | str | Path, image: str | 
     picture = task.image_uint8(inputs)
     net_h, net_w, ratio_h, ratio_w = frame.get("net", (inputs.shape[-2], inputs.shape[-1], 1.0, 1.0))
     field = OffsetField(
-        site=chosen, variant=module.variant, input_size=(x.shape[-2], x.shape[-1]),
-        output_size=(displacement.shape[-2], displacement.shape[-1]), anchor=anchor[0].cpu(),
-        displacement=displacement[0].cpu(), scope=None if scope is None else scope[0].cpu(),
-        image=picture, frame=(net_w / x.shape[-1] / ratio_w, net_h / x.shape[-2] / ratio_h))
+        site=chosen,
+        variant=module.variant,
+        input_size=(x.shape[-2], x.shape[-1]),
+        output_size=(displacement.shape[-2], displacement.shape[-1]),
+        anchor=anchor[0].cpu(),
+        displacement=displacement[0].cpu(),
+        scope=None if scope is None else scope[0].cpu(),
+        image=picture,
+        frame=(net_w / x.shape[-1] / ratio_w, net_h / x.shape[-2] / ratio_h),
+    )
     if group is not None and not 0 <= group < module.groups:
         raise ValueError(f"group {group} out of range: site {chosen} has {module.groups} groups")
     if out is not None:
-        field.path = draw_offsets(field, out, group=group, arrows=arrows, title=title,
-                                  channels=module.in_channels, scale=module.scale)
+        field.path = draw_offsets(
+            field, out, group=group, arrows=arrows, title=title, channels=module.in_channels, scale=module.scale
+        )
     return field
 
 
-def draw_offsets(field: OffsetField, out: str | Path, *, group: int | None = None,
-                 arrows: int = 24, title: str | None = None, channels: int | None = None,
-                 scale: int | None = None) -> Path:
+def draw_offsets(
+    field: OffsetField,
+    out: str | Path,
+    *,
+    group: int | None = None,
+    arrows: int = 24,
+    title: str | None = None,
+    channels: int | None = None,
+    scale: int | None = None,
+) -> Path:
     """The PNG of an :class:`OffsetField`: arrows over the image, offset length, dynamic scope.
 
     Example:
@@ -414,7 +447,7 @@ def draw_offsets(field: OffsetField, out: str | Path, *, group: int | None = Non
         '.png'
     """
     out = Path(out)
-    sx, sy = field.frame                        # input-feature pixels -> image pixels
+    sx, sy = field.frame  # input-feature pixels -> image pixels
     img = field.image.permute(1, 2, 0).numpy()
     height, width = img.shape[:2]
     vec = field.vector(group).numpy()
@@ -426,7 +459,7 @@ def draw_offsets(field: OffsetField, out: str | Path, *, group: int | None = Non
     px, py = ax_[np.ix_(rows, cols)], ay_[np.ix_(rows, cols)]
     dx, dy = vec[0][np.ix_(rows, cols)] * sx, vec[1][np.ix_(rows, cols)] * sy
     spacing = step * min(sx * field.input_size[1] / out_w, sy * field.input_size[0] / out_h)
-    extent = (0, sx * field.input_size[1], sy * field.input_size[0], 0)   # the region it covers
+    extent = (0, sx * field.input_size[1], sy * field.input_size[0], 0)  # the region it covers
     longest = float(np.percentile(np.hypot(dx, dy), 98)) if dx.size else 0.0
     gain = 0.9 * spacing / longest if longest > 0 else 1.0
     gray = img.mean(axis=2)
@@ -436,14 +469,26 @@ def draw_offsets(field: OffsetField, out: str | Path, *, group: int | None = Non
     picture = (0, width, height, 0)
     ax = axes[0][0]
     ax.imshow(img, interpolation="nearest", extent=picture)
-    shown = ax.quiver(px, py, dx * gain, dy * gain, magnitude[np.ix_(rows, cols)], cmap="autumn",
-                      angles="xy", scale_units="xy", scale=1.0, width=0.006, headwidth=3.5,
-                      headlength=4.0, edgecolor="black", linewidth=0.3)
+    shown = ax.quiver(
+        px,
+        py,
+        dx * gain,
+        dy * gain,
+        magnitude[np.ix_(rows, cols)],
+        cmap="autumn",
+        angles="xy",
+        scale_units="xy",
+        scale=1.0,
+        width=0.006,
+        headwidth=3.5,
+        headlength=4.0,
+        edgecolor="black",
+        linewidth=0.3,
+    )
     ax.scatter(px.ravel(), py.ravel(), s=3, c="white", edgecolors="black", linewidths=0.2)
     cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
     cbar.set_label("offset length (input-feature pixels)", fontsize=8)
-    ax.set_title(f"sampling offsets, arrows magnified x{gain:.3g}\n(dot: zero-offset position)",
-                 fontsize=9)
+    ax.set_title(f"sampling offsets, arrows magnified x{gain:.3g}\n(dot: zero-offset position)", fontsize=9)
 
     ax = axes[0][1]
     ax.imshow(gray, cmap="gray", interpolation="nearest", extent=picture)
@@ -456,23 +501,25 @@ def draw_offsets(field: OffsetField, out: str | Path, *, group: int | None = Non
         scope = (field.scope.mean(0) if group is None else field.scope[group]).mean(0).numpy()
         ax = axes[0][2]
         ax.imshow(gray, cmap="gray", interpolation="nearest", extent=picture)
-        shown = ax.imshow(scope, cmap="viridis", vmin=0.0, vmax=0.5, alpha=0.8, extent=extent,
-                          interpolation="nearest")
+        shown = ax.imshow(scope, cmap="viridis", vmin=0.0, vmax=0.5, alpha=0.8, extent=extent, interpolation="nearest")
         cbar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
         cbar.ax.axhline(0.25, color="white", linewidth=1.5)
         cbar.set_label("0.5 * sigmoid(scope(x)); line: static 0.25", fontsize=8)
-        ax.set_title(f"dynamic scope factor\n(range {np.nanmin(scope):.4g} to {np.nanmax(scope):.4g})",
-                     fontsize=9)
+        ax.set_title(f"dynamic scope factor\n(range {np.nanmin(scope):.4g} to {np.nanmax(scope):.4g})", fontsize=9)
     for ax in axes[0]:
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_xticks([])
         ax.set_yticks([])
     which = "mean over groups" if group is None else f"group {group}"
-    what = [f"{field.site}: {field.variant}", f"x{scale}" if scale else None,
-            f"{channels} channels" if channels else None,
-            f"{field.input_size[0]}x{field.input_size[1]} -> {out_h}x{out_w}", which,
-            None if field.scope is not None else "static scope 0.25"]
+    what = [
+        f"{field.site}: {field.variant}",
+        f"x{scale}" if scale else None,
+        f"{channels} channels" if channels else None,
+        f"{field.input_size[0]}x{field.input_size[1]} -> {out_h}x{out_w}",
+        which,
+        None if field.scope is not None else "static scope 0.25",
+    ]
     heading = ", ".join(w for w in what if w)
     fig.suptitle(heading if title is None else f"{title}\n{heading}", fontsize=10)
     fig.tight_layout()

@@ -59,9 +59,13 @@ def _swap_yolo(model: Any, variant: str, example_inputs: Any, **policy: Any) -> 
 
 
 register(FrameworkHooks("ultralytics", owns=is_ultralytics_model, swap=_swap_yolo))
-register(FrameworkHooks(
-    "ultralytics network", owns=is_ultralytics_network,
-    alone="YOLO.train() rebuilds the network from its YAML and would drop the swap; pass the YOLO object "
-          "itself (swap_upsamplers(yolo, ...)) so that training keeps it"))
+register(
+    FrameworkHooks(
+        "ultralytics network",
+        owns=is_ultralytics_network,
+        alone="YOLO.train() rebuilds the network from its YAML and would drop the swap; pass the YOLO object "
+        "itself (swap_upsamplers(yolo, ...)) so that training keeps it",
+    )
+)
 register(FrameworkHooks("transformers", owns=transformers.owns, write_record=transformers.write_record))
 register(FrameworkHooks("huggingface_hub", owns=hub_mixin.owns, write_record=hub_mixin.write_record))

@@ -67,9 +67,13 @@ def write_record(model: nn.Module, record: dict[str, Any] | None) -> None:
             return
         config = model._hub_mixin_config = {}
     if not isinstance(config, dict):  # a dataclass config: the mixin writes its fields only
-        logger.warning("%s keeps its hub-mixin config as a %s, where the swap record cannot be added: its "
-                       "save_pretrained will not record the swap; save it with dysample_swap.save_swapped(model, "
-                       "file) instead", type(model).__name__, type(config).__name__)
+        logger.warning(
+            "%s keeps its hub-mixin config as a %s, where the swap record cannot be added: its "
+            "save_pretrained will not record the swap; save it with dysample_swap.save_swapped(model, "
+            "file) instead",
+            type(model).__name__,
+            type(config).__name__,
+        )
         return
     if record is not None:
         config[CONFIG_KEY] = record
@@ -108,10 +112,13 @@ def build(directory: str | os.PathLike[str], config: dict[str, Any], model_class
     """
     from huggingface_hub import ModelHubMixin
 
-    if not (isinstance(model_class, type) and issubclass(model_class, ModelHubMixin)
-            and issubclass(model_class, nn.Module)):
-        raise ValueError(f"{directory}: model_class={model_class!r} is not an nn.Module class built on "
-                         "huggingface_hub's PyTorchModelHubMixin; pass the class whose save_pretrained wrote it")
+    if not (
+        isinstance(model_class, type) and issubclass(model_class, ModelHubMixin) and issubclass(model_class, nn.Module)
+    ):
+        raise ValueError(
+            f"{directory}: model_class={model_class!r} is not an nn.Module class built on "
+            "huggingface_hub's PyTorchModelHubMixin; pass the class whose save_pretrained wrote it"
+        )
     params = inspect.signature(model_class.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {}

@@ -31,8 +31,10 @@ def _weight_map(index: Path) -> dict[str, Any]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc}); "
-                         "save the model again with model.save_pretrained(directory)") from exc
+        raise ValueError(
+            f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc}); "
+            "save the model again with model.save_pretrained(directory)"
+        ) from exc
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index}: its weight_map is not a dict of tensor name -> shard file")
     return weight_map
@@ -40,10 +42,11 @@ def _weight_map(index: Path) -> dict[str, Any]:
 
 def _shard(directory: Path, name: Any) -> Path:
     """A shard that the index names: a plain ``*.safetensors`` file name inside ``directory``, nothing else."""
-    if (not isinstance(name, str) or Path(name).name != name or name in (".", "..")
-            or not name.endswith(".safetensors")):
-        raise ValueError(f"{directory / 'model.safetensors.index.json'} names the shard {name!r:.120}, which "
-                         "is not a .safetensors file inside the directory; refusing to read it")
+    if not isinstance(name, str) or Path(name).name != name or name in (".", "..") or not name.endswith(".safetensors"):
+        raise ValueError(
+            f"{directory / 'model.safetensors.index.json'} names the shard {name!r:.120}, which "
+            "is not a .safetensors file inside the directory; refusing to read it"
+        )
     shard = directory / name
     if shard.resolve().parent != directory.resolve():
         raise ValueError(f"{shard} links outside {directory}; refusing to read it")
@@ -60,12 +63,14 @@ def _read_safetensors(directory: Path, keys: set[str] | None = None) -> dict[str
     elif (directory / "model.safetensors").exists():
         files = [directory / "model.safetensors"]
     else:
-        raise ValueError(f"{directory}: no model.safetensors (or model.safetensors.index.json); "
-                         "save the model with model.save_pretrained(directory)")
+        raise ValueError(
+            f"{directory}: no model.safetensors (or model.safetensors.index.json); "
+            "save the model with model.save_pretrained(directory)"
+        )
     tensors = {}
     for file in files:
         with safe_open(file, framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys() if keys is None or k in keys})
+            tensors.update({k: f.get_tensor(k) for k in f.keys() if keys is None or k in keys})  # noqa: SIM118 - safe_open is no dict
     return tensors
 
 
@@ -76,13 +81,17 @@ def _load_transformers(directory: Path, config: dict[str, Any], swaps: list[dict
     replay(model, swaps, str(directory))
     added = {k for k in model.state_dict() if k not in plain}
     if set(unused) != added:
-        raise ValueError(f"{directory}: its weights do not fit the model rebuilt from its recipe: checkpoint "
-                         f"keys the swapped model lacks: {sorted(set(unused) - added)}; swapped-model keys the "
-                         f"checkpoint lacks: {sorted(added - set(unused))}")
+        raise ValueError(
+            f"{directory}: its weights do not fit the model rebuilt from its recipe: checkpoint "
+            f"keys the swapped model lacks: {sorted(set(unused) - added)}; swapped-model keys the "
+            f"checkpoint lacks: {sorted(added - set(unused))}"
+        )
     try:
         model.load_state_dict(_read_safetensors(directory, added), strict=False)  # the plain keys are loaded
     except RuntimeError as exc:
-        raise ValueError(f"{directory}: its DySample weights do not fit the model rebuilt from its recipe: {exc}") from exc
+        raise ValueError(
+            f"{directory}: its DySample weights do not fit the model rebuilt from its recipe: {exc}"
+        ) from exc
     return model
 
 
@@ -124,30 +133,38 @@ def from_pretrained(directory: str | os.PathLike[str], model_class: type | None 
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise ValueError(f"{directory}: no config.json; write the directory with model.save_pretrained({str(directory)!r})")
+        raise ValueError(
+            f"{directory}: no config.json; write the directory with model.save_pretrained({str(directory)!r})"
+        )
     try:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{config_path}: not a readable JSON config ({exc})") from exc
     framework = next((f for f in _FRAMEWORKS if isinstance(config, dict) and f.owns_config(config)), None)
     if framework is None:
-        raise ValueError(f"{config_path} was not written by the save_pretrained of a swapped transformers, smp "
-                         "or PyTorchModelHubMixin model; for other models use save_swapped() and "
-                         "load_swapped(file, model=...)")
+        raise ValueError(
+            f"{config_path} was not written by the save_pretrained of a swapped transformers, smp "
+            "or PyTorchModelHubMixin model; for other models use save_swapped() and "
+            "load_swapped(file, model=...)"
+        )
     if framework.CONFIG_KEY not in config:
-        raise ValueError(f"{config_path} has no {framework.CONFIG_KEY!r} swap record: the model was saved "
-                         "before it was swapped (or by an older dysample_swap). An unswapped model loads with "
-                         "its framework's own from_pretrained; to save a swapped one, call "
-                         "model.save_pretrained(directory) after swap_upsamplers(model, ...)")
+        raise ValueError(
+            f"{config_path} has no {framework.CONFIG_KEY!r} swap record: the model was saved "
+            "before it was swapped (or by an older dysample_swap). An unswapped model loads with "
+            "its framework's own from_pretrained; to save a swapped one, call "
+            "model.save_pretrained(directory) after swap_upsamplers(model, ...)"
+        )
     swaps = check_record(config[framework.CONFIG_KEY], str(config_path))
     if framework is transformers_integration:
         return _load_transformers(directory, config, swaps).eval()
     if framework is hub_mixin_integration:
         saved = swaps[0].get("class", "").rpartition(".")[2] or "its class"
         if model_class is None:
-            raise ValueError(f"{directory} was saved by a PyTorchModelHubMixin model ({saved}), whose config does not "
-                             f"name its class; pass it: dysample_swap.from_pretrained({str(directory)!r}, "
-                             f"model_class={saved})")
+            raise ValueError(
+                f"{directory} was saved by a PyTorchModelHubMixin model ({saved}), whose config does not "
+                f"name its class; pass it: dysample_swap.from_pretrained({str(directory)!r}, "
+                f"model_class={saved})"
+            )
         model = hub_mixin_integration.build(directory, config, model_class)
     else:
         model = smp_integration.build(directory, config)

@@ -55,9 +55,11 @@ def build(directory: str | os.PathLike[str], config: dict[str, Any]) -> nn.Modul
     name = config["_model_class"]
     model_class = getattr(smp, str(name), None)
     if not (isinstance(model_class, type) and issubclass(model_class, smp.base.SegmentationModel)):
-        raise ValueError(f"{directory}: config.json's _model_class {name!r} is not an smp architecture "
-                         "(another smp version?); build and swap the model yourself, then load "
-                         "model.safetensors into it with load_state_dict")
+        raise ValueError(
+            f"{directory}: config.json's _model_class {name!r} is not an smp architecture "
+            "(another smp version?); build and swap the model yourself, then load "
+            "model.safetensors into it with load_state_dict"
+        )
     kwargs = {key: value for key, value in config.items() if not key.startswith("_")}
     if "encoder_weights" in kwargs:
         kwargs["encoder_weights"] = None

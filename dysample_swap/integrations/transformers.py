@@ -97,25 +97,32 @@ def load_plain(directory: str | os.PathLike[str], config: dict[str, Any]) -> tup
 
     names = config.get("architectures") or []
     if len(names) != 1:
-        raise ValueError(f"{directory}: config.json names {len(names)} architectures ({names}), not one; "
-                         "save the model with model.save_pretrained(directory)")
+        raise ValueError(
+            f"{directory}: config.json names {len(names)} architectures ({names}), not one; "
+            "save the model with model.save_pretrained(directory)"
+        )
     model_class = getattr(transformers, names[0], None)
     if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
-        raise ValueError(f"{directory}: config.json's architecture {names[0]!r} is not a transformers model "
-                         "class (custom code?); build and swap the model yourself, then load "
-                         "model.safetensors into it with load_state_dict")
+        raise ValueError(
+            f"{directory}: config.json's architecture {names[0]!r} is not a transformers model "
+            "class (custom code?); build and swap the model yourself, then load "
+            "model.safetensors into it with load_state_dict"
+        )
     logger = logging.getLogger("transformers.modeling_utils")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         model, info = model_class.from_pretrained(directory, output_loading_info=True)
     except OSError as exc:  # no or unreadable weights
-        raise ValueError(f"{directory}: transformers could not load it ({exc}); save the model with "
-                         "model.save_pretrained(directory)") from exc
+        raise ValueError(
+            f"{directory}: transformers could not load it ({exc}); save the model with model.save_pretrained(directory)"
+        ) from exc
     finally:
         logger.setLevel(level)
     problems = {what: info[what] for what in ("missing_keys", "mismatched_keys", "error_msgs") if info[what]}
     if problems:
-        raise ValueError(f"{directory}: transformers could not load the plain {names[0]} weights "
-                         f"({problems}); the checkpoint and config.json do not belong together")
+        raise ValueError(
+            f"{directory}: transformers could not load the plain {names[0]} weights "
+            f"({problems}); the checkpoint and config.json do not belong together"
+        )
     return model, sorted(info["unexpected_keys"])

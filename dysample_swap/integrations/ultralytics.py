@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dysample_swap.surgery.example_inputs import first_conv_channels
 from dysample_swap.integrations import is_ultralytics_model
+from dysample_swap.surgery.example_inputs import first_conv_channels
 from dysample_swap.surgery.sites import join_path
 from dysample_swap.surgery.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_report, swap_upsamplers
 
@@ -58,8 +58,10 @@ def default_yolo_input(network: nn.Module) -> torch.Tensor:
     """
     channels = first_conv_channels(network)
     if channels is None:
-        raise ValueError(f"{type(network).__name__} has no Conv2d to take the input channels from; "
-                         "pass example_inputs=(torch.zeros(1, C, H, W),)")
+        raise ValueError(
+            f"{type(network).__name__} has no Conv2d to take the input channels from; "
+            "pass example_inputs=(torch.zeros(1, C, H, W),)"
+        )
     stride = getattr(network, "stride", None)
     largest = int(torch.as_tensor(stride).max()) if stride is not None else 32
     side = max(64, 2 * largest)
@@ -86,8 +88,10 @@ class _Step:
     def from_report(cls, report: SwapReport) -> _Step:
         inputs = report.inputs or []
         if len(inputs) != 1 or len(inputs[0].get("tensor", ())) != 4:
-            raise ValueError(f"the swap was discovered on {report.inputs!r}; an ultralytics network "
-                             "takes one image tensor (N, C, H, W)")
+            raise ValueError(
+                f"the swap was discovered on {report.inputs!r}; an ultralytics network "
+                "takes one image tensor (N, C, H, W)"
+            )
         sites = tuple((d.path, d.in_channels) for d in report.swapped)
         policy = {k: v for k, v in report.policy.items() if k not in ("verbose", "include", "exclude")}
         policy["include"] = list(dict.fromkeys(path for path, _ in sites))
@@ -105,9 +109,11 @@ class _Step:
         report = swap_report(network)
         got = tuple((d.path, d.in_channels) for d in report.swapped)
         if got != self.sites:
-            raise RuntimeError(f"dysample_swap: the trainer's network swapped at {list(got)}, but the "
-                               f"swapped YOLO network has new modules at {list(self.sites)} (path, "
-                               "channels); the network ultralytics rebuilt differs from the one that was swapped")
+            raise RuntimeError(
+                f"dysample_swap: the trainer's network swapped at {list(got)}, but the "
+                f"swapped YOLO network has new modules at {list(self.sites)} (path, "
+                "channels); the network ultralytics rebuilt differs from the one that was swapped"
+            )
         return report
 
 
@@ -140,8 +146,11 @@ def _carry_new_module_weights(network: nn.Module, weights: Any, modules: list[st
     network.load_state_dict(carried, strict=False)
     left = sorted(offered - carried.keys())
     if left:
-        warnings.warn(f"dysample_swap: {len(left)} tensors of the weights' upsamplers do not fit the "
-                      f"trainer's network and were not carried over: {left}", stacklevel=3)
+        warnings.warn(
+            f"dysample_swap: {len(left)} tensors of the weights' upsamplers do not fit the "
+            f"trainer's network and were not carried over: {left}",
+            stacklevel=3,
+        )
     return len(carried)
 
 
@@ -158,9 +167,11 @@ def _swapping_get_model(get_model: Callable[..., nn.Module], recipe: list[_Step]
         for step in recipe:
             report = step.apply(network)
             carried = _carry_new_module_weights(network, weights, list(step.modules))
-            LOGGER.info(f"dysample_swap: {len(report.swapped)} upsampling sites of the trainer's network "
-                        f"swapped for {step.variant} (+{report.parameters_added:,} parameters); "
-                        f"{carried} of their tensors carried over from the weights")
+            LOGGER.info(
+                f"dysample_swap: {len(report.swapped)} upsampling sites of the trainer's network "
+                f"swapped for {step.variant} (+{report.parameters_added:,} parameters); "
+                f"{carried} of their tensors carried over from the weights"
+            )
         return network
 
     return get_model_swapped
@@ -190,9 +201,11 @@ class KeepSwapInTraining:
 def _check_reattach(report: SwapReport, variant: str | None, example_inputs: Any, policy: dict[str, Any]) -> None:
     extra = {k: v for k, v in policy.items() if k != "verbose"}
     if (variant is not None and variant != report.variant) or example_inputs is not None or extra:
-        raise ValueError(f"this YOLO network is already swapped (variant {report.variant!r}, options "
-                         f"{report.policy!r}); call swap_yolo(yolo) with no other variant or options to keep "
-                         "that swap in training, or start again from the unswapped model")
+        raise ValueError(
+            f"this YOLO network is already swapped (variant {report.variant!r}, options "
+            f"{report.policy!r}); call swap_yolo(yolo) with no other variant or options to keep "
+            "that swap in training, or start again from the unswapped model"
+        )
 
 
 def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None, **policy: Any) -> Any:
@@ -233,8 +246,10 @@ def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None,
         raise TypeError(f"swap_yolo takes an ultralytics Model such as YOLO(...), got {type(yolo).__name__}")
     network = yolo.model
     if not isinstance(network, nn.Module):
-        raise TypeError(f"this {type(yolo).__name__} holds {network!r}, not a PyTorch network; only "
-                        "PyTorch models (.yaml or .pt) can be swapped")
+        raise TypeError(
+            f"this {type(yolo).__name__} holds {network!r}, not a PyTorch network; only "
+            "PyTorch models (.yaml or .pt) can be swapped"
+        )
     report = getattr(network, REPORT_ATTRIBUTE, None)
     if isinstance(report, SwapReport):
         _check_reattach(report, variant, example_inputs, policy)

@@ -41,14 +41,13 @@ class _EagerRouter(TorchFunctionMode):
         self.routes = routes
         self.count = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not F.interpolate:
             return func(*args, **kwargs)
         here = sys._getframe()
         frame, _ = first_user_frame(here)
-        if (frame is None or frame.f_locals.get("self") is not self.owner
-                or calling_module(here) is not self.owner):
+        if frame is None or frame.f_locals.get("self") is not self.owner or calling_module(here) is not self.owner:
             return func(*args, **kwargs)
         position = self.count
         self.count += 1

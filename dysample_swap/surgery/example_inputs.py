@@ -100,8 +100,10 @@ def default_inputs(model: nn.Module) -> list[tuple[Any, ...]]:
         return [([noise(*DEFAULT_DETECTION_IMAGE)],)]
     channels = first_conv_channels(model)
     if channels is None:
-        raise ValueError(f"cannot guess an example input for {type(model).__name__} (it has no Conv2d); "
-                         "pass example_inputs=(tensor, ...) with what its forward expects")
+        raise ValueError(
+            f"cannot guess an example input for {type(model).__name__} (it has no Conv2d); "
+            "pass example_inputs=(tensor, ...) with what its forward expects"
+        )
     return [(noise(1, channels, h, w),) for h, w in DEFAULT_IMAGE_SIZES]
 
 

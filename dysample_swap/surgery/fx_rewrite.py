@@ -107,11 +107,10 @@ def _concrete_args(module: nn.Module, inv: Invocation, fix_scalars: bool) -> dic
             continue
         if isinstance(value, torch.Tensor):
             continue
-        if value is None or isinstance(value, bool) or isinstance(value, str):
+        if value is None or isinstance(value, (bool, str)):
             concrete[name] = value
         elif isinstance(value, (list, tuple, dict)):
-            concrete[name] = pytree.tree_map(
-                lambda v: fx.PH if isinstance(v, torch.Tensor) else v, value)
+            concrete[name] = pytree.tree_map(lambda v: fx.PH if isinstance(v, torch.Tensor) else v, value)
         elif isinstance(value, _SCALARS):
             if fix_scalars:
                 concrete[name] = value
@@ -120,15 +119,21 @@ def _concrete_args(module: nn.Module, inv: Invocation, fix_scalars: bool) -> dic
     return concrete
 
 
-def _site_nodes(graph: fx.Graph, owner: nn.Module, owner_path: str,
-                exclude: frozenset[str] = frozenset()) -> list[fx.Node]:
+def _site_nodes(
+    graph: fx.Graph, owner: nn.Module, owner_path: str, exclude: frozenset[str] = frozenset()
+) -> list[fx.Node]:
     """The graph's upsampling calls, leaving out ``nn.Upsample`` layers replaced in place (``exclude``)."""
     nodes = []
     for node in graph.nodes:
-        if node.op == "call_function" and node.target is F.interpolate:
-            nodes.append(node)
-        elif (node.op == "call_module" and is_upsample_module(owner.get_submodule(node.target))
-              and join_path(owner_path, str(node.target)) not in exclude):
+        if (
+            node.op == "call_function"
+            and node.target is F.interpolate
+            or (
+                node.op == "call_module"
+                and is_upsample_module(owner.get_submodule(node.target))
+                and join_path(owner_path, str(node.target)) not in exclude
+            )
+        ):
             nodes.append(node)
     return nodes
 
@@ -197,8 +202,7 @@ def _keep_ordered_dict_output(graph: fx.Graph, sample: Any) -> None:
         output.args = (ordered,)
 
 
-def _check_positions(owner_path: str, owner: nn.Module, nodes: list[fx.Node],
-                     sites: list[UpsampleSite]) -> None:
+def _check_positions(owner_path: str, owner: nn.Module, nodes: list[fx.Node], sites: list[UpsampleSite]) -> None:
     if len(nodes) != len(sites):
         raise RuntimeError(f"the graph has {len(nodes)} upsampling calls, the execution {len(sites)}")
     for node, site in zip(nodes, sites):
@@ -210,9 +214,14 @@ def _check_positions(owner_path: str, owner: nn.Module, nodes: list[fx.Node],
             raise RuntimeError(f"graph node {node.name} does not match the call at {site.source}")
 
 
-def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
-               sites: list[UpsampleSite], site_paths: set[str],
-               in_place: frozenset[str] = frozenset()) -> OwnerPlan:
+def plan_owner(
+    owner_path: str,
+    owner: nn.Module,
+    invocations: list[Invocation],
+    sites: list[UpsampleSite],
+    site_paths: set[str],
+    in_place: frozenset[str] = frozenset(),
+) -> OwnerPlan:
     """Find how to rewrite ``owner``; changes nothing.
 
     ``invocations`` are the owner's recorded executions (their ``sites`` index into ``sites``);
@@ -231,6 +240,7 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         >>> plan.method, plan.positions
         ('fx', [[0]])
     """
+
     def routed(inv: Invocation) -> list[int]:
         return [i for i in inv.sites if not (sites[i].kind == "module" and sites[i].path in in_place)]
 
@@ -238,14 +248,21 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
     prefix = "" if owner_path == "<root>" else owner_path + "."
     default_leaf = fx.Tracer().is_leaf_module
     inline = frozenset(
-        id(m) for name, m in owner.named_modules(remove_duplicate=False)
-        if name and not default_leaf(m, name)
-        and not any(p == prefix + name or p.startswith(prefix + name + ".") for p in site_paths))
+        id(m)
+        for name, m in owner.named_modules(remove_duplicate=False)
+        if name
+        and not default_leaf(m, name)
+        and not any(p == prefix + name or p.startswith(prefix + name + ".") for p in site_paths)
+    )
     error = "no recorded execution"
     first_error = ""  # the simplest trace's error names the owner's own code: the one the report shows
     every_call_direct = all("direct" in sites[i].flags for inv in invocations for i in routed(inv))
-    attempts = [(frozenset(), False), *([(inline, False)] if inline else []),
-                (frozenset(), True), *([(inline, True)] if inline else [])]
+    attempts = [
+        (frozenset(), False),
+        *([(inline, False)] if inline else []),
+        (frozenset(), True),
+        *([(inline, True)] if inline else []),
+    ]
     tried = []
     for inline_ids, fix in attempts:
         concrete = _concrete_args(owner, invocations[0], fix)
@@ -255,10 +272,13 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
         if (inline_ids, concrete.keys()) in tried:
             continue  # no scalar arguments: fixing them changes nothing
         if fix and every_call_direct:
-            frozen = ", ".join(f"{k}={v!r}" for k, v in concrete.items()
-                               if isinstance(v, (int, float)) and not isinstance(v, bool))
-            first_error += (f"; fixing its number arguments ({frozen}) would freeze them at the example's values, "
-                      "so the eager fallback keeps them dynamic")
+            frozen = ", ".join(
+                f"{k}={v!r}" for k, v in concrete.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
+            first_error += (
+                f"; fixing its number arguments ({frozen}) would freeze them at the example's values, "
+                "so the eager fallback keeps them dynamic"
+            )
             break
         tried.append((inline_ids, concrete.keys()))
         try:
@@ -271,15 +291,25 @@ def plan_owner(owner_path: str, owner: nn.Module, invocations: list[Invocation],
             for inv in invocations[:_MAX_VALIDATED_CALLS]:
                 if not _same(module(*inv.args, **inv.kwargs), inv.output):
                     raise RuntimeError("the traced graph does not reproduce the recorded output")
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means "try the next way"
+        except Exception as exc:
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             first_error = first_error or error
-            logger.debug("fx trace of %s failed (children traced through: %d, scalars fixed: %s): %s",
-                         owner_path, len(inline_ids), fix, error, exc_info=True)
+            logger.debug(
+                "fx trace of %s failed (children traced through: %d, scalars fixed: %s): %s",
+                owner_path,
+                len(inline_ids),
+                fix,
+                error,
+                exc_info=True,
+            )
             continue
         if fix:
-            logger.warning("%s: traced with its number arguments fixed at the example's values (%s); other "
-                           "values fail an assert in the rewritten forward", owner_path, concrete)
+            logger.warning(
+                "%s: traced with its number arguments fixed at the example's values (%s); other "
+                "values fail an assert in the rewritten forward",
+                owner_path,
+                concrete,
+            )
         return OwnerPlan(owner_path, "fx", positions, graph=graph, in_place=in_place)
     error = first_error or error
     logger.debug("%s uses the eager fallback: %s", owner_path, error)

@@ -62,19 +62,23 @@ class Replacement:
 def _exec_forward(source: str, namespace: dict[str, Any], name: str) -> Callable[..., Any]:
     filename = f"<dysample_swap generated forward of {name} #{next(_SOURCE_IDS)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - fx-generated code
+    exec(compile(source, filename, "exec"), namespace)
     return namespace["forward"]
 
 
 def portable_globals(namespace: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     """The generated code's globals, modules by name (objects pickle by reference themselves)."""
-    return {name: ("module", value.__name__) if isinstance(value, ModuleType) else ("object", value)
-            for name, value in namespace.items() if name != "__builtins__"}
+    return {
+        name: ("module", value.__name__) if isinstance(value, ModuleType) else ("object", value)
+        for name, value in namespace.items()
+        if name != "__builtins__"
+    }
 
 
 def _resolve_globals(portable: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    return {name: importlib.import_module(value) if kind == "module" else value
-            for name, (kind, value) in portable.items()}
+    return {
+        name: importlib.import_module(value) if kind == "module" else value for name, (kind, value) in portable.items()
+    }
 
 
 @dataclass
@@ -137,9 +141,16 @@ def install(owner: nn.Module, rewrite: Rewrite) -> None:
             rewrite.inner = cls._dysample_swap_rewrite
         cls = cls._dysample_swap_base
     forward, extra = rewrite.forward(cls)
-    namespace = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                 "__doc__": cls.__doc__, "__reduce_ex__": _reduce_ex, "_dysample_swap_base": cls,
-                 "_dysample_swap_rewrite": rewrite, **extra}
+    namespace = {
+        "forward": forward,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "__reduce_ex__": _reduce_ex,
+        "_dysample_swap_base": cls,
+        "_dysample_swap_rewrite": rewrite,
+        **extra,
+    }
     owner.__class__ = type(cls.__name__, (cls,), namespace)
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch.nn as nn
 
-
 OWNED_SOURCES = ("smp", "torchvision", "timm")
 """Spec sources that resolve only to those libraries' own model constructors (always trusted)."""
 
@@ -64,9 +63,11 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     """
     parts = spec.strip().split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
-        raise ValueError(f"model spec {spec!r} is not SOURCE:NAME[:key=value,...]; e.g. "
-                         "'smp:FPN:encoder_name=resnet34', 'torchvision:fasterrcnn_resnet50_fpn' "
-                         "or 'my_package.models:build'")
+        raise ValueError(
+            f"model spec {spec!r} is not SOURCE:NAME[:key=value,...]; e.g. "
+            "'smp:FPN:encoder_name=resnet34', 'torchvision:fasterrcnn_resnet50_fpn' "
+            "or 'my_package.models:build'"
+        )
     kwargs: dict[str, Any] = {}
     if len(parts) == 3 and parts[2].strip():
         for item in parts[2].split(","):
@@ -163,5 +164,6 @@ def build_model(spec: str, *, trust_spec: bool = False) -> nn.Module:
             f"the model spec {spec!r} names code to import and call ({source}:{name}), and it is not "
             f"trusted: only {', '.join(s + ':' for s in OWNED_SOURCES)} specs are built unasked. If you "
             "wrote this spec or checked that module, pass trust_spec=True (--trust-spec on the command "
-            "line); otherwise build the model yourself and pass it (model=...)")
+            "line); otherwise build the model yourself and pass it (model=...)"
+        )
     return _build_function(source, name, kwargs)

@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 
 from dysample_swap.surgery.example_inputs import make_inputs
-from dysample_swap.surgery.record import RecordError, check_entries, check_record, class_name, swap_record
 from dysample_swap.surgery.model_spec import build_model
+from dysample_swap.surgery.record import RecordError, check_entries, check_record, class_name, swap_record
 from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 from dysample_swap.version import __version__
 
@@ -74,8 +74,10 @@ def recipe_of(model: nn.Module, model_spec: str | None = None) -> dict[str, Any]
     """
     record = swap_record(model)
     if record is None:
-        raise ValueError(f"this {type(model).__name__} was not swapped (no swap record); "
-                         "save the model that swap_upsamplers returned")
+        raise ValueError(
+            f"this {type(model).__name__} was not swapped (no swap record); "
+            "save the model that swap_upsamplers returned"
+        )
     first, *then = check_record(record, f"this {type(model).__name__}")
     return {"model": model_spec, **first, "then": then}
 
@@ -95,8 +97,12 @@ def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str
         >>> model = swap_upsamplers(build_model(spec), "dysample", verbose=False)
         >>> save_swapped(model, os.path.join(tempfile.mkdtemp(), "lraspp.pt"), spec)
     """
-    payload = {"format": FORMAT, "version": __version__, "recipe": recipe_of(model, model_spec),
-               "state_dict": model.state_dict()}
+    payload = {
+        "format": FORMAT,
+        "version": __version__,
+        "recipe": recipe_of(model, model_spec),
+        "state_dict": model.state_dict(),
+    }
     write_atomically(file, lambda stream: torch.save(payload, stream))
 
 
@@ -169,23 +175,28 @@ def _inputs_for(model: nn.Module, description: list[dict[str, Any]]) -> tuple[An
     """The recorded example inputs, on the device and in the floating dtype of ``model``."""
     first = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     like = {"device": first.device, "dtype": first.dtype} if first is not None else {}
-    return tuple([t.to(**like) for t in arg] if isinstance(arg, list) else arg.to(**like)
-                 for arg in make_inputs(description))
+    return tuple(
+        [t.to(**like) for t in arg] if isinstance(arg, list) else arg.to(**like) for arg in make_inputs(description)
+    )
 
 
 def replay(model: nn.Module, swaps: list[dict[str, Any]], where: str) -> None:
     """Re-apply the recorded swaps to a freshly built ``model``."""
     if _is_swapped(model):
-        raise ValueError(f"{where}: the model given is already swapped; pass a freshly built, "
-                         f"unswapped {type(model).__name__}")
+        raise ValueError(
+            f"{where}: the model given is already swapped; pass a freshly built, unswapped {type(model).__name__}"
+        )
     for entry in swaps:
         saved_class = entry.get("class")  # compared by name: a class saved from __main__ loads elsewhere
         if saved_class is not None and saved_class.rpartition(".")[2] != type(model).__name__:
-            raise ValueError(f"{where}: it was saved from a {saved_class}, but the model given is a "
-                             f"{class_name(model)}; pass a freshly built {saved_class.rpartition('.')[2]} "
-                             "with the same constructor arguments")
-        swap_upsamplers(model, entry["variant"], _inputs_for(model, entry["inputs"]),
-                        **{**entry["policy"], "verbose": False})
+            raise ValueError(
+                f"{where}: it was saved from a {saved_class}, but the model given is a "
+                f"{class_name(model)}; pass a freshly built {saved_class.rpartition('.')[2]} "
+                "with the same constructor arguments"
+            )
+        swap_upsamplers(
+            model, entry["variant"], _inputs_for(model, entry["inputs"]), **{**entry["policy"], "verbose": False}
+        )
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str, *, rebuilt: bool) -> None:
@@ -196,16 +207,20 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: s
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{where}: its weights do not fit the model rebuilt from its recipe (a "
-                         f"{type(model).__name__} with the recorded swaps re-applied; it must be built with the "
-                         f"constructor arguments it was saved with): {exc}") from exc
+        raise ValueError(
+            f"{where}: its weights do not fit the model rebuilt from its recipe (a "
+            f"{type(model).__name__} with the recorded swaps re-applied; it must be built with the "
+            f"constructor arguments it was saved with): {exc}"
+        ) from exc
 
 
 def _checked_payload(payload: Any, file: str) -> tuple[str | None, list[dict[str, Any]], dict[str, torch.Tensor]]:
     """The model spec, swap entries and state dict of a swapped-model file, checked before anything runs."""
     if not isinstance(payload, dict) or payload.get("format") not in _READABLE:
-        raise ValueError(f"{file}: not a dysample_swap swapped-model file (expected format {FORMAT!r}); "
-                         "write one with `dysample-swap swap MODEL --out FILE` or save_swapped()")
+        raise ValueError(
+            f"{file}: not a dysample_swap swapped-model file (expected format {FORMAT!r}); "
+            "write one with `dysample-swap swap MODEL --out FILE` or save_swapped()"
+        )
     recipe, state_dict = payload.get("recipe"), payload.get("state_dict")
     if not isinstance(recipe, dict):
         raise RecordError(f"{file}: its recipe {recipe!r:.80} is not a dict; re-save the model with save_swapped()")
@@ -217,13 +232,17 @@ def _checked_payload(payload: Any, file: str) -> tuple[str | None, list[dict[str
         raise RecordError(f"{file}: its later swaps {then!r:.80} are not a list")
     swaps = check_entries([{k: recipe[k] for k in _ENTRY_KEYS if k in recipe}, *then], file)
     if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise RecordError(f"{file}: its state_dict is not a dict of named tensors; re-save the model with save_swapped()")
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
+    ):
+        raise RecordError(
+            f"{file}: its state_dict is not a dict of named tensors; re-save the model with save_swapped()"
+        )
     return spec, swaps, state_dict
 
 
-def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None, *,
-                 trust_spec: bool = False) -> nn.Module:
+def load_swapped(
+    file: str | os.PathLike[str], model: nn.Module | None = None, *, trust_spec: bool = False
+) -> nn.Module:
     """Rebuild a swapped model from a file written by :func:`save_swapped` (``dysample-swap swap``).
 
     Loading never runs code the file names: the file is read with ``torch.load(weights_only=True)``,
@@ -265,8 +284,10 @@ def load_swapped(file: str | os.PathLike[str], model: nn.Module | None = None, *
     if model is None:
         if spec is None:
             saved = swaps[0].get("class", "model").rpartition(".")[2]
-            raise ValueError(f"{file} records no model spec, so it cannot build the model itself; pass a "
-                             f"freshly built {saved} (same constructor arguments): load_swapped(file, model=...)")
+            raise ValueError(
+                f"{file} records no model spec, so it cannot build the model itself; pass a "
+                f"freshly built {saved} (same constructor arguments): load_swapped(file, model=...)"
+            )
         model = build_model(spec, trust_spec=trust_spec)
     replay(model, swaps, str(file))
     load_weights(model, state_dict, str(file), rebuilt=rebuilt)

@@ -17,17 +17,17 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 import torch.nn as nn
 
 from dysample_swap.surgery.fx_rewrite import OwnerPlan
 from dysample_swap.surgery.sites import ROOT, UpsampleSite, module_at
 from dysample_swap.upsamplers.dysample.module import resolve_groups
-from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, exact_at_swap, rival_parameters
 from dysample_swap.upsamplers.dysample.variants import VARIANTS, parameter_count, variant_settings
+from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, exact_at_swap, rival_parameters
 
-Selector = Union[str, Callable[[UpsampleSite], bool], Iterable[Union[str, Callable[[UpsampleSite], bool]]]]
+Selector = str | Callable[[UpsampleSite], bool] | Iterable[str | Callable[[UpsampleSite], bool]]
 """A path (``"decoder.p4"`` also selects everything under it), an ``fnmatch`` glob
 (``"decoder.seg_blocks.*"``), a predicate over :class:`UpsampleSite`, or a list of those."""
 
@@ -112,8 +112,7 @@ def selects(selector: Selector | None, site: UpsampleSite) -> bool:
     if selector is None:
         return False
     if isinstance(selector, str):
-        return (fnmatch.fnmatchcase(site.path, selector)
-                or site.path.startswith(selector + ".") or site.path == selector)
+        return fnmatch.fnmatchcase(site.path, selector) or site.path.startswith(selector + ".") or site.path == selector
     if callable(selector):
         return bool(selector(site))
     return any(selects(item, site) for item in selector)
@@ -190,8 +189,9 @@ class SiteDecision:
             >>> SiteDecision(site, "swap", groups=4).skip("shared").groups is None
             True
         """
-        return self.replace(action="skip", reason=reason, groups=None, groups_note="", method="",
-                            replacement="", parameters=0)
+        return self.replace(
+            action="skip", reason=reason, groups=None, groups_note="", method="", replacement="", parameters=0
+        )
 
 
 def upsampler_scale(site: UpsampleSite) -> int:
@@ -233,8 +233,14 @@ def fit_groups(variant: str, in_channels: int, scale: int, fallback: bool) -> tu
     divided = in_channels // (scale * scale) if style == "pl" else in_channels
     what = f"{in_channels} channels" if style == "lp" else f"{in_channels} channels / scale**2 = {divided}"
     if not fallback:
-        return None, "", (f"{what} are not divisible by groups={groups} of {variant}; groups_fallback=True "
-                          f"(the default) would use groups={fitted}")
+        return (
+            None,
+            "",
+            (
+                f"{what} are not divisible by groups={groups} of {variant}; groups_fallback=True "
+                f"(the default) would use groups={fitted}"
+            ),
+        )
     return fitted, f"groups {groups} -> {fitted} ({in_channels} channels)", ""
 
 
@@ -269,15 +275,18 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
     if len(site.input_shape) != 4:
         return f"{len(site.input_shape)}-D input (DySample needs N, C, H, W)"
     if "per_item" in site.flags:
-        return (f"post-processing helper {site.helper}() called per item to arbitrary sizes "
-                "(e.g. per-detection mask pasting, keypoint decoding)")
+        return (
+            f"post-processing helper {site.helper}() called per item to arbitrary sizes "
+            "(e.g. per-detection mask pasting, keypoint decoding)"
+        )
     if site.mode not in ("nearest", "bilinear"):
         return f"{site.mode} not supported (DySample reproduces nearest and bilinear)"
     if "antialias" in site.flags:
         return "antialias=True is not reproduced by DySample"
     if "input" in site.flags:
-        return (f"resizes the network input ({_hw(site.input_shape)} -> "
-                f"{_hw(site.output_shape)}) before any learned layer")
+        return (
+            f"resizes the network input ({_hw(site.input_shape)} -> {_hw(site.output_shape)}) before any learned layer"
+        )
     if site.input_shape[2:] == (1, 1) and site.output_shape[2:] != (1, 1):
         return f"1x1 -> {_hw(site.output_shape)} broadcast of pooled context"
     if "pooled" in site.flags:
@@ -292,9 +301,11 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
     if "final" in site.flags and not policy.swap_final:
         return "final logits of the network (pass swap_final=True to swap)"
     if "unused" in site.flags and not policy.swap_final:
-        return ("result unused: no later operation of the forward reads it (e.g. an auxiliary head's "
-                "logits that only a training loss reads), so a replacement would get no gradient; "
-                "pass swap_final=True to swap")
+        return (
+            "result unused: no later operation of the forward reads it (e.g. an auxiliary head's "
+            "logits that only a training loss reads), so a replacement would get no gradient; "
+            "pass swap_final=True to swap"
+        )
     if selects(policy.exclude, site):
         return "excluded by exclude="
     if policy.include is not None and not selects(policy.include, site):
@@ -302,8 +313,7 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
     return None
 
 
-def replacement_parameters(variant: str, in_channels: int, scale: int, groups: int | None,
-                           policy: SwapPolicy) -> int:
+def replacement_parameters(variant: str, in_channels: int, scale: int, groups: int | None, policy: SwapPolicy) -> int:
     """Trainable parameters of the module that replaces a call, counted by formula: nothing is built.
 
     Example:
@@ -335,10 +345,21 @@ def replacement(site: UpsampleSite, variant: str, scale: int, policy: SwapPolicy
     anchor = anchor_for(site, policy)
     native = all(r == scale for r in site.ratio)
     exact = exact_at_swap(variant, anchor, scale=scale, init=policy.init, chain=policy.chain, native=native)
-    reason = (f"x{scale} {variant}" + (f" as {stages} x2 stages" if stages > 1 else "") + f", anchor {anchor}"
-              + (f", {note}" if note else "") + ("" if exact else "; changes the function at swap time"))
-    return {"groups": groups, "groups_note": note, "stages": stages, "exact": exact, "reason": reason,
-            "parameters": replacement_parameters(variant, site.in_channels, scale, groups, policy)}
+    reason = (
+        f"x{scale} {variant}"
+        + (f" as {stages} x2 stages" if stages > 1 else "")
+        + f", anchor {anchor}"
+        + (f", {note}" if note else "")
+        + ("" if exact else "; changes the function at swap time")
+    )
+    return {
+        "groups": groups,
+        "groups_note": note,
+        "stages": stages,
+        "exact": exact,
+        "reason": reason,
+        "parameters": replacement_parameters(variant, site.in_channels, scale, groups, policy),
+    }
 
 
 def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -> SiteDecision:
@@ -512,10 +533,16 @@ def in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[InP
         owners = {d.owner for d in ds}
         owner = next(iter(owners))
         under = owner == ROOT or path.startswith(owner + ".")
-        if (all(d.action == "swap" for d in ds) and len({d.in_channels for d in ds}) == 1
-                and len({d.source for d in ds}) == 1 and len(owners) == 1 and under and path != ROOT
-                and len({d.owner_call for d in ds}) == len(ds)
-                and registered.get(id(module_at(model, path)), 0) == 1):
+        if (
+            all(d.action == "swap" for d in ds)
+            and len({d.in_channels for d in ds}) == 1
+            and len({d.source for d in ds}) == 1
+            and len(owners) == 1
+            and under
+            and path != ROOT
+            and len({d.owner_call for d in ds}) == len(ds)
+            and registered.get(id(module_at(model, path)), 0) == 1
+        ):
             groups.append(InPlace(path, members))
     return groups
 
@@ -528,7 +555,7 @@ def mark_in_place(decisions: list[SiteDecision], groups: list[InPlace]) -> None:
     """
     for group in groups:
         owner = decisions[group.members[0]].owner
-        name = group.path if owner == ROOT else group.path[len(owner) + 1:]
+        name = group.path if owner == ROOT else group.path[len(owner) + 1 :]
         for i in group.members:
             decisions[i] = decisions[i].replace(method="in place", replacement=name)
 
@@ -586,11 +613,19 @@ def _share(decisions: list[SiteDecision], members: list[int], variant: str, poli
         if isinstance(fields, str):
             decisions[i] = d.skip(fields)
             continue
-        decisions[i] = d.replace(upsampler_scale=scale, **{**fields, "parameters": fields["parameters"] if k == 0 else 0})
+        decisions[i] = d.replace(
+            upsampler_scale=scale, **{**fields, "parameters": fields["parameters"] if k == 0 else 0}
+        )
 
 
-def decide_rewrites(model: nn.Module, decisions: list[SiteDecision], owners: dict[str, OwnerPlan],
-                    in_place: list[InPlace], variant: str, policy: SwapPolicy) -> dict[str, list[NewModule]]:
+def decide_rewrites(
+    model: nn.Module,
+    decisions: list[SiteDecision],
+    owners: dict[str, OwnerPlan],
+    in_place: list[InPlace],
+    variant: str,
+    policy: SwapPolicy,
+) -> dict[str, list[NewModule]]:
     """The rules that need the owners' traces; updates ``decisions`` and returns the new modules per owner.
 
     A swapped call the trace found no place for is skipped (:func:`unroutable_reason`); a call
@@ -602,13 +637,15 @@ def decide_rewrites(model: nn.Module, decisions: list[SiteDecision], owners: dic
         >>> decide_rewrites(nn.Identity(), [], {}, [], "dysample", SwapPolicy())
         {}
     """
-    new = {path: found for path, plan in owners.items()
-           if (found := _assign(module_at(model, path), plan, decisions))}
+    new = {path: found for path, plan in owners.items() if (found := _assign(module_at(model, path), plan, decisions))}
     for group in in_place:
         _share(decisions, group.members, variant, policy)
     for path, modules in new.items():
         for module in modules:
-            members = [i for i, d in enumerate(decisions) if d.owner == path and d.replacement == module.name
-                       and d.method == owners[path].method]
+            members = [
+                i
+                for i, d in enumerate(decisions)
+                if d.owner == path and d.replacement == module.name and d.method == owners[path].method
+            ]
             _share(decisions, members, variant, policy)
     return new

@@ -62,8 +62,14 @@ tampered shape (1x3x20000x20000) from allocating gigabytes."""
 
 _SELECTOR = "a path or glob, or a list of them"
 POLICY_SCHEMA: dict[str, Any] = {
-    "include": _SELECTOR, "exclude": _SELECTOR, "swap_final": bool, "groups_fallback": bool,
-    "chain": bool, "strict": bool, "init": INITS, "positions": SWAP_POSITIONS,
+    "include": _SELECTOR,
+    "exclude": _SELECTOR,
+    "swap_final": bool,
+    "groups_fallback": bool,
+    "chain": bool,
+    "strict": bool,
+    "init": INITS,
+    "positions": SWAP_POSITIONS,
 }
 """What each saveable :class:`~dysample_swap.surgery.policy.SwapPolicy` option may hold in a record:
 a type, a tuple of allowed strings, or a selector (``None``, a string or a list of strings)."""
@@ -96,8 +102,7 @@ def saveable_policy(policy: dict[str, Any]) -> dict[str, Any]:
             continue
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, _JSON_SCALARS) for v in items):
-            raise ValueError(f"policy option {key}={value!r} cannot be saved; "
-                             "use paths or globs instead of predicates")
+            raise ValueError(f"policy option {key}={value!r} cannot be saved; use paths or globs instead of predicates")
         saved[key] = list(value) if isinstance(value, (list, tuple)) else value
     return saved
 
@@ -117,8 +122,9 @@ def swap_entry(model: nn.Module, report: Any) -> dict[str, Any]:
         entry["not_replayable"] = str(exc)
         return entry
     if report.inputs is None:
-        entry["not_replayable"] = ("its example inputs are not tensors or lists of tensors; "
-                                   "swap with example_inputs=(tensor, ...)")
+        entry["not_replayable"] = (
+            "its example inputs are not tensors or lists of tensors; swap with example_inputs=(tensor, ...)"
+        )
         return entry
     entry["inputs"] = copy.deepcopy(report.inputs)
     return entry
@@ -189,8 +195,7 @@ class RecordError(ValueError):
 
 def _shape_values(shape: Any, what: str) -> int:
     """The number of values of a recorded tensor shape; raises ``RecordError`` for anything else."""
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 6
-            or not all(type(n) is int and n >= 1 for n in shape)):
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 6 or not all(type(n) is int and n >= 1 for n in shape):
         raise RecordError(f"{what} {shape!r} is not a tensor shape (a list of 1 to 6 positive integers)")
     return math.prod(shape)
 
@@ -201,8 +206,9 @@ def _check_inputs(inputs: Any, what: str) -> None:
     values = 0
     for item in inputs:
         if not isinstance(item, dict) or len(item) != 1 or not {"tensor", "images"} >= item.keys():
-            raise RecordError(f"{what}: example input {item!r:.80} is not {{'tensor': SHAPE}} or "
-                              "{'images': [SHAPE, ...]}")
+            raise RecordError(
+                f"{what}: example input {item!r:.80} is not {{'tensor': SHAPE}} or {{'images': [SHAPE, ...]}}"
+            )
         if "tensor" in item:
             values += _shape_values(item["tensor"], f"{what}: tensor shape")
         elif isinstance(item["images"], list) and 1 <= len(item["images"]) <= 64:
@@ -210,8 +216,10 @@ def _check_inputs(inputs: Any, what: str) -> None:
         else:
             raise RecordError(f"{what}: images {item['images']!r:.80} is not a list of 1 to 64 image shapes")
     if values > MAX_INPUT_VALUES:
-        raise RecordError(f"{what}: its example inputs hold {values:,} values, more than the {MAX_INPUT_VALUES:,} "
-                          "a recorded swap may replay on (a tampered shape?); swap again on a smaller example input")
+        raise RecordError(
+            f"{what}: its example inputs hold {values:,} values, more than the {MAX_INPUT_VALUES:,} "
+            "a recorded swap may replay on (a tampered shape?); swap again on a smaller example input"
+        )
 
 
 def _check_policy(policy: Any, what: str) -> None:
@@ -222,15 +230,21 @@ def _check_policy(policy: Any, what: str) -> None:
         if allowed is None:
             raise RecordError(f"{what}: policy option {key!r} is not one of {sorted(POLICY_SCHEMA)}")
         if allowed is _SELECTOR:
-            ok = value is None or isinstance(value, str) or (
-                isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ok = (
+                value is None
+                or isinstance(value, str)
+                or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            )
         elif isinstance(allowed, tuple):
             ok = value in allowed and isinstance(value, str)
         else:
             ok = type(value) is allowed
         if not ok:
-            expected = allowed.__name__ if isinstance(allowed, type) else (
-                f"one of {allowed}" if isinstance(allowed, tuple) else allowed)
+            expected = (
+                allowed.__name__
+                if isinstance(allowed, type)
+                else (f"one of {allowed}" if isinstance(allowed, tuple) else allowed)
+            )
             raise RecordError(f"{what}: policy option {key}={value!r:.80} is not {expected}")
 
 
@@ -295,8 +309,7 @@ def check_entries(entries: Any, where: str) -> list[dict[str, Any]]:
         check_entry(entry, f"{where}: swap {number} of its record")
     for entry in entries:
         if "not_replayable" in entry:
-            raise ValueError(f"{where}: its {entry['variant']} swap cannot be re-applied: "
-                             f"{entry['not_replayable']}")
+            raise ValueError(f"{where}: its {entry['variant']} swap cannot be re-applied: {entry['not_replayable']}")
     return entries
 
 
@@ -313,6 +326,8 @@ def check_record(record: Any, where: str) -> list[dict[str, Any]]:
         True
     """
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise RecordError(f"{where}: the swap record is not a {RECORD_FORMAT!r} record (a newer or "
-                          "foreign dysample_swap version?); re-save the model with this version")
+        raise RecordError(
+            f"{where}: the swap record is not a {RECORD_FORMAT!r} record (a newer or "
+            "foreign dysample_swap version?); re-save the model with this version"
+        )
     return check_entries(record.get("swaps"), where)

@@ -34,8 +34,9 @@ def _like(model: nn.Module, owner: nn.Module) -> dict[str, Any]:
     return {}
 
 
-def build_replacement(model: nn.Module, owner: nn.Module, decision: SiteDecision, variant: str,
-                      policy: SwapPolicy, **defaults: Any) -> nn.Module:
+def build_replacement(
+    model: nn.Module, owner: nn.Module, decision: SiteDecision, variant: str, policy: SwapPolicy, **defaults: Any
+) -> nn.Module:
     """The new module a swapped decision calls for, on ``owner``'s device and dtype and in its training mode.
 
     Raises:
@@ -49,19 +50,29 @@ def build_replacement(model: nn.Module, owner: nn.Module, decision: SiteDecision
         >>> type(build_replacement(net, net, decision, "dysample", SwapPolicy())).__name__
         'DySample'
     """
-    module = create_upsampler(variant, decision.in_channels, decision.upsampler_scale,
-                              anchor=anchor_for(decision.site, policy), init=policy.init,
-                              groups_fallback=policy.groups_fallback, chain=policy.chain,
-                              positions=policy.positions, **defaults)
+    module = create_upsampler(
+        variant,
+        decision.in_channels,
+        decision.upsampler_scale,
+        anchor=anchor_for(decision.site, policy),
+        init=policy.init,
+        groups_fallback=policy.groups_fallback,
+        chain=policy.chain,
+        positions=policy.positions,
+        **defaults,
+    )
     built = sum(p.numel() for p in module.parameters())
     if built != decision.parameters:
-        raise RuntimeError(f"dysample_swap bug: {decision.path} was planned with {decision.parameters} parameters, "
-                           f"its {type(module).__name__} has {built}")
+        raise RuntimeError(
+            f"dysample_swap bug: {decision.path} was planned with {decision.parameters} parameters, "
+            f"its {type(module).__name__} has {built}"
+        )
     return module.to(**_like(model, owner)).train(owner.training)
 
 
-def replace_in_place(model: nn.Module, path: str, decision: SiteDecision, variant: str,
-                     policy: SwapPolicy) -> nn.Module:
+def replace_in_place(
+    model: nn.Module, path: str, decision: SiteDecision, variant: str, policy: SwapPolicy
+) -> nn.Module:
     """Put a new module where the ``nn.Upsample`` at ``path`` is; returns the original layer.
 
     The new module takes the layer's ``size``/``scale_factor`` as its defaults, its training
@@ -71,8 +82,9 @@ def replace_in_place(model: nn.Module, path: str, decision: SiteDecision, varian
     parent_path, _, child = path.rpartition(".")
     parent = model if not parent_path else model.get_submodule(parent_path)
     upsample = getattr(parent, child)
-    new = build_replacement(model, parent, decision, variant, policy, size=upsample.size,
-                            scale_factor=upsample.scale_factor).train(upsample.training)
+    new = build_replacement(
+        model, parent, decision, variant, policy, size=upsample.size, scale_factor=upsample.scale_factor
+    ).train(upsample.training)
     for key, value in upsample.__dict__.items():
         if key not in _UPSAMPLE_STATE:
             setattr(new, key, value)

@@ -50,12 +50,25 @@ _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # dysample_swap/
 _INTERPOLATE_SIG = inspect.signature(F.interpolate)
 _POOLING_NAMES = frozenset(
-    {"adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d",
-     "adaptive_max_pool2d_with_indices"}
+    {"adaptive_avg_pool2d", "adaptive_max_pool2d", "_adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"}
 )
 _METADATA_ONLY = frozenset(
-    {"__get__", "size", "dim", "ndimension", "numel", "nelement", "stride", "is_contiguous",
-     "data_ptr", "element_size", "is_floating_point", "is_complex", "get_device", "__len__"}
+    {
+        "__get__",
+        "size",
+        "dim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "stride",
+        "is_contiguous",
+        "data_ptr",
+        "element_size",
+        "is_floating_point",
+        "is_complex",
+        "get_device",
+        "__len__",
+    }
 )
 """Tensor methods that read a tensor's metadata, not its values: they do not count as using a result."""
 _ALIASES = {
@@ -137,8 +150,7 @@ class UpsampleSite:
             ...              (1, 4, 8, 8), "x.py:1 in f").ratio
             (4.0, 4.0)
         """
-        return tuple(o / i if i else math.inf
-                     for i, o in zip(self.input_shape[2:], self.output_shape[2:]))
+        return tuple(o / i if i else math.inf for i, o in zip(self.input_shape[2:], self.output_shape[2:]))
 
     def replace(self, **changes: Any) -> UpsampleSite:
         """Return a copy with some fields changed.
@@ -244,7 +256,7 @@ def _short_file(filename: str) -> str:
 
 def _is_library_frame(frame: FrameType) -> bool:
     filename = frame.f_code.co_filename
-    return filename.startswith(_TORCH_DIR) or filename.startswith(_PACKAGE_DIR)
+    return filename.startswith((_TORCH_DIR, _PACKAGE_DIR))
 
 
 def first_user_frame(frame: FrameType | None) -> tuple[FrameType | None, str]:
@@ -341,7 +353,7 @@ class _Recorder(TorchFunctionMode):
                 break
 
     # -- torch function mode --------------------------------------------------------------
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.unread and getattr(func, "__name__", "") not in _METADATA_ONLY:
             for t in _flat_tensors((args, kwargs)):
@@ -407,14 +419,21 @@ class _Recorder(TorchFunctionMode):
         if a["antialias"]:
             flags.add("antialias")
         site = UpsampleSite(
-            path=path, kind=kind, mode=str(a["mode"]), align_corners=a["align_corners"],
+            path=path,
+            kind=kind,
+            mode=str(a["mode"]),
+            align_corners=a["align_corners"],
             scale=_as_tuple(a["scale_factor"], ndim, float) if a["size"] is None else None,
             size=_as_tuple(a["size"], ndim, int),
             in_channels=int(x.shape[1]) if x.dim() >= 2 else 0,
-            input_shape=tuple(x.shape), output_shape=tuple(out.shape), source=source,
-            function=api, owner=owner.path if owner is not None else ROOT,
+            input_shape=tuple(x.shape),
+            output_shape=tuple(out.shape),
+            source=source,
+            function=api,
+            owner=owner.path if owner is not None else ROOT,
             owner_call=owner.call if owner is not None else 0,
-            order=len(owner.sites) if owner is not None else 0, helper=helper,
+            order=len(owner.sites) if owner is not None else 0,
+            helper=helper,
             flags=frozenset(flags),
         )
         if owner is not None:
@@ -499,8 +518,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
     try:
         for module in {id(m): m for m in model.modules()}.values():
             handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(
-                recorder.post_hook, with_kwargs=True, always_call=True))
+            handles.append(module.register_forward_hook(recorder.post_hook, with_kwargs=True, always_call=True))
         with recorder:
             outputs = model(*inputs)
     finally:

@@ -28,10 +28,20 @@ import torch.nn as nn
 from dysample_swap import _torch_compat
 from dysample_swap.surgery.example_inputs import default_inputs, describe_inputs, native_size
 from dysample_swap.surgery.fx_rewrite import OwnerPlan, apply_fx, plan_owner
-from dysample_swap.surgery.install import Replacement, apply_eager, is_rewritten, restore
-from dysample_swap.surgery.policy import (InPlace, NewModule, SiteDecision, SwapPolicy, decide_all, decide_rewrites,
-                                          in_place_groups, mark_in_place, owners_to_rewrite, selects)
 from dysample_swap.surgery.hooks import hooks_for
+from dysample_swap.surgery.install import Replacement, apply_eager, is_rewritten, restore
+from dysample_swap.surgery.policy import (
+    InPlace,
+    NewModule,
+    SiteDecision,
+    SwapPolicy,
+    decide_all,
+    decide_rewrites,
+    in_place_groups,
+    mark_in_place,
+    owners_to_rewrite,
+    selects,
+)
 from dysample_swap.surgery.record import forget_swaps, record_swap
 from dysample_swap.surgery.replacements import build_replacement, replace_in_place
 from dysample_swap.surgery.sites import Discovery, discover, discovery_context, join_path, module_at
@@ -146,8 +156,10 @@ class SwapReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
-        lines.append(f"{len(self.swapped)} swapped, {len(self.skipped)} skipped; variant "
-                     f"{self.variant} adds {self.parameters_added:,} parameters")
+        lines.append(
+            f"{len(self.swapped)} swapped, {len(self.skipped)} skipped; variant "
+            f"{self.variant} adds {self.parameters_added:,} parameters"
+        )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -169,6 +181,7 @@ class _Plan:
     in_place: list[InPlace]
     owners: dict[str, OwnerPlan]
     new_modules: dict[str, list[NewModule]]  # by owner
+
 
 def swap_report(model: nn.Module) -> SwapReport:
     """The :class:`SwapReport` that ``swap_upsamplers`` attached to ``model``.
@@ -195,12 +208,17 @@ def _bad_inputs(model: nn.Module, example_inputs: Any, exc: Exception) -> ValueE
     described = describe_inputs(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
     shown = described if described is not None else type(example_inputs).__name__
     channels = first_conv_channels(model)
-    hint = (f"a tuple of the positional arguments of one forward, e.g. (torch.rand(1, {channels}, 128, 128),) "
-            f"(its first convolution takes {channels} channels)" if channels else
-            "a tuple of the positional arguments of one forward")
-    return ValueError(f"discovery runs {type(model).__name__} once on example_inputs to find its upsampling "
-                      f"calls, and it raised on {shown}: {type(exc).__name__}: {exc}. Pass {hint}, or omit "
-                      "example_inputs to try the defaults.")
+    hint = (
+        f"a tuple of the positional arguments of one forward, e.g. (torch.rand(1, {channels}, 128, 128),) "
+        f"(its first convolution takes {channels} channels)"
+        if channels
+        else "a tuple of the positional arguments of one forward"
+    )
+    return ValueError(
+        f"discovery runs {type(model).__name__} once on example_inputs to find its upsampling "
+        f"calls, and it raised on {shown}: {type(exc).__name__}: {exc}. Pass {hint}, or omit "
+        "example_inputs to try the defaults."
+    )
 
 
 def _discover(model: nn.Module, example_inputs: Any) -> Discovery:
@@ -209,25 +227,29 @@ def _discover(model: nn.Module, example_inputs: Any) -> Discovery:
         try:
             with native_size(model, inputs):
                 return discover(model, inputs)
-        except Exception as exc:  # noqa: BLE001 - re-raised with what to pass instead
+        except Exception as exc:
             raise _bad_inputs(model, example_inputs, exc) from exc
     errors = []
     for inputs in default_inputs(model):
         try:
             with native_size(model, inputs):
                 return discover(model, inputs)
-        except Exception as exc:  # noqa: BLE001 - a default input may not fit; try the next one
+        except Exception as exc:
             shapes = [list(t.shape) for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor)]
             errors.append(f"{shapes}: {type(exc).__name__}: {exc}")
-    raise ValueError(f"{type(model).__name__} rejected every default example input; pass "
-                     "example_inputs=(...) with what its forward expects. Tried:\n  " + "\n  ".join(errors))
+    raise ValueError(
+        f"{type(model).__name__} rejected every default example input; pass "
+        "example_inputs=(...) with what its forward expects. Tried:\n  " + "\n  ".join(errors)
+    )
 
 
 def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: dict[str, Any]) -> _Plan:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"expected the network as an nn.Module (or an ultralytics YOLO object), got "
-                        f"{type(model).__name__} {model!r:.80}; build it first, e.g. "
-                        "dysample_swap.build_model('smp:FPN'), and pass the module")
+        raise TypeError(
+            f"expected the network as an nn.Module (or an ultralytics YOLO object), got "
+            f"{type(model).__name__} {model!r:.80}; build it first, e.g. "
+            "dysample_swap.build_model('smp:FPN'), and pass the module"
+        )
     variant = upsampler_name(variant)
     policy = SwapPolicy.from_kwargs(**policy_kwargs)
     _torch_compat.require()
@@ -242,8 +264,9 @@ def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: di
         for owner in owners_to_rewrite(decisions):  # observe how each owner's code can be rewritten
             calls = sorted(c for (path, c) in discovery.invocations if path == owner)
             invocations = [discovery.invocations[(owner, c)] for c in calls]
-            owners[owner] = plan_owner(owner, module_at(model, owner), invocations, discovery.sites,
-                                       site_paths, in_place_paths)
+            owners[owner] = plan_owner(
+                owner, module_at(model, owner), invocations, discovery.sites, site_paths, in_place_paths
+            )
     new_modules = decide_rewrites(model, decisions, owners, in_place, variant, policy)  # decide the rest
     added = sum(d.parameters for d in decisions if d.action == "swap")
     report = SwapReport(variant, decisions, added, describe_inputs(discovery.example_inputs), dict(policy_kwargs))
@@ -251,8 +274,9 @@ def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: di
     return _Plan(report, policy, discovery, in_place, owners, new_modules)
 
 
-def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
-              **policy_kwargs: Any) -> SwapReport:
+def plan_swap(
+    model: nn.Module, variant: str = "dysample+", example_inputs: Any = None, **policy_kwargs: Any
+) -> SwapReport:
     """Discover and decide a swap without changing ``model`` or building any module.
 
     Arguments as :func:`swap_upsamplers`. The report holds every decided site (with the method
@@ -271,8 +295,7 @@ def plan_swap(model: nn.Module, variant: str = "dysample+", example_inputs: Any 
 def _warn(report: SwapReport, policy: SwapPolicy) -> None:
     problems = []
     if not report.swapped:
-        problems.append("no upsampling site is eligible for DySample "
-                        f"({len(report.sites)} found, all skipped)")
+        problems.append(f"no upsampling site is eligible for DySample ({len(report.sites)} found, all skipped)")
     if policy.include is not None and not any(selects(policy.include, s.site) for s in report.sites):
         paths = ", ".join(dict.fromkeys(s.path for s in report.sites)) or "none"
         problems.append(f"include={policy.include!r} selects none of the sites (their paths: {paths})")
@@ -324,8 +347,7 @@ def _self_check(model: nn.Module, plan: _Plan) -> None:
     if not routed:
         return
     reached: set[str] = set()
-    handles = [module_at(model, path).register_forward_hook(lambda m, i, o, p=path: reached.add(p))
-               for path in routed]
+    handles = [module_at(model, path).register_forward_hook(lambda m, i, o, p=path: reached.add(p)) for path in routed]
     try:
         with discovery_context(model), native_size(model, plan.discovery.example_inputs):
             model(*plan.discovery.example_inputs)
@@ -335,13 +357,16 @@ def _self_check(model: nn.Module, plan: _Plan) -> None:
     missing = sorted(routed - reached)
     if missing:
         unswap(model)
-        raise RuntimeError(f"the eager fallback routed calls to {', '.join(missing)}, but re-running the example "
-                           "input did not reach them (the owner's calls changed order?); the swap was undone. "
-                           "Exclude those sites (exclude=...) or report the model.\n" + plan.report.table())
+        raise RuntimeError(
+            f"the eager fallback routed calls to {', '.join(missing)}, but re-running the example "
+            "input did not reach them (the owner's calls changed order?); the swap was undone. "
+            "Exclude those sites (exclude=...) or report the model.\n" + plan.report.table()
+        )
 
 
-def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs: Any = None,
-                    **policy: Any) -> nn.Module:
+def swap_upsamplers(
+    model: nn.Module, variant: str = "dysample+", example_inputs: Any = None, **policy: Any
+) -> nn.Module:
     """Replace ``model``'s eligible upsampling calls by DySample, in place; returns ``model``.
 
     ``model`` may also be an ultralytics ``YOLO`` object: its network is swapped and its own
@@ -381,12 +406,20 @@ def swap_upsamplers(model: nn.Module, variant: str = "dysample+", example_inputs
     report.previous = previous if isinstance(previous, SwapReport) else None
     decisions = plan.report.sites
     for group in plan.in_place:  # rewrite: nothing is decided from here on
-        report.originals[group.path] = replace_in_place(model, group.path, decisions[group.members[0]], variant,
-                                                        plan.policy)
+        report.originals[group.path] = replace_in_place(
+            model, group.path, decisions[group.members[0]], variant, plan.policy
+        )
     for owner, new in plan.new_modules.items():
         module = module_at(model, owner)
-        built = [Replacement(n.position, n.name, build_replacement(model, module, decisions[n.decision], variant,
-                                                                   plan.policy), n.size_is_int) for n in new]
+        built = [
+            Replacement(
+                n.position,
+                n.name,
+                build_replacement(model, module, decisions[n.decision], variant, plan.policy),
+                n.size_is_int,
+            )
+            for n in new
+        ]
         if plan.owners[owner].method == "fx":
             apply_fx(module, plan.owners[owner], built)
         else:

@@ -64,7 +64,9 @@ class _CARAFEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int) -> Tensor:
+    def forward(
+        ctx: FunctionCtx, features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int
+    ) -> Tensor:
         n, channels, height, width = features.shape
         padded = _padded(features, kernel_size, group)
         weights = _subpixel_major(kernels, group, height, scale, width)  # (N, g, s, s, k*k, H, W)

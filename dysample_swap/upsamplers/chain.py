@@ -47,7 +47,9 @@ class UpsamplerChain(nn.Sequential):
         (4, torch.Size([1, 8, 45, 45]))
     """
 
-    def __init__(self, stages: Iterable[nn.Module], *, size: Size | None = None, scale_factor: Factor | None = None) -> None:
+    def __init__(
+        self, stages: Iterable[nn.Module], *, size: Size | None = None, scale_factor: Factor | None = None
+    ) -> None:
         super().__init__(*stages)
         if len(self) < 2:
             raise ValueError(f"an UpsamplerChain needs at least 2 stages, got {len(self)}")

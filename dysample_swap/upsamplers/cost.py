@@ -29,10 +29,10 @@ from typing import NamedTuple
 
 from torch import nn
 
-from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.upsamplers.carafe import CARAFEPack
 from dysample_swap.upsamplers.chain import UpsamplerChain
 from dysample_swap.upsamplers.deconv import DeconvUpsampler
+from dysample_swap.upsamplers.dysample.module import DySample
 from dysample_swap.upsamplers.interpolate import InterpolateUpsampler
 from dysample_swap.upsamplers.pixelshuffle import PixelShuffleUpsampler
 from dysample_swap.upsamplers.registry import create_upsampler
@@ -110,7 +110,10 @@ def _macs(module: nn.Module, channels: int, height: int, width: int, size: Size 
 
 
 def module_cost(
-    module: nn.Module, input_shape: tuple[int, int, int, int], *, size: Size | None = None,
+    module: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    *,
+    size: Size | None = None,
     scale_factor: Factor | None = None,
 ) -> UpsamplerCost:
     """Parameters of ``module`` and MACs of ``module(x, size=size, scale_factor=scale_factor)`` for an ``input_shape`` input.
@@ -152,7 +155,14 @@ def upsampler_cost(
         UpsamplerCost(params=0, macs=1048576, bias_params=0)
     """
     module = create_upsampler(
-        name, channels, scale, size=size, scale_factor=scale_factor, anchor=anchor, init=init,
-        groups_fallback=groups_fallback, chain=chain,
+        name,
+        channels,
+        scale,
+        size=size,
+        scale_factor=scale_factor,
+        anchor=anchor,
+        init=init,
+        groups_fallback=groups_fallback,
+        chain=chain,
     )
     return module_cost(module, (batch, channels, *input_hw))

@@ -48,16 +48,16 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dysample_swap.upsamplers.dysample.module import DySample
-from dysample_swap.upsamplers.dysample.sampling import ANCHORS, check_anchor
 from dysample_swap.upsamplers.carafe import CARAFEPack
 from dysample_swap.upsamplers.chain import UpsamplerChain
 from dysample_swap.upsamplers.deconv import DeconvUpsampler
+from dysample_swap.upsamplers.dysample.module import DySample
+from dysample_swap.upsamplers.dysample.sampling import ANCHORS, check_anchor
+from dysample_swap.upsamplers.dysample.variants import VARIANTS
 from dysample_swap.upsamplers.interpolate import InterpolateUpsampler
 from dysample_swap.upsamplers.options import check_defaults, check_init, check_scale
 from dysample_swap.upsamplers.pixelshuffle import PixelShuffleUpsampler
 from dysample_swap.upsamplers.sizing import Factor, Size
-from dysample_swap.upsamplers.dysample.variants import VARIANTS
 
 Builder = Callable[..., nn.Module]
 """``build(channels, scale, *, anchor, init, groups_fallback, size, scale_factor) -> module``."""
@@ -79,13 +79,27 @@ class _Entry:
 
 def _dysample_builder(variant: str) -> Builder:
     def build(
-        channels: int, scale: int, *, anchor: str, init: str, groups_fallback: bool,
-        size: Size | None, scale_factor: Factor | None, positions: str,
+        channels: int,
+        scale: int,
+        *,
+        anchor: str,
+        init: str,
+        groups_fallback: bool,
+        size: Size | None,
+        scale_factor: Factor | None,
+        positions: str,
     ) -> nn.Module:
         match = init == "match"
         return DySample.from_variant(
-            variant, channels, scale, anchor=anchor if match else "bilinear", offset_init_std=0.0 if match else 0.001,
-            groups_fallback=groups_fallback, size=size, scale_factor=scale_factor, positions=positions,
+            variant,
+            channels,
+            scale,
+            anchor=anchor if match else "bilinear",
+            offset_init_std=0.0 if match else 0.001,
+            groups_fallback=groups_fallback,
+            size=size,
+            scale_factor=scale_factor,
+            positions=positions,
         )
 
     return build
@@ -95,18 +109,21 @@ def _carafe(channels: int, scale: int, *, size: Size | None, scale_factor: Facto
     return CARAFEPack(channels, scale, size=size, output_scale_factor=scale_factor)
 
 
-def _deconv(channels: int, scale: int, *, anchor: str, init: str, size: Size | None, scale_factor: Factor | None,
-            **_: object) -> nn.Module:
+def _deconv(
+    channels: int, scale: int, *, anchor: str, init: str, size: Size | None, scale_factor: Factor | None, **_: object
+) -> nn.Module:
     return DeconvUpsampler(channels, scale, anchor=anchor, init=init, size=size, scale_factor=scale_factor)
 
 
-def _pixelshuffle(channels: int, scale: int, *, anchor: str, init: str, size: Size | None,
-                  scale_factor: Factor | None, **_: object) -> nn.Module:
+def _pixelshuffle(
+    channels: int, scale: int, *, anchor: str, init: str, size: Size | None, scale_factor: Factor | None, **_: object
+) -> nn.Module:
     return PixelShuffleUpsampler(channels, scale, anchor=anchor, init=init, size=size, scale_factor=scale_factor)
 
 
-def _interpolate(channels: int, scale: int, *, anchor: str, size: Size | None, scale_factor: Factor | None,
-                 **_: object) -> nn.Module:
+def _interpolate(
+    channels: int, scale: int, *, anchor: str, size: Size | None, scale_factor: Factor | None, **_: object
+) -> nn.Module:
     return InterpolateUpsampler(scale, anchor=anchor, size=size, scale_factor=scale_factor)
 
 
@@ -144,8 +161,10 @@ UPSAMPLERS: tuple[str, ...] = tuple(_ENTRIES)
 
 def _entry(name: str) -> _Entry:
     if not isinstance(name, str):
-        raise TypeError(f"the upsampler name must be a string such as 'dysample+', not {name!r} "
-                        f"({type(name).__name__}); choose one of {', '.join(UPSAMPLERS)}")
+        raise TypeError(
+            f"the upsampler name must be a string such as 'dysample+', not {name!r} "
+            f"({type(name).__name__}); choose one of {', '.join(UPSAMPLERS)}"
+        )
     key = name.strip().lower()
     if key not in _ENTRIES:
         close = difflib.get_close_matches(key, UPSAMPLERS, n=1)
@@ -182,7 +201,9 @@ def rival_parameters(name: str, channels: int, scale: int, *, init: str = "match
     """
     entry = _entry(name)
     if entry.count is None:
-        raise ValueError(f"{name} is a DySample variant: count it with parameter_count(variant, channels, scale, groups)")
+        raise ValueError(
+            f"{name} is a DySample variant: count it with parameter_count(variant, channels, scale, groups)"
+        )
     stages = _stages(entry, scale, chain)
     return stages * entry.count(channels, 2 if stages > 1 else scale, init)
 
@@ -257,7 +278,8 @@ def create_upsampler(
         return entry.build(channels, scale, size=size, scale_factor=scale_factor, **options)
     return UpsamplerChain(
         [entry.build(channels, 2, size=None, scale_factor=None, **options) for _ in range(stages)],
-        size=size, scale_factor=scale_factor,
+        size=size,
+        scale_factor=scale_factor,
     )
 
 

@@ -32,7 +32,9 @@ Size = int | Sequence[int]
 Factor = float | Sequence[float]
 
 
-def requested_hw(height: int, width: int, scale: int, size: Size | None, scale_factor: Factor | None) -> tuple[int, int]:
+def requested_hw(
+    height: int, width: int, scale: int, size: Size | None, scale_factor: Factor | None
+) -> tuple[int, int]:
     """The output size ``F.interpolate`` gives for ``size`` / ``scale_factor``; ``scale`` times the input for neither.
 
     DySample's own rule (:func:`dysample_swap.upsamplers.dysample.sampling.output_size`), so every upsampler accepts and

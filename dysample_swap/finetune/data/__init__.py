@@ -80,8 +80,9 @@ def is_detection(config: Mapping[str, Any]) -> bool:
     return config.get("format") == "coco" or config.get("task") in ("detection", "instance")
 
 
-def detection_collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]
-                      ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+def detection_collate(
+    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Collate detection samples into ``(list_of_images, list_of_targets)`` (sizes may differ).
 
     Example:

@@ -52,8 +52,7 @@ import torch
 from pycocotools.coco import COCO
 
 from dysample_swap.finetune.data.coco_gt import build_coco
-from dysample_swap.finetune.data.common import (
-    DatasetError, check_config, check_split, image_to_unit_tensor, load_image)
+from dysample_swap.finetune.data.common import DatasetError, check_config, check_split, image_to_unit_tensor, load_image
 
 _TASKS = ("detection", "instance")
 _BOX_TOLERANCE = 1.0
@@ -61,16 +60,19 @@ _BOX_TOLERANCE = 1.0
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found; set data.ann_file (relative to "
-                           f"data.root, '{{split}}' is replaced by the split name)")
+        raise DatasetError(
+            f"{path}: annotation file not found; set data.ann_file (relative to "
+            f"data.root, '{{split}}' is replaced by the split name)"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from err
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
-        raise DatasetError(f"{path}: COCO JSON lacks {', '.join(missing)}; it needs images, "
-                           f"annotations and categories lists")
+        raise DatasetError(
+            f"{path}: COCO JSON lacks {', '.join(missing)}; it needs images, annotations and categories lists"
+        )
     return data
 
 
@@ -80,21 +82,30 @@ def _check_annotations(data: dict[str, Any], path: Path) -> None:
     for ann in data["annotations"]:
         ann_id = ann.get("id")
         if ann["image_id"] not in images:
-            raise DatasetError(f"{path}: annotation {ann_id} refers to image id {ann['image_id']}, "
-                               f"which is not in 'images'")
+            raise DatasetError(
+                f"{path}: annotation {ann_id} refers to image id {ann['image_id']}, which is not in 'images'"
+            )
         if ann["category_id"] not in cat_ids:
-            raise DatasetError(f"{path}: annotation {ann_id} has category_id {ann['category_id']}, "
-                               f"which is not in 'categories'")
+            raise DatasetError(
+                f"{path}: annotation {ann_id} has category_id {ann['category_id']}, which is not in 'categories'"
+            )
         img = images[ann["image_id"]]
         if "bbox" not in ann:
             raise DatasetError(f"{path}: annotation {ann_id} has no bbox; COCO needs [x, y, w, h]")
         x, y, w, h = ann["bbox"]
         ann.setdefault("area", w * h)
-        if (w < 0 or h < 0 or x < -_BOX_TOLERANCE or y < -_BOX_TOLERANCE
-                or x + w > img["width"] + _BOX_TOLERANCE or y + h > img["height"] + _BOX_TOLERANCE):
+        if (
+            w < 0
+            or h < 0
+            or x < -_BOX_TOLERANCE
+            or y < -_BOX_TOLERANCE
+            or x + w > img["width"] + _BOX_TOLERANCE
+            or y + h > img["height"] + _BOX_TOLERANCE
+        ):
             raise DatasetError(
                 f"{path}: annotation {ann_id} has box [x, y, w, h] = {ann['bbox']} outside its image "
-                f"{img['file_name']} ({img['width']}x{img['height']}); fix or drop the annotation")
+                f"{img['file_name']} ({img['width']}x{img['height']}); fix or drop the annotation"
+            )
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -123,8 +134,10 @@ class CocoDetection(torch.utils.data.Dataset):
         _check_annotations(data, ann_path)
         for img in data["images"]:
             if not (image_dir / img["file_name"]).is_file():
-                raise DatasetError(f"{image_dir / img['file_name']}: image file not found, but "
-                                   f"listed in {ann_path} (image id {img['id']})")
+                raise DatasetError(
+                    f"{image_dir / img['file_name']}: image file not found, but "
+                    f"listed in {ann_path} (image id {img['id']})"
+                )
         self.ann_path = ann_path
         self.image_dir = image_dir
         self.with_masks = with_masks
@@ -133,8 +146,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.class_names = ["background", *(c["name"] for c in categories)]
         self.num_classes = len(self.class_names)
         label_of = {cat_id: i for i, cat_id in enumerate(self.category_ids, start=1)}
-        annotations = [{**ann, "category_id": label_of[ann["category_id"]]}
-                       for ann in data["annotations"]]
+        annotations = [{**ann, "category_id": label_of[ann["category_id"]]} for ann in data["annotations"]]
         self.coco: COCO = build_coco(data["images"], annotations, self.class_names[1:])
         self.image_ids = sorted(self.coco.getImgIds())
 
@@ -147,10 +159,15 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.image_dir / info["file_name"]
         image = load_image(path)
         if (image.width, image.height) != (info["width"], info["height"]):
-            raise DatasetError(f"{path}: image is {image.width}x{image.height} but {self.ann_path} "
-                               f"says {info['width']}x{info['height']} (image id {image_id})")
-        anns = [a for a in self.coco.imgToAnns[image_id]
-                if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+            raise DatasetError(
+                f"{path}: image is {image.width}x{image.height} but {self.ann_path} "
+                f"says {info['width']}x{info['height']} (image id {image_id})"
+            )
+        anns = [
+            a
+            for a in self.coco.imgToAnns[image_id]
+            if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
+        ]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, info["width"])
@@ -169,8 +186,10 @@ class CocoDetection(torch.utils.data.Dataset):
         masks = np.zeros((len(anns), height, width), dtype=np.uint8)
         for k, ann in enumerate(anns):
             if "segmentation" not in ann:
-                raise DatasetError(f"{self.ann_path}: annotation {ann.get('id')} of {path.name} has "
-                                   f"no segmentation; task 'instance' needs one (or use 'detection')")
+                raise DatasetError(
+                    f"{self.ann_path}: annotation {ann.get('id')} of {path.name} has "
+                    f"no segmentation; task 'instance' needs one (or use 'detection')"
+                )
             masks[k] = self.coco.annToMask(ann)
         return torch.from_numpy(masks)
 

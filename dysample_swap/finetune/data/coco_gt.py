@@ -65,8 +65,12 @@ def target_annotations(target: Mapping[str, Any]) -> list[dict[str, Any]]:
         rles = encode_masks(torch.as_tensor(target["masks"]).to(torch.uint8).cpu().numpy())
     anns = []
     for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels)):
-        ann: dict[str, Any] = {"image_id": image_id, "category_id": int(label),
-                               "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(crowd[k])}
+        ann: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": int(label),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "iscrowd": int(crowd[k]),
+        }
         if rles is not None:
             ann["segmentation"] = rles[k]
             ann["area"] = float(mask_utils.area(rles[k]))
@@ -76,8 +80,9 @@ def target_annotations(target: Mapping[str, Any]) -> list[dict[str, Any]]:
     return anns
 
 
-def build_coco(images: Sequence[Mapping[str, Any]], annotations: Sequence[Mapping[str, Any]],
-               class_names: Sequence[str]) -> COCO:
+def build_coco(
+    images: Sequence[Mapping[str, Any]], annotations: Sequence[Mapping[str, Any]], class_names: Sequence[str]
+) -> COCO:
     """A pycocotools ``COCO`` object from image records, annotations and class names.
 
     Categories get ids ``1..len(class_names)`` (torchvision labels); annotation ids are

@@ -50,8 +50,7 @@ class DatasetError(ValueError):
     """
 
 
-def check_config(config: Mapping[str, Any], fmt: str, required: Sequence[str],
-                 optional: Sequence[str]) -> None:
+def check_config(config: Mapping[str, Any], fmt: str, required: Sequence[str], optional: Sequence[str]) -> None:
     """Reject a ``data:`` mapping with a missing key or a key the format does not know.
 
     ``format`` itself is always allowed. An unknown key's error names the closest valid key.
@@ -68,12 +67,10 @@ def check_config(config: Mapping[str, Any], fmt: str, required: Sequence[str],
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise KeyError(f"data.{key}: unknown key for format '{fmt}'{hint}; "
-                           f"valid keys: {', '.join(valid)}")
+            raise KeyError(f"data.{key}: unknown key for format '{fmt}'{hint}; valid keys: {', '.join(valid)}")
     for key in required:
         if key not in config:
-            raise KeyError(f"data.{key}: required for format '{fmt}' but missing; "
-                           f"add it to the recipe's data: section")
+            raise KeyError(f"data.{key}: required for format '{fmt}' but missing; add it to the recipe's data: section")
 
 
 def check_split(split: str, valid: Sequence[str] = SPLITS) -> None:
@@ -159,7 +156,8 @@ def load_index_mask(path: Path) -> np.ndarray:
         if img.mode not in _INDEX_MASK_MODES:
             raise DatasetError(
                 f"{path}: mask has PIL mode {img.mode!r}; masks must hold one class index per "
-                f"pixel (8-bit grayscale 'L' or palette 'P' PNG), not colours")
+                f"pixel (8-bit grayscale 'L' or palette 'P' PNG), not colours"
+            )
         return np.asarray(img, dtype=np.int64)
 
 
@@ -179,7 +177,8 @@ def check_mask_labels(mask: np.ndarray, num_classes: int, ignore_index: int, pat
     if bad.size:
         raise DatasetError(
             f"{path}: mask has label(s) {bad[:10].tolist()} outside 0..{num_classes - 1} "
-            f"(ignore index {ignore_index}); fix the mask or set data.num_classes")
+            f"(ignore index {ignore_index}); fix the mask or set data.num_classes"
+        )
 
 
 def check_same_size(image: Image.Image, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
@@ -191,7 +190,8 @@ def check_same_size(image: Image.Image, mask: np.ndarray, image_path: Path, mask
     if mask.shape != (image.height, image.width):
         raise DatasetError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-            f"{image_path} is {image.width}x{image.height}; they must have the same size")
+            f"{image_path} is {image.width}x{image.height}; they must have the same size"
+        )
 
 
 def normalize_image(image: Image.Image) -> torch.Tensor:
@@ -217,8 +217,7 @@ def image_to_unit_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def resize_pair(image: Image.Image, mask: np.ndarray,
-                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_pair(image: Image.Image, mask: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize image (bilinear) and mask (nearest) to ``size = (H, W)``; normalise the image.
 
     Example:
@@ -251,15 +250,24 @@ class SegmentationFiles(torch.utils.data.Dataset):
         dysample_swap.finetune.data.common.DatasetError: demo: empty dataset (no image/mask pairs found)
     """
 
-    def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int,
-                 class_names: Sequence[str], image_size: tuple[int, int], *, source: str,
-                 ignore_index: int = DEFAULT_IGNORE_INDEX,
-                 label_map: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        num_classes: int,
+        class_names: Sequence[str],
+        image_size: tuple[int, int],
+        *,
+        source: str,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        label_map: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         if not pairs:
             raise DatasetError(f"{source}: empty dataset (no image/mask pairs found)")
         if len(class_names) != num_classes:
-            raise ValueError(f"{source}: {len(class_names)} class names given for "
-                             f"{num_classes} classes; give exactly one name per class")
+            raise ValueError(
+                f"{source}: {len(class_names)} class names given for "
+                f"{num_classes} classes; give exactly one name per class"
+            )
         self.pairs = list(pairs)
         self.num_classes = num_classes
         self.class_names = list(class_names)
@@ -292,6 +300,8 @@ def default_class_names(config: Mapping[str, Any], num_classes: int) -> list[str
     if names is None:
         return [f"class{i}" for i in range(num_classes)]
     if len(names) != num_classes:
-        raise ValueError(f"data.class_names has {len(names)} names but data.num_classes is "
-                         f"{num_classes}; give exactly one name per class")
+        raise ValueError(
+            f"data.class_names has {len(names)} names but data.num_classes is "
+            f"{num_classes}; give exactly one name per class"
+        )
     return [str(n) for n in names]

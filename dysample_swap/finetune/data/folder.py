@@ -47,8 +47,16 @@ from pathlib import Path
 from typing import Any
 
 from dysample_swap.finetune.data.common import (
-    DEFAULT_IGNORE_INDEX, IMAGE_SUFFIXES, DatasetError, SegmentationFiles, check_config,
-    check_split, default_class_names, parse_image_size, require_dir)
+    DEFAULT_IGNORE_INDEX,
+    IMAGE_SUFFIXES,
+    DatasetError,
+    SegmentationFiles,
+    check_config,
+    check_split,
+    default_class_names,
+    parse_image_size,
+    require_dir,
+)
 
 _OPTIONAL = ("image_size", "class_names", "ignore_index", "val_fraction", "seed")
 
@@ -70,17 +78,16 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
     for stem in sorted(images):
         if stem not in masks:
-            raise DatasetError(f"{images[stem]}: no mask {mask_dir / (stem + '.png')}; "
-                               f"add it or remove the image")
+            raise DatasetError(f"{images[stem]}: no mask {mask_dir / (stem + '.png')}; add it or remove the image")
     for stem in sorted(masks):
         if stem not in images:
-            raise DatasetError(f"{masks[stem]}: mask without an image in {image_dir}; "
-                               f"add the image (same stem) or remove the mask")
+            raise DatasetError(
+                f"{masks[stem]}: mask without an image in {image_dir}; add the image (same stem) or remove the mask"
+            )
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
-def _split_pool(pairs: list[tuple[Path, Path]], split: str, val_fraction: float,
-                seed: int) -> list[tuple[Path, Path]]:
+def _split_pool(pairs: list[tuple[Path, Path]], split: str, val_fraction: float, seed: int) -> list[tuple[Path, Path]]:
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     order = list(range(len(pairs)))
@@ -107,20 +114,33 @@ def build_folder(config: Mapping[str, Any], split: str) -> SegmentationFiles:
     """
     check_config(config, "folder", ("root", "num_classes"), _OPTIONAL)
     check_split(split)
-    root = require_dir(Path(config["root"]), "dataset root",
-                       "set data.root to a folder holding images/ and masks/ "
-                       "(or train/ and val/ with those inside)")
+    root = require_dir(
+        Path(config["root"]),
+        "dataset root",
+        "set data.root to a folder holding images/ and masks/ (or train/ and val/ with those inside)",
+    )
     if (root / "train").is_dir():
-        base = require_dir(root / split, f"'{split}' split",
-                           f"layout A needs {root}/train and {root}/val, each with images/ and masks/")
+        base = require_dir(
+            root / split,
+            f"'{split}' split",
+            f"layout A needs {root}/train and {root}/val, each with images/ and masks/",
+        )
         pairs = pair_by_stem(base / "images", base / "masks")
         source = str(base)
     else:
-        pairs = _split_pool(pair_by_stem(root / "images", root / "masks"), split,
-                            float(config.get("val_fraction", 0.2)), int(config.get("seed", 0)))
+        pairs = _split_pool(
+            pair_by_stem(root / "images", root / "masks"),
+            split,
+            float(config.get("val_fraction", 0.2)),
+            int(config.get("seed", 0)),
+        )
         source = f"{root} ({split} part)"
     num_classes = int(config["num_classes"])
     return SegmentationFiles(
-        pairs, num_classes, default_class_names(config, num_classes),
-        parse_image_size(config.get("image_size", 256)), source=source,
-        ignore_index=int(config.get("ignore_index", DEFAULT_IGNORE_INDEX)))
+        pairs,
+        num_classes,
+        default_class_names(config, num_classes),
+        parse_image_size(config.get("image_size", 256)),
+        source=source,
+        ignore_index=int(config.get("ignore_index", DEFAULT_IGNORE_INDEX)),
+    )

@@ -49,13 +49,18 @@ from pycocotools.coco import COCO
 
 from dysample_swap.finetune.data.coco_gt import build_coco, target_annotations
 from dysample_swap.finetune.data.common import (
-    DEFAULT_IGNORE_INDEX, check_config, check_split, normalize_image, parse_image_size)
+    DEFAULT_IGNORE_INDEX,
+    check_config,
+    check_split,
+    normalize_image,
+    parse_image_size,
+)
 
 SHAPE_CLASSES = ("disc", "ring", "bar", "triangle", "cross", "rectangle")
 TASKS = ("segmentation", "detection", "instance")
 _SPLIT_STREAM = {"train": 0, "val": 1}
-_MIN_AREA = 6            # pixels a shape must cover to be kept
-_MAX_HIDDEN = 0.5        # a new shape may hide at most this share of an earlier one
+_MIN_AREA = 6  # pixels a shape must cover to be kept
+_MAX_HIDDEN = 0.5  # a new shape may hide at most this share of an earlier one
 _PLACEMENT_TRIES = 12
 
 
@@ -87,8 +92,7 @@ class Scene:
         return out
 
 
-def _shape_mask(kind: str, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray,
-                side: int) -> np.ndarray:
+def _shape_mask(kind: str, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray, side: int) -> np.ndarray:
     """Boolean mask of one randomly placed shape of ``kind`` on the pixel-centre grid."""
     size = rng.uniform(0.12, 0.25) * side
     cy, cx = rng.uniform(0.5 * size, ys.shape[0] - 0.5 * size), rng.uniform(0.5 * size, xs.shape[1] - 0.5 * size)
@@ -98,7 +102,7 @@ def _shape_mask(kind: str, rng: np.random.Generator, ys: np.ndarray, xs: np.ndar
     v = -dx * np.sin(theta) + dy * np.cos(theta)
     thin = max(1.5, rng.uniform(0.03, 0.05) * side)
     if kind == "disc":
-        return dx ** 2 + dy ** 2 <= size ** 2
+        return dx**2 + dy**2 <= size**2
     if kind == "ring":
         return np.abs(np.hypot(dx, dy) - size) <= thin / 2
     if kind == "bar":
@@ -111,17 +115,16 @@ def _shape_mask(kind: str, rng: np.random.Generator, ys: np.ndarray, xs: np.ndar
     # triangle: three vertices around the centre; inside = same side of all three edges
     angles = theta + np.array([0.0, 2.0, 4.0]) * np.pi / 3 + rng.uniform(-0.3, 0.3, 3)
     vy, vx = cy + 1.2 * size * np.sin(angles), cx + 1.2 * size * np.cos(angles)
-    signs = [(xs - vx[i]) * (vy[(i + 1) % 3] - vy[i]) - (ys - vy[i]) * (vx[(i + 1) % 3] - vx[i])
-             for i in range(3)]
-    return ((signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)) | \
-           ((signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0))
+    signs = [(xs - vx[i]) * (vy[(i + 1) % 3] - vy[i]) - (ys - vy[i]) * (vx[(i + 1) % 3] - vx[i]) for i in range(3)]
+    return ((signs[0] >= 0) & (signs[1] >= 0) & (signs[2] >= 0)) | ((signs[0] <= 0) & (signs[1] <= 0) & (signs[2] <= 0))
 
 
 def _background(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     height, width = ys.shape[0], xs.shape[1]
     base = rng.uniform(0.25, 0.55, 3)
-    gradient = rng.uniform(-0.15, 0.15, 3)[:, None, None] * (xs / width - 0.5) + \
-        rng.uniform(-0.15, 0.15, 3)[:, None, None] * (ys / height - 0.5)
+    gradient = rng.uniform(-0.15, 0.15, 3)[:, None, None] * (xs / width - 0.5) + rng.uniform(-0.15, 0.15, 3)[
+        :, None, None
+    ] * (ys / height - 0.5)
     freq, angle = rng.uniform(0.15, 0.6), rng.uniform(0, np.pi)
     stripes = 0.06 * np.sin(freq * (xs * np.cos(angle) + ys * np.sin(angle)) + rng.uniform(0, 6.3))
     image = base[:, None, None] + gradient + stripes[None]
@@ -165,13 +168,15 @@ def render_scene(rng: np.random.Generator, height: int, width: int, num_classes:
         colour = _shape_colour(rng, cls)[:, None] + rng.normal(0.0, 0.04, (3, int(shape.sum())))
         image[:, shape] = colour
     pixels = np.clip(image.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Scene(pixels, np.array(labels, dtype=np.int64),
-                 np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool))
+    return Scene(
+        pixels, np.array(labels, dtype=np.int64), np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)
+    )
 
 
 class _SyntheticBase(torch.utils.data.Dataset):
-    def __init__(self, num_samples: int, image_size: tuple[int, int], num_shape_classes: int,
-                 seed: int, split: str) -> None:
+    def __init__(
+        self, num_samples: int, image_size: tuple[int, int], num_shape_classes: int, seed: int, split: str
+    ) -> None:
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed
@@ -222,8 +227,15 @@ class SyntheticDetection(_SyntheticBase):
         (['boxes', 'image_id', 'labels', 'masks'], 2)
     """
 
-    def __init__(self, num_samples: int, image_size: tuple[int, int], num_shape_classes: int,
-                 seed: int, split: str, with_masks: bool) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        image_size: tuple[int, int],
+        num_shape_classes: int,
+        seed: int,
+        split: str,
+        with_masks: bool,
+    ) -> None:
         super().__init__(num_samples, image_size, num_shape_classes, seed, split)
         self.with_masks = with_masks
 
@@ -274,16 +286,19 @@ def build_synthetic(config: Mapping[str, Any], split: str) -> SyntheticSegmentat
         >>> len(ds), ds.num_classes
         (8, 6)
     """
-    check_config(config, "synthetic", (),
-                 ("task", "num_classes", "image_size", "num_samples", "num_val_samples", "seed"))
+    check_config(
+        config, "synthetic", (), ("task", "num_classes", "image_size", "num_samples", "num_val_samples", "seed")
+    )
     check_split(split)
     task = config.get("task", "segmentation")
     if task not in TASKS:
         raise ValueError(f"data.task must be one of {', '.join(TASKS)}, got {task!r}")
     num_shapes = int(config.get("num_classes", 5))
     if not 1 <= num_shapes <= len(SHAPE_CLASSES):
-        raise ValueError(f"data.num_classes for synthetic data must be 1..{len(SHAPE_CLASSES)} "
-                         f"(shape classes: {', '.join(SHAPE_CLASSES)}), got {num_shapes}")
+        raise ValueError(
+            f"data.num_classes for synthetic data must be 1..{len(SHAPE_CLASSES)} "
+            f"(shape classes: {', '.join(SHAPE_CLASSES)}), got {num_shapes}"
+        )
     num_train = int(config.get("num_samples", 256))
     count = num_train if split == "train" else int(config.get("num_val_samples", max(8, num_train // 4)))
     if count < 1:

@@ -29,20 +29,46 @@ from pathlib import Path
 from typing import Any
 
 from dysample_swap.finetune.data.common import (
-    DatasetError, SegmentationFiles, check_config, parse_image_size, require_dir)
+    DatasetError,
+    SegmentationFiles,
+    check_config,
+    parse_image_size,
+    require_dir,
+)
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor")
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def _voc_root(root: Path) -> Path:
     if not (root / "JPEGImages").is_dir() and (root / "VOC2012" / "JPEGImages").is_dir():
         return root / "VOC2012"
-    return require_dir(root / "JPEGImages", "JPEGImages",
-                       "set data.root to the VOC2012 folder (holding JPEGImages/, "
-                       "SegmentationClass/, ImageSets/Segmentation/)").parent
+    return require_dir(
+        root / "JPEGImages",
+        "JPEGImages",
+        "set data.root to the VOC2012 folder (holding JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)",
+    ).parent
 
 
 def build_voc(config: Mapping[str, Any], split: str) -> SegmentationFiles:
@@ -58,8 +84,10 @@ def build_voc(config: Mapping[str, Any], split: str) -> SegmentationFiles:
     root = _voc_root(Path(config["root"]))
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
-        raise DatasetError(f"{list_file}: split list not found; VOC needs "
-                           f"ImageSets/Segmentation/{split}.txt with one image id per line")
+        raise DatasetError(
+            f"{list_file}: split list not found; VOC needs "
+            f"ImageSets/Segmentation/{split}.txt with one image id per line"
+        )
     mask_dir = root / str(config.get("mask_dir", "SegmentationClass"))
     pairs = []
     for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
@@ -70,9 +98,11 @@ def build_voc(config: Mapping[str, Any], split: str) -> SegmentationFiles:
         mask_path = mask_dir / f"{image_id}.png"
         for path in (image_path, mask_path):
             if not path.is_file():
-                raise DatasetError(f"{path}: missing, but listed in {list_file} line {line_no}; "
-                                   f"add the file or remove the id from the list")
+                raise DatasetError(
+                    f"{path}: missing, but listed in {list_file} line {line_no}; "
+                    f"add the file or remove the id from the list"
+                )
         pairs.append((image_path, mask_path))
-    return SegmentationFiles(pairs, len(VOC_CLASSES), VOC_CLASSES,
-                             parse_image_size(config.get("image_size", 512)),
-                             source=str(list_file))
+    return SegmentationFiles(
+        pairs, len(VOC_CLASSES), VOC_CLASSES, parse_image_size(config.get("image_size", 512)), source=str(list_file)
+    )

@@ -243,9 +243,18 @@ class DySample(nn.Module):
             self._check_input(x)
         scope_weight = self.scope.weight if self.dyscope else None
         return dysample(
-            x, self.offset.weight, self.offset.bias, scope_weight,
-            self.scale, self.style, self.groups, size, scale_factor, self.anchor,
-            positions=self.positions, init_pos=self.init_pos,
+            x,
+            self.offset.weight,
+            self.offset.bias,
+            scope_weight,
+            self.scale,
+            self.style,
+            self.groups,
+            size,
+            scale_factor,
+            self.anchor,
+            positions=self.positions,
+            init_pos=self.init_pos,
         )
 
     def _check_input(self, x: Tensor) -> None:
@@ -260,7 +269,12 @@ class DySample(nn.Module):
     def extra_repr(self) -> str:
         scope = "dynamic" if self.dyscope else "static"
         return (
-            f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
-            f"style={self.style}, scope={scope}, anchor={self.anchor}"
-        ) + (f", positions={self.positions}" if self.positions != "grid" else "") + "".join(f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor))
-                    if v is not None)
+            (
+                f"variant={self.variant}, in_channels={self.in_channels}, scale={self.scale}, groups={self.groups}, "
+                f"style={self.style}, scope={scope}, anchor={self.anchor}"
+            )
+            + (f", positions={self.positions}" if self.positions != "grid" else "")
+            + "".join(
+                f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor)) if v is not None
+            )
+        )

@@ -130,9 +130,13 @@ def _cache_directory() -> Path:
         return directory
     private = tempfile.mkdtemp(prefix="dysample_swap-")  # mode 0700, a name nobody can predict
     atexit.register(shutil.rmtree, private, ignore_errors=True)
-    logger.warning("DySample: not using the compiled sampler's cache: %s; building it into %s for this process "
-                   "instead (point %s at a directory only you can write to keep the build)", problem, private,
-                   ENV_CACHE)
+    logger.warning(
+        "DySample: not using the compiled sampler's cache: %s; building it into %s for this process "
+        "instead (point %s at a directory only you can write to keep the build)",
+        problem,
+        private,
+        ENV_CACHE,
+    )
     return Path(private)
 
 
@@ -267,8 +271,11 @@ def library() -> ctypes.CDLL | None:
             lib, reason = _load()
             _state["lib"], _state["reason"] = lib, reason
             if lib is None:
-                logger.warning("DySample: the compiled CPU sampler is unavailable, so DySample runs its pure-PyTorch "
-                               "sampler (same values, 2-3x slower on the CPU): %s", reason)
+                logger.warning(
+                    "DySample: the compiled CPU sampler is unavailable, so DySample runs its pure-PyTorch "
+                    "sampler (same values, 2-3x slower on the CPU): %s",
+                    reason,
+                )
         return _state["lib"]  # type: ignore[return-value]
 
 

@@ -60,8 +60,9 @@ class AxisTables:
     cell_start: Tensor | None = None
 
 
-def axis_tables(in_len: int, out_len: int, scale: int, stride: int, plane: int, anchor: Tensor, fraction: Tensor,
-                rows: bool) -> AxisTables:
+def axis_tables(
+    in_len: int, out_len: int, scale: int, stride: int, plane: int, anchor: Tensor, fraction: Tensor, rows: bool
+) -> AxisTables:
     """Build one axis' tables; ``stride`` is the input width for rows and 1 for columns, ``plane`` is ``H*W``.
 
     Output index ``o`` takes the offset of sub-pixel cell ``floor(o * scale * in_len / out_len)`` (the
@@ -101,8 +102,10 @@ def _check_status(status: int) -> None:
     if status == 1:
         raise MemoryError("DySample's compiled sampler could not allocate its row buffers")
     if status:
-        raise ValueError("DySample's compiled sampler got an input with zero height or width for a nonempty "
-                         "output: there is no pixel to read; skip the upsampler for empty feature maps")
+        raise ValueError(
+            "DySample's compiled sampler got an input with zero height or width for a nonempty "
+            "output: there is no pixel to read; skip the upsampler for empty feature maps"
+        )
 
 
 def _kernel(name: str, dtype: torch.dtype):
@@ -114,55 +117,151 @@ def _kernel(name: str, dtype: torch.dtype):
 
 # A custom operator (not an autograd.Function), so that torch.compile keeps it as one opaque call
 # on the CPU instead of tracing the pure-PyTorch gathers (which Inductor compiles slowly).
-@torch.library.custom_op("dysample_swap::native_sample", mutates_args=(), device_types="cpu",
-                         tags=(torch.Tag.flexible_layout,))  # it makes its inputs contiguous itself
-def _sample_op(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
-               row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor,
-               scale: int, groups: int, out_h: int, out_w: int, mode: int) -> Tensor:
+@torch.library.custom_op(
+    "dysample_swap::native_sample", mutates_args=(), device_types="cpu", tags=(torch.Tag.flexible_layout,)
+)  # it makes its inputs contiguous itself
+def _sample_op(
+    x: Tensor,
+    offset: Tensor,
+    row_offset_at: Tensor,
+    row_anchor: Tensor,
+    row_fraction: Tensor,
+    row_cell_start: Tensor,
+    col_offset_at: Tensor,
+    col_anchor: Tensor,
+    col_fraction: Tensor,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    mode: int,
+) -> Tensor:
     x, offset = x.contiguous(), offset.contiguous()
     n, channels, height, width = x.shape
     out = x.new_empty(n, channels, out_h, out_w)
     status = _kernel("dysample_forward", x.dtype)(
-        x.data_ptr(), offset.data_ptr(), out.data_ptr(), row_offset_at.data_ptr(), col_offset_at.data_ptr(),
-        row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(), n, groups,
-        channels // groups, height, width, out_h, out_w, scale, mode, torch.get_num_threads())
+        x.data_ptr(),
+        offset.data_ptr(),
+        out.data_ptr(),
+        row_offset_at.data_ptr(),
+        col_offset_at.data_ptr(),
+        row_anchor.data_ptr(),
+        row_fraction.data_ptr(),
+        col_anchor.data_ptr(),
+        col_fraction.data_ptr(),
+        n,
+        groups,
+        channels // groups,
+        height,
+        width,
+        out_h,
+        out_w,
+        scale,
+        mode,
+        torch.get_num_threads(),
+    )
     _check_status(status)
     return out
 
 
 @_sample_op.register_fake
-def _(x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
-      row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor,
-      scale: int, groups: int, out_h: int, out_w: int, mode: int) -> Tensor:
+def _(
+    x: Tensor,
+    offset: Tensor,
+    row_offset_at: Tensor,
+    row_anchor: Tensor,
+    row_fraction: Tensor,
+    row_cell_start: Tensor,
+    col_offset_at: Tensor,
+    col_anchor: Tensor,
+    col_fraction: Tensor,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    mode: int,
+) -> Tensor:
     return x.new_empty(x.shape[0], x.shape[1], out_h, out_w)
 
 
-@torch.library.custom_op("dysample_swap::native_sample_backward", mutates_args=(), device_types="cpu",
-                         tags=(torch.Tag.flexible_layout,))
-def _sample_backward_op(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor,
-                        row_fraction: Tensor, row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor,
-                        col_fraction: Tensor, scale: int, groups: int, out_h: int, out_w: int, mode: int,
-                        need_x: bool, need_offset: bool) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op(
+    "dysample_swap::native_sample_backward", mutates_args=(), device_types="cpu", tags=(torch.Tag.flexible_layout,)
+)
+def _sample_backward_op(
+    grad: Tensor,
+    x: Tensor,
+    offset: Tensor,
+    row_offset_at: Tensor,
+    row_anchor: Tensor,
+    row_fraction: Tensor,
+    row_cell_start: Tensor,
+    col_offset_at: Tensor,
+    col_anchor: Tensor,
+    col_fraction: Tensor,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    mode: int,
+    need_x: bool,
+    need_offset: bool,
+) -> tuple[Tensor, Tensor]:
     x, offset, grad = x.contiguous(), offset.contiguous(), grad.contiguous().to(x.dtype)
     grad_x = torch.zeros_like(x) if need_x else x.new_empty(0)
     grad_offset = torch.zeros_like(offset) if need_offset else offset.new_empty(0)
     n, channels, height, width = x.shape
     status = _kernel("dysample_backward", x.dtype)(
-        x.data_ptr(), offset.data_ptr(), grad.data_ptr(), grad_x.data_ptr() if need_x else None,
-        grad_offset.data_ptr() if need_offset else None, row_offset_at.data_ptr(), col_offset_at.data_ptr(),
-        row_anchor.data_ptr(), row_fraction.data_ptr(), col_anchor.data_ptr(), col_fraction.data_ptr(),
-        row_cell_start.data_ptr(), n, groups, channels // groups, height, width, out_h, out_w, scale, mode,
-        torch.get_num_threads())
+        x.data_ptr(),
+        offset.data_ptr(),
+        grad.data_ptr(),
+        grad_x.data_ptr() if need_x else None,
+        grad_offset.data_ptr() if need_offset else None,
+        row_offset_at.data_ptr(),
+        col_offset_at.data_ptr(),
+        row_anchor.data_ptr(),
+        row_fraction.data_ptr(),
+        col_anchor.data_ptr(),
+        col_fraction.data_ptr(),
+        row_cell_start.data_ptr(),
+        n,
+        groups,
+        channels // groups,
+        height,
+        width,
+        out_h,
+        out_w,
+        scale,
+        mode,
+        torch.get_num_threads(),
+    )
     _check_status(status)
     return grad_x, grad_offset
 
 
 @_sample_backward_op.register_fake
-def _(grad: Tensor, x: Tensor, offset: Tensor, row_offset_at: Tensor, row_anchor: Tensor, row_fraction: Tensor,
-      row_cell_start: Tensor, col_offset_at: Tensor, col_anchor: Tensor, col_fraction: Tensor, scale: int,
-      groups: int, out_h: int, out_w: int, mode: int, need_x: bool, need_offset: bool) -> tuple[Tensor, Tensor]:
-    return (torch.empty_like(x) if need_x else x.new_empty(0),
-            torch.empty_like(offset) if need_offset else offset.new_empty(0))
+def _(
+    grad: Tensor,
+    x: Tensor,
+    offset: Tensor,
+    row_offset_at: Tensor,
+    row_anchor: Tensor,
+    row_fraction: Tensor,
+    row_cell_start: Tensor,
+    col_offset_at: Tensor,
+    col_anchor: Tensor,
+    col_fraction: Tensor,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    mode: int,
+    need_x: bool,
+    need_offset: bool,
+) -> tuple[Tensor, Tensor]:
+    return (
+        torch.empty_like(x) if need_x else x.new_empty(0),
+        torch.empty_like(offset) if need_offset else offset.new_empty(0),
+    )
 
 
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
@@ -179,8 +278,17 @@ def _backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
 _sample_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables, scale: int, groups: int,
-                  out_h: int, out_w: int, mode: str) -> Tensor:
+def native_sample(
+    x: Tensor,
+    offset: Tensor,
+    rows: AxisTables,
+    cols: AxisTables,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    mode: str,
+) -> Tensor:
     """Read ``x`` at the positions ``offset`` moves the anchors of ``rows`` / ``cols`` to (see the module docstring).
 
     Args:
@@ -200,5 +308,19 @@ def native_sample(x: Tensor, offset: Tensor, rows: AxisTables, cols: AxisTables,
         >>> native_sample(x, torch.zeros(1, 8, 2, 2), rows, cols, 2, 1, 4, 4, "grid")[0, 0, 0].tolist()
         [0.0, 0.25, 0.75, 1.0]
     """
-    return _sample_op(x, offset, rows.offset_at, rows.anchor, rows.fraction, rows.cell_start, cols.offset_at,
-                      cols.anchor, cols.fraction, scale, groups, out_h, out_w, MODES[mode])
+    return _sample_op(
+        x,
+        offset,
+        rows.offset_at,
+        rows.anchor,
+        rows.fraction,
+        rows.cell_start,
+        cols.offset_at,
+        cols.anchor,
+        cols.fraction,
+        scale,
+        groups,
+        out_h,
+        out_w,
+        MODES[mode],
+    )

@@ -186,23 +186,30 @@ def _checked_size(value: int, axis: str) -> int:
     if isinstance(value, (torch.SymInt, torch.Tensor)):  # a Tensor: torch.jit tracing records x.shape as 0-d tensors
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"size must be whole numbers of pixels (as F.interpolate requires), got {value!r} for the "
-                         f"{axis}; pass integers, e.g. round it")
+        raise ValueError(
+            f"size must be whole numbers of pixels (as F.interpolate requires), got {value!r} for the "
+            f"{axis}; pass integers, e.g. round it"
+        )
     if value < 1:
-        raise ValueError(f"size must be at least 1 pixel per axis, got {value} for the {axis}; pass a positive "
-                         f"output size")
+        raise ValueError(
+            f"size must be at least 1 pixel per axis, got {value} for the {axis}; pass a positive output size"
+        )
     return int(value)
 
 
 def _checked_factor(value: float, length: int, axis: str) -> tuple[int, float]:
     """One axis of ``scale_factor``: a finite number > 0 that leaves an output pixel; returns the length and factor."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"scale_factor must be a finite number > 0, got {value!r} for the {axis}; pass e.g. "
-                         f"scale_factor=2, or an explicit size=(height, width)")
+        raise ValueError(
+            f"scale_factor must be a finite number > 0, got {value!r} for the {axis}; pass e.g. "
+            f"scale_factor=2, or an explicit size=(height, width)"
+        )
     out = _scaled(length, float(value))
     if isinstance(out, int) and isinstance(length, int) and out < 1 <= length:
-        raise ValueError(f"scale_factor={value!r} leaves no output pixel for the input {axis} {length} "
-                         f"(floor({length} * {value!r}) = {out}); use a factor of at least 1/{length}, or pass size=")
+        raise ValueError(
+            f"scale_factor={value!r} leaves no output pixel for the input {axis} {length} "
+            f"(floor({length} * {value!r}) = {out}); use a factor of at least 1/{length}, or pass size="
+        )
     return out, float(value)
 
 
@@ -248,8 +255,10 @@ def _check_plane(x: Tensor) -> None:
     """Refuse an input of zero height or width (nothing to read); a symbolic size passes unchecked."""
     height, width = x.shape[-2:]
     if isinstance(height, int) and isinstance(width, int) and height * width == 0:
-        raise ValueError(f"DySample cannot upsample an input of zero height or width (shape {tuple(x.shape)}): no "
-                         "pixel to read; skip the upsampler for empty feature maps (an empty batch is fine)")
+        raise ValueError(
+            f"DySample cannot upsample an input of zero height or width (shape {tuple(x.shape)}): no "
+            "pixel to read; skip the upsampler for empty feature maps (an empty batch is fine)"
+        )
 
 
 def _coordinate_dtype(x: Tensor) -> torch.dtype:
@@ -373,8 +382,10 @@ def dysample_sample(
     authors_case = factors == (float(scale), float(scale)) and anchor == "bilinear" and init_pos is not None
     if positions == "authors":
         if not authors_case:
-            raise ValueError("positions='authors' reproduces the authors' module: the native size (scale times the "
-                             "input), the bilinear anchor and an init_pos tensor only")
+            raise ValueError(
+                "positions='authors' reproduces the authors' module: the native size (scale times the "
+                "input), the bilinear anchor and an init_pos tensor only"
+            )
         return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups, sampler)
     if positions == "grid" and torch.onnx.is_in_onnx_export():
         positions = "exact"  # gathers: onnxruntime runs them far faster than its GridSample (same read to ~1e-6)
@@ -386,14 +397,29 @@ def dysample_sample(
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
     sf_h, sf_w = factors if factors is not None else (None, None)
     if _use_native(x, offset, sampler):
-        rows = axis_tables(height, out_h, scale, width, height * width,
-                           *anchor_index(height, out_h, anchor, sf_h, coord_dtype, x.device), rows=True)
-        cols = axis_tables(width, out_w, scale, 1, height * width,
-                           *anchor_index(width, out_w, anchor, sf_w, coord_dtype, x.device), rows=False)
+        rows = axis_tables(
+            height,
+            out_h,
+            scale,
+            width,
+            height * width,
+            *anchor_index(height, out_h, anchor, sf_h, coord_dtype, x.device),
+            rows=True,
+        )
+        cols = axis_tables(
+            width,
+            out_w,
+            scale,
+            1,
+            height * width,
+            *anchor_index(width, out_w, anchor, sf_w, coord_dtype, x.device),
+            rows=False,
+        )
         return native_sample(x, offset, rows, cols, scale, groups, out_h, out_w, "exact")
 
-    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
-                                      native=factors == (float(scale), float(scale)))
+    plane_x, plane_y = _offset_planes(
+        offset, n, groups, scale, height, width, out_h, out_w, native=factors == (float(scale), float(scale))
+    )
     x0, x1, fx = _taps(width, out_w, anchor, sf_w, plane_x, rows=False)
     y0, y1, fy = _taps(height, out_h, anchor, sf_h, plane_y, rows=True)
     # The four taps (top-left, top-right, bottom-left, bottom-right) of every output pixel.
@@ -411,8 +437,9 @@ def dysample_sample(
     return reference_sample(x, index, weight, groups, out_h, out_w)
 
 
-def _offset_planes(offset: Tensor, n: int, groups: int, scale: int, height: int, width: int,
-                   out_h: int, out_w: int, native: bool) -> tuple[Tensor, Tensor]:
+def _offset_planes(
+    offset: Tensor, n: int, groups: int, scale: int, height: int, width: int, out_h: int, out_w: int, native: bool
+) -> tuple[Tensor, Tensor]:
     """x and y displacement planes in output-pixel order ``(N*g, H_out, W_out)``; off the native size
     each output pixel takes the offset of its sub-pixel cell. (Two small permutes and one stack copy
     far less than a single 7-D permute with the (x, y) pair innermost.)"""
@@ -428,8 +455,17 @@ def _offset_planes(offset: Tensor, n: int, groups: int, scale: int, height: int,
     return plane_x, plane_y
 
 
-def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int, out_w: int,
-                 factors: tuple[float, float] | None, anchor: str, sampler: str) -> Tensor:
+def _grid_sample(
+    x: Tensor,
+    offset: Tensor,
+    scale: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+    factors: tuple[float, float] | None,
+    anchor: str,
+    sampler: str,
+) -> Tensor:
     """``positions="grid"``: the anchor position plus the offset, read by ``grid_sample`` (border padding)."""
     n, channels, height, width = x.shape
     sf_h, sf_w = factors if factors is not None else (None, None)
@@ -439,8 +475,9 @@ def _grid_sample(x: Tensor, offset: Tensor, scale: int, groups: int, out_h: int,
     base_y = (index_y.to(offset.dtype) + fraction_y).add(0.5)
     if _use_native(x, offset, sampler):
         return _native_grid(x, offset, scale, groups, base_y, base_x)
-    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, out_h, out_w,
-                                      native=factors == (float(scale), float(scale)))
+    plane_x, plane_y = _offset_planes(
+        offset, n, groups, scale, height, width, out_h, out_w, native=factors == (float(scale), float(scale))
+    )
     return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
 
 
@@ -466,8 +503,13 @@ def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base
     # PyTorch 2.x), so NaN becomes -1: the forward reads pixel 0 along that axis for both (as the compiled
     # sampler does), and border positions have zero position gradient either way.
     grid = grid.masked_fill(grid.isnan(), -1.0)
-    sampled = F.grid_sample(x.reshape(n * groups, channels // groups, height, width), grid, mode="bilinear",
-                            padding_mode="border", align_corners=False)
+    sampled = F.grid_sample(
+        x.reshape(n * groups, channels // groups, height, width),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
     return sampled.view(n, channels, *plane_x.shape[1:])
 
 
@@ -479,8 +521,9 @@ def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int, sampler:
     base_x = torch.arange(width, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
     if _use_native(x, offset, sampler):
         return _native_grid(x, offset, scale, groups, base_y, base_x)
-    plane_x, plane_y = _offset_planes(offset, n, groups, scale, height, width, scale * height, scale * width,
-                                      native=True)
+    plane_x, plane_y = _offset_planes(
+        offset, n, groups, scale, height, width, scale * height, scale * width, native=True
+    )
     return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
 
 
@@ -536,16 +579,21 @@ def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
     unsupported = supports(x, offset)
     if sampler == "native":
         if unsupported is not None:
-            raise ValueError(f"sampler='native' runs eager float32/float64 CPU tensors, not {unsupported}; "
-                             "use sampler='auto' or 'reference'")
+            raise ValueError(
+                f"sampler='native' runs eager float32/float64 CPU tensors, not {unsupported}; "
+                "use sampler='auto' or 'reference'"
+            )
         if _native_library() is None:
             raise RuntimeError(f"sampler='native': the compiled sampler is unavailable: {native.unavailable_reason()}")
         return True
     if unsupported is not None:
         if unsupported not in _logged_fallbacks:
             _logged_fallbacks.add(unsupported)
-            logger.info("DySample sampler: %s run the pure-PyTorch sampler; the compiled one takes eager "
-                        "float32/float64 CPU tensors", unsupported)
+            logger.info(
+                "DySample sampler: %s run the pure-PyTorch sampler; the compiled one takes eager "
+                "float32/float64 CPU tensors",
+                unsupported,
+            )
         return False
     return _native_library() is not None  # unavailable: native.library() has warned once
 
@@ -573,9 +621,12 @@ def _use_sparse(x: Tensor, sampler: str) -> bool:
         return True
     if reason not in _logged_fallbacks:
         _logged_fallbacks.add(reason)
-        logger.info("DySample sampler: positions='exact' with %s uses the gather sampler (the sparse and compiled "
-                    "ones take float32/float64 CPU tensors); it recomputes its taps in backward, about 2x the cost of "
-                    "positions='grid' (grid_sample)", reason)
+        logger.info(
+            "DySample sampler: positions='exact' with %s uses the gather sampler (the sparse and compiled "
+            "ones take float32/float64 CPU tensors); it recomputes its taps in backward, about 2x the cost of "
+            "positions='grid' (grid_sample)",
+            reason,
+        )
     return False
 
 
@@ -625,8 +676,15 @@ class GatherBilinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, index: Tensor, weight: Tensor, groups: int,
-                out_h: int, out_w: int) -> Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        index: Tensor,
+        weight: Tensor,
+        groups: int,
+        out_h: int,
+        out_w: int,
+    ) -> Tensor:
         ctx.save_for_backward(x, index, weight)
         ctx.shape = (groups, out_h, out_w)
         return reference_sample(x, index, weight, groups, out_h, out_w)
@@ -654,8 +712,9 @@ def _read_matrix(crow: Tensor, index: Tensor, weight: Tensor, in_pixels: int) ->
     out_pixels = index.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, index.flatten(), weight.flatten(), (out_pixels, in_pixels),
-                                       check_invariants=False)
+        return torch.sparse_csr_tensor(
+            crow, index.flatten(), weight.flatten(), (out_pixels, in_pixels), check_invariants=False
+        )
 
 
 class SparseBilinear(torch.autograd.Function):
@@ -674,8 +733,9 @@ class SparseBilinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, feats: Tensor, index: Tensor, weight: Tensor,
-                in_pixels: int) -> Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, feats: Tensor, index: Tensor, weight: Tensor, in_pixels: int
+    ) -> Tensor:
         feats = feats.contiguous()
         index = index.to(torch.int32)  # MKL's index type: int64 would be converted on every product
         crow = _row_starts(index)
