@@ -1,9 +1,10 @@
 """The swap record: what re-applies a model's swaps to a freshly built copy of it.
 
-``swap_upsamplers`` calls :func:`record_swap` at the end of every swap. The record is a
-JSON-able dict kept on the model (``model.dysample_swap_record``) and, for frameworks that save
-their own config, mirrored where that config lives through the framework's ``write_record`` hook
-(:mod:`.hooks`), so the framework's usual ``save_pretrained`` writes it into ``config.json``:
+The record is a JSON-able dict derived from the model's swap reports (:func:`swap_record`: its
+one history, :func:`dysample_swap.surgery.report.history`). ``swap_upsamplers`` calls
+:func:`record_swap` at the end of every swap, which mirrors it where a framework saves its own
+config, through the framework's ``write_record`` hook (:mod:`.hooks`), so the framework's usual
+``save_pretrained`` writes it into ``config.json``:
 
 * transformers: ``model.config.dysample_swap``;
 * huggingface_hub ``PyTorchModelHubMixin`` models (smp's included): the ``_dysample_swap`` key of
@@ -40,14 +41,12 @@ import torch.nn as nn
 
 from dysample_swap.surgery.hooks import hooks_for
 from dysample_swap.surgery.policy import INITS
+from dysample_swap.surgery.report import history
 from dysample_swap.upsamplers.registry import SWAP_POSITIONS, UPSAMPLERS
 from dysample_swap.version import __version__
 
 RECORD_FORMAT = "dysample_swap.record/1"
 """The ``format`` value of a swap record."""
-
-RECORD_ATTRIBUTE = "dysample_swap_record"
-"""Name of the model attribute that holds the swap record."""
 
 _JSON_SCALARS = (str, bool, int, float, type(None))
 
@@ -137,50 +136,42 @@ def _write_framework_record(model: nn.Module, record: dict[str, Any] | None) -> 
         hooks.write_record(model, record)
 
 
-def record_swap(model: nn.Module, report: Any) -> None:
-    """Append the swap that ``report`` describes to ``model``'s record (and its framework config).
-
-    ``swap_upsamplers`` calls this at the end of every swap; frameworks are never imported here.
+def swap_record(model: nn.Module) -> dict[str, Any] | None:
+    """``model``'s swap record, derived from its swap reports (``None`` when it was not swapped).
 
     Example:
-        >>> import torch, torch.nn as nn
+        >>> import torch
         >>> from dysample_swap import swap_upsamplers
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Upsample(scale_factor=2), nn.Conv2d(8, 2, 1))
+        >>> swap_record(net) is None
+        True
         >>> net = swap_upsamplers(net, "dysample-s", (torch.rand(1, 3, 8, 8),), verbose=False)
         >>> [s["variant"] for s in swap_record(net)["swaps"]]
         ['dysample-s']
     """
-    previous = getattr(model, RECORD_ATTRIBUTE, None)
-    swaps = list(previous["swaps"]) if isinstance(previous, dict) else []
-    record = {"format": RECORD_FORMAT, "version": __version__, "swaps": [*swaps, swap_entry(model, report)]}
-    setattr(model, RECORD_ATTRIBUTE, record)
-    _write_framework_record(model, copy.deepcopy(record))
+    reports = history(model)
+    if not reports:
+        return None
+    return {"format": RECORD_FORMAT, "version": __version__, "swaps": [swap_entry(model, r) for r in reports]}
+
+
+def record_swap(model: nn.Module) -> None:
+    """Mirror ``model``'s swap record where its framework saves its config; ``swap_upsamplers`` calls it last.
+
+    Example:
+        >>> record_swap(nn.Identity())  # no framework, nothing to write
+    """
+    _write_framework_record(model, swap_record(model))
 
 
 def forget_swaps(model: nn.Module) -> None:
-    """Drop ``model``'s swap record (and its framework-config copy): what ``unswap`` calls.
+    """Drop the framework-config copy of ``model``'s record: what ``unswap`` calls after removing the reports.
 
     Example:
-        >>> net = nn.Identity()
-        >>> net.dysample_swap_record = {"format": RECORD_FORMAT, "version": "0.1.0", "swaps": []}
-        >>> forget_swaps(net)
-        >>> swap_record(net) is None
-        True
+        >>> forget_swaps(nn.Identity())
     """
-    if hasattr(model, RECORD_ATTRIBUTE):
-        delattr(model, RECORD_ATTRIBUTE)
+    model.__dict__.pop("dysample_swap_record", None)  # the copy that models pickled by 0.1.0 carry
     _write_framework_record(model, None)
-
-
-def swap_record(model: nn.Module) -> dict[str, Any] | None:
-    """``model``'s swap record, ``None`` when ``swap_upsamplers`` has not swapped it.
-
-    Example:
-        >>> swap_record(nn.Identity()) is None
-        True
-    """
-    record = getattr(model, RECORD_ATTRIBUTE, None)
-    return record if isinstance(record, dict) else None
 
 
 class RecordError(ValueError):
