@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo lint test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: venv
 	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 2 \
 		--jobs 2 --set train.max_steps=200 --set train.eval_every=50 --out runs/demo
 
-test: venv
+# Static checks: the layer contracts (no import cycle), lint and format, types.
+lint: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check dysample_swap tests benchmarks examples
+	$(VENV)/bin/ruff format --check dysample_swap tests benchmarks examples
+
+test: venv lint
 	$(PY) -m pytest -q
 
 # Every figure of the README's Speed section: the module, whole networks and threads, ONNX Runtime.
