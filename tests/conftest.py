@@ -1,4 +1,5 @@
-"""Shared test setup: the paper-formula reference implementation lives in benchmarks/; ultralytics offline."""
+"""Shared test setup: the paper-formula reference implementation lives in benchmarks/; test modules importable
+by name; ultralytics offline."""
 
 from __future__ import annotations
 
@@ -12,3 +13,9 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 os.environ.setdefault("YOLO_OFFLINE", "true")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+# tests/ mirrors the package (upsamplers/, surgery/, integrations/, finetune/, cli/). A test module is
+# importable by name from any test, as a model spec such as "test_compare:tiny_net" names one (also
+# in compare's worker processes, which inherit sys.path).
+TEST_FOLDERS = sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name != "__pycache__")
+sys.path[:0] = [str(folder) for folder in TEST_FOLDERS]

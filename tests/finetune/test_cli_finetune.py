@@ -22,7 +22,7 @@ from dysample_swap.cli import main
 from dysample_swap.finetune import checkpoint as checkpoint_module
 from dysample_swap.finetune.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 #: The demo recipe shrunk to seconds: 32 px images, 16 training samples, batch 4.

@@ -17,7 +17,7 @@ from dysample_swap.finetune.config import (
     save_config,
 )
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
 
 def test_overrides_are_yaml_typed() -> None:

@@ -14,7 +14,7 @@ import pytest
 from dysample_swap.finetune.config import ConfigError, load_config, packaged_recipes
 from dysample_swap.finetune.runner import run_finetune
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAPER = ("segformer_b1_ade20k", "fasterrcnn_coco", "maskrcnn_coco")
 
 
