@@ -29,6 +29,7 @@ lint: venv
 
 test: venv lint
 	$(PY) -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Every figure of the README's Speed section: the module, whole networks and threads, ONNX Runtime.
 bench: venv

@@ -1,4 +1,4 @@
-"""Worker for tests/test_distributed.py, launched as ``torchrun --nproc_per_node 2 THIS OUT``.
+"""Worker for tests/finetune/test_distributed.py, launched as ``torchrun --nproc_per_node 2 THIS OUT``.
 
 Trains the tiny segmentation model of the engine tests with DistributedDataParallel (gloo), then
 writes, per rank, the sample indices it read, a digest of its final weights and buffers, and the

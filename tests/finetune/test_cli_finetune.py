@@ -262,7 +262,7 @@ def test_finetune_and_evaluate_instance_segmentation(tmp_path: Path, capsys: pyt
 
 
 # ---------------------------------------------------------------- damaged runs, changed settings
-#: A two-stage tiny decoder (tests/test_compare.py) at 24 px: a run takes a fraction of a second.
+#: A two-stage tiny decoder (tests/finetune/test_compare.py) at 24 px: a run takes a fraction of a second.
 TINY_NET = [
     "model.spec=test_compare:tiny_net:num_classes={num_classes}",
     "data.image_size=24",

@@ -77,7 +77,7 @@ def test_hook_reads_the_site_inside_a_model_at_any_size() -> None:
 def test_visualize_command_on_a_trained_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     overrides = [
-        "model.spec=test_compare:tiny_net:num_classes={num_classes}",  # tests/test_compare.py
+        "model.spec=test_compare:tiny_net:num_classes={num_classes}",  # tests/finetune/test_compare.py
         "data.image_size=32",
         "data.num_samples=8",
         "data.num_val_samples=2",

@@ -55,8 +55,8 @@ def test_module_and_function_sites_are_attributed() -> None:
     assert up.input_shape == (2, 4, 5, 7) and up.output_shape == (2, 4, 10, 14) and up.in_channels == 4
     assert fn.scale == (1.5, 1.5) and fn.size is None and fn.output_shape == (2, 4, 15, 21)
     assert upsampler_scale(fn) == 2 and fn.ratio == (1.5, 1.5)
-    assert fn.source.startswith("tests/test_sites.py:") and fn.source.endswith("in forward")
-    assert up.source.startswith("nn.UpsamplingNearest2d <- tests/test_sites.py:")
+    assert fn.source.startswith("tests/surgery/test_sites.py:") and fn.source.endswith("in forward")
+    assert up.source.startswith("nn.UpsamplingNearest2d <- tests/surgery/test_sites.py:")
     assert "final" in up.flags  # returned as "mid"
     assert "final" not in fn.flags  # dropout and * 2 come after it
     assert {"direct"} <= fn.flags and fn.helper is None

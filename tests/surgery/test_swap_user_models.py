@@ -296,7 +296,7 @@ def test_every_spelling_is_found_with_its_api_and_arguments() -> None:
     assert [s.scale for s in sites] == [(2.0, 2.0), (0.5, 0.5), (2.0, 2.0), (2.0, 2.0), (2.0, 2.0), (2.0, 2.0)]
     assert sites[1].reason == "downsamples 16x16->8x8"
     assert all(s.kind == "function" and s.path == "<root>" for s in sites)
-    assert all(s.source.startswith("tests/test_swap_user_models.py:") for s in sites)
+    assert all(s.source.startswith("tests/surgery/test_swap_user_models.py:") for s in sites)
 
 
 def test_one_upsample_module_at_two_channel_counts_gets_two_dysamples() -> None:
