@@ -21,17 +21,17 @@ demo: venv
 	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 2 \
 		--jobs 2 --set train.max_steps=200 --set train.eval_every=50 --out runs/demo
 
-# Static checks: the layer contracts (no import cycle), lint and format, types.
+# Static checks: the layer contracts (no import cycle), lint and format, the docs site.
 lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check dysample_swap tests benchmarks examples
 	$(VENV)/bin/ruff format --check dysample_swap tests benchmarks examples
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 test: venv lint
 	$(PY) -m pytest -q
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
-# Every figure of the README's Speed section: the module, whole networks and threads, ONNX Runtime.
+# Every figure of docs/benchmarks.md: the module, whole networks and threads, ONNX Runtime.
 bench: venv
 	$(PY) benchmarks/bench_upsamplers.py --threads 2 --rounds 20
 	$(PY) benchmarks/bench_models.py --threads 2 --rounds 10

@@ -427,7 +427,10 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_requested = True
         if self.ctx.is_main:
-            tqdm.write("stopping after this step (checkpoint follows); press Ctrl-C again to abort without one")
+            tqdm.write(
+                "stopping after this step (checkpoint follows); press Ctrl-C again to drop the step under "
+                "way (the checkpoint then holds the last completed step)"
+            )
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
