@@ -21,11 +21,12 @@ demo: venv
 	$(VENV)/bin/dysample-swap compare recipes/demo.yaml --arms original,dysample,dysample+ --seeds 2 \
 		--jobs 2 --set train.max_steps=200 --set train.eval_every=50 --out runs/demo
 
-# Static checks: the layer contracts (no import cycle), lint and format, the docs site.
+# Static checks: the layer contracts (no import cycle), lint and format, types, the docs site.
 lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check dysample_swap tests benchmarks examples
 	$(VENV)/bin/ruff format --check dysample_swap tests benchmarks examples
+	$(VENV)/bin/mypy
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 test: venv lint

@@ -28,12 +28,14 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from types import CodeType, ModuleType
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+_fx_tracing: Callable[[], bool] | None
 try:  # looked up once, at import, without failing: require() reports what is missing at swap time
     from torch.fx._symbolic_trace import is_fx_symbolic_tracing as _fx_tracing
 except ImportError:  # pragma: no cover - torch versions without it

@@ -24,7 +24,7 @@ import random
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -234,7 +234,7 @@ def rng_state() -> dict[str, Any]:
         >>> sorted(rng_state())
         ['cuda', 'numpy', 'python', 'torch']
     """
-    np_state = np.random.get_state()
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
         "numpy": {

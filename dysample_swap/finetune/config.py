@@ -187,11 +187,11 @@ class Config:
 _OPEN_SECTIONS = ("data", "swap.policy")
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+def valid_keys(cls: Any = Config, prefix: str = "") -> list[str]:
     """Every dotted key a recipe may set.
 
     Example:
@@ -265,7 +265,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"{key}: unsupported annotation {hint!r}")  # a bug in this module
 
 
-def _from_mapping(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+def _from_mapping(cls: Any, raw: Mapping[str, Any], prefix: str = "") -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {raw!r}")
     hints = _hints(cls)

@@ -16,10 +16,11 @@ import os
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ class TrainSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Sized, *, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        super().__init__(
+            cast(Dataset, dataset), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.batch_size = batch_size
         self.start = 0
 

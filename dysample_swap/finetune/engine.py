@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dysample_swap.finetune.checkpoint import (
@@ -186,7 +186,7 @@ def progress_enabled(mode: str, ctx: DistContext) -> bool:
     return mode == "always" or sys.stderr.isatty()
 
 
-def eval_loader(dataset: Dataset, task: Any, cfg: Config, ctx: DistContext) -> DataLoader:
+def eval_loader(dataset: Any, task: Any, cfg: Config, ctx: DistContext) -> DataLoader:
     """This rank's shard of ``dataset`` in order, without padding (every image scored once).
 
     Example:
@@ -206,7 +206,7 @@ def eval_loader(dataset: Dataset, task: Any, cfg: Config, ctx: DistContext) -> D
     )
 
 
-def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config, ctx: DistContext) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, task: Any, dataset: Any, cfg: Config, ctx: DistContext) -> dict[str, float]:
     """Score ``model`` on ``dataset``; with several processes each scores its shard and the
     metric states are reduced across ranks, so every rank returns the whole-set result.
 
@@ -217,7 +217,7 @@ def evaluate(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config, c
 
 
 @torch.no_grad()
-def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Dataset, cfg: Config, ctx: DistContext) -> Any:
+def evaluate_metrics(model: torch.nn.Module, task: Any, dataset: Any, cfg: Config, ctx: DistContext) -> Any:
     """The task's metric accumulator after scoring ``dataset`` (synced across ranks), for callers
     that need more than the final numbers (segmentation: ``per_image_counts()``).
 
@@ -250,7 +250,7 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: Config, arm: Arm, task: Any, train_set: Dataset, val_set: Dataset, ctx: DistContext, out_dir: Path
+        self, cfg: Config, arm: Arm, task: Any, train_set: Any, val_set: Any, ctx: DistContext, out_dir: Path
     ) -> None:
         self.cfg, self.arm, self.task, self.ctx, self.out_dir = cfg, arm, task, ctx, out_dir
         self.train_set, self.val_set = train_set, val_set
@@ -276,7 +276,11 @@ class Trainer:
                 f"train.batch_size ({t.batch_size}) x processes ({ctx.world_size}); "
                 "lower train.batch_size or add data"
             )
-        self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
+        if t.max_steps is not None:
+            self.total_steps = t.max_steps
+        else:
+            assert t.epochs is not None  # the config requires train.max_steps or train.epochs
+            self.total_steps = t.epochs * self.steps_per_epoch
         self.stop_at = min(self.total_steps, t.stop_after or self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, t)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=t.amp == "fp16")

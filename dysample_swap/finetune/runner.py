@@ -415,6 +415,7 @@ def summarize_compare(
         if arm == ORIGINAL:
             continue
         if images:
+            assert statistic is not None  # images needs it
             intervals = paired_bootstrap(
                 statistic,
                 np.stack([counts[ORIGINAL, s] for s in seeds]),

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -114,7 +114,8 @@ def _with_coordinates(x: Tensor, groups: int, block: int) -> tuple[Tensor, list[
     per = channels // groups
     grid_x = (torch.arange(width, dtype=x.dtype, device=x.device) + 0.5).expand(n, block, height, width)
     grid_y = (torch.arange(height, dtype=x.dtype, device=x.device) + 0.5).view(-1, 1).expand(n, block, height, width)
-    parts, keep = [], []
+    parts: list[Tensor] = []
+    keep: list[int] = []
     for k in range(groups):
         parts += [x[:, k * per : (k + 1) * per], grid_x, grid_y]
         start = k * (per // block + 2)
@@ -179,7 +180,7 @@ def sampling_offsets(
             scale_factor=scale_factor,
             anchor=module.anchor,
             positions=module.positions,
-            init_pos=module.init_pos,
+            init_pos=cast(Tensor, module.init_pos),
         )
         out = out.unflatten(1, (g, per + 2 * block))  # [N, g, per + 2b, Ho, Wo]
         return torch.stack([out[:, :, per], out[:, :, per + block]], dim=2)  # [N, g, 2, Ho, Wo]
@@ -360,7 +361,11 @@ def visualize_offsets(
         path = Path(model_or_checkpoint)
         given = image if isinstance(image, Tensor) else None
         model, task, cfg = load_checkpoint_model(path, given, trust_spec=trust_spec)
-        inputs = given if given is not None else load_image_input(image, task, cfg.data.get("image_size"))
+        inputs = (
+            given
+            if given is not None
+            else load_image_input(cast("str | Path", image), task, cfg.data.get("image_size"))
+        )
     candidates = _choose(model, site)
     calls: dict[str, tuple[DySample, Tensor, Any, Any, int]] = {}
 

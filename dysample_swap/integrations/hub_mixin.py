@@ -65,7 +65,7 @@ def write_record(model: nn.Module, record: dict[str, Any] | None) -> None:
     if config is None:
         if record is None:
             return
-        config = model._hub_mixin_config = {}
+        config = vars(model)["_hub_mixin_config"] = {}
     if not isinstance(config, dict):  # a dataclass config: the mixin writes its fields only
         logger.warning(
             "%s keeps its hub-mixin config as a %s, where the swap record cannot be added: its "

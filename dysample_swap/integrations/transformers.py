@@ -112,7 +112,8 @@ def load_plain(directory: str | os.PathLike[str], config: dict[str, Any]) -> tup
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        model, info = model_class.from_pretrained(directory, output_loading_info=True)
+        loaded: Any = model_class.from_pretrained(directory, output_loading_info=True)  # (model, info) with the flag
+        model, info = loaded
     except OSError as exc:  # no or unreadable weights
         raise ValueError(
             f"{directory}: transformers could not load it ({exc}); save the model with model.save_pretrained(directory)"

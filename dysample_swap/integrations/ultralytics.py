@@ -117,9 +117,9 @@ class _Step:
         return report
 
 
-def _recipe(report: SwapReport) -> list[_Step]:
+def _recipe(report: SwapReport | None) -> list[_Step]:
     """The swaps of a network, oldest first (``swap_upsamplers`` may have been called more than once)."""
-    steps = []
+    steps: list[_Step] = []
     while report is not None:
         steps.insert(0, _Step.from_report(report))
         report = report.previous

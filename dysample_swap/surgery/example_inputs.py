@@ -90,7 +90,9 @@ def default_inputs(model: nn.Module) -> list[tuple[Any, ...]]:
         torch.Size([1, 3, 128, 128])
     """
     first = next(model.parameters(), None)
-    like = {"device": first.device, "dtype": first.dtype} if first is not None and first.is_floating_point() else {}
+    like: dict[str, Any] = (
+        {"device": first.device, "dtype": first.dtype} if first is not None and first.is_floating_point() else {}
+    )
     generator = torch.Generator().manual_seed(0)  # deterministic, and the global RNG is left alone
 
     def noise(*shape: int) -> torch.Tensor:
@@ -116,7 +118,7 @@ def describe_inputs(inputs: tuple[Any, ...]) -> list[dict[str, Any]] | None:
         >>> describe_inputs(([torch.zeros(3, 4, 5)],))
         [{'images': [[3, 4, 5]]}]
     """
-    described = []
+    described: list[dict[str, Any]] = []
     for arg in inputs:
         if isinstance(arg, torch.Tensor):
             described.append({"tensor": list(arg.shape)})

@@ -335,7 +335,7 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
     graph = plan.graph
     if graph is None:
         raise ValueError(f"{plan.path}: plan has no graph (method {plan.method!r})")
-    graph.owning_module = owner  # validation had attached a temporary GraphModule
+    graph.owning_module = owner  # type: ignore[assignment]  # fx only reads its attributes; a GraphModule was attached for validation
     nodes = _site_nodes(graph, owner, plan.path, plan.in_place)
     for rep in replacements:
         node = nodes[rep.position]

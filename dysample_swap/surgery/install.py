@@ -102,7 +102,7 @@ class Rewrite:
     routes: dict[int, tuple[str, bool]] = field(default_factory=dict)
     inner: Rewrite | None = None
 
-    def forward(self, base: type) -> tuple[Callable[..., Any], dict[str, Any]]:
+    def forward(self, base: type[nn.Module]) -> tuple[Callable[..., Any], dict[str, Any]]:
         """The forward function this rewrite installs on a subclass of ``base``, and extra class attributes.
 
         Example:
@@ -117,7 +117,7 @@ class Rewrite:
         return forward, {name: pytree.treespec_loads(spec) for name, spec in self.specs.items()}
 
 
-def _rebuild(base: type, rewrite: Rewrite) -> nn.Module:
+def _rebuild(base: type[nn.Module], rewrite: Rewrite) -> nn.Module:
     """Unpickling: a bare instance of ``base`` with the rewrite installed (its state is set after)."""
     module = base.__new__(base)
     install(module, rewrite)
@@ -125,8 +125,8 @@ def _rebuild(base: type, rewrite: Rewrite) -> nn.Module:
 
 
 def _reduce_ex(self: nn.Module, protocol: int) -> Any:
-    cls = type(self)
-    return _rebuild, (cls._dysample_swap_base, cls._dysample_swap_rewrite), self.__getstate__()
+    attributes = vars(type(self))
+    return _rebuild, (attributes["_dysample_swap_base"], attributes["_dysample_swap_rewrite"]), self.__getstate__()
 
 
 def install(owner: nn.Module, rewrite: Rewrite) -> None:
@@ -138,8 +138,8 @@ def install(owner: nn.Module, rewrite: Rewrite) -> None:
     cls = type(owner)
     if is_rewritten(owner):  # swapped before: build on the original class (fx code already holds the old rewrite)
         if rewrite.kind == "eager fallback":
-            rewrite.inner = cls._dysample_swap_rewrite
-        cls = cls._dysample_swap_base
+            rewrite.inner = vars(cls)["_dysample_swap_rewrite"]
+        cls = vars(cls)["_dysample_swap_base"]
     forward, extra = rewrite.forward(cls)
     namespace = {
         "forward": forward,

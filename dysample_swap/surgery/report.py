@@ -152,7 +152,7 @@ def history(model: nn.Module) -> list[SwapReport]:
         []
     """
     report = getattr(model, REPORT_ATTRIBUTE, None)
-    reports = []
+    reports: list[SwapReport] = []
     while isinstance(report, SwapReport):
         reports.insert(0, report)
         report = report.previous

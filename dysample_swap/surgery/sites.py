@@ -386,6 +386,7 @@ class _Recorder(TorchFunctionMode):
     def _record(self, a: dict[str, Any], x: torch.Tensor, out: torch.Tensor) -> None:
         frame, api = first_user_frame(sys._getframe())
         top = self.stack[-1] if self.stack else None
+        owner: Invocation | None
         if top is not None and is_upsample_module(top.module):
             kind, path, api = "module", top.path, f"nn.{type(top.module).__name__}"
             owner = self.stack[-2] if len(self.stack) > 1 else top
@@ -510,7 +511,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
         ('nn.UpsamplingBilinear2d', True)
     """
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    names = {}
+    names: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), name or ROOT)
     recorder = _Recorder(names)

@@ -345,8 +345,9 @@ def unswap(model: nn.Module) -> dict[str, nn.Module]:
                 owner = module_at(model, d.owner)
                 if is_rewritten(owner):
                     restore(owner)
-                if d.replacement in owner._modules:
-                    removed[join_path(d.owner, d.replacement)] = owner._modules.pop(d.replacement)
+                new = owner._modules.pop(d.replacement, None)
+                if new is not None:
+                    removed[join_path(d.owner, d.replacement)] = new
         report = report.previous
     delattr(model, REPORT_ATTRIBUTE)
     forget_swaps(model)

@@ -33,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from dysample_swap.upsamplers.options import check_defaults, check_scale
 from dysample_swap.upsamplers.sizing import Factor, Size, fit_native
@@ -64,9 +66,7 @@ class _CARAFEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx, features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int
-    ) -> Tensor:
+    def forward(ctx: Any, features: Tensor, kernels: Tensor, kernel_size: int, group: int, scale: int) -> Tensor:
         n, channels, height, width = features.shape
         padded = _padded(features, kernel_size, group)
         weights = _subpixel_major(kernels, group, height, scale, width)  # (N, g, s, s, k*k, H, W)
@@ -86,7 +86,7 @@ class _CARAFEFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         features, kernels = ctx.saved_tensors
         kernel_size, group, scale = ctx.settings
         height, width = features.shape[-2:]
@@ -102,14 +102,14 @@ class _CARAFEFunction(torch.autograd.Function):
             window = (slice(None),) * 3 + (slice(dy, dy + height), slice(dx, dx + width))
             for i in range(scale):
                 for j in range(scale):
-                    if want_features:  # a tap's input gets its kernel weight times the output gradient
+                    if grad_padded is not None:  # a tap's input gets its kernel weight times the output gradient
                         grad_padded[window].addcmul_(grad[:, :, i, j], weights[:, :, i, j, t, None])
-                    if want_kernels:  # a kernel weight gets its tap's input times the gradient, summed over the group
+                    if grad_weights is not None:  # a kernel weight gets its tap's input times the gradient, summed
                         grad_weights[:, :, i, j, t] = torch.linalg.vecdot(grad[:, :, i, j], padded[window], dim=2)
         grad_features = grad_kernels = None
-        if want_features:
+        if grad_padded is not None:
             grad_features = grad_padded[..., r : r + height, r : r + width].reshape(features.shape).to(features.dtype)
-        if want_kernels:
+        if grad_weights is not None:
             grad_kernels = grad_weights.permute(0, 1, 4, 5, 2, 6, 3).reshape(kernels.shape).to(kernels.dtype)
         return grad_features, grad_kernels, None, None, None
 
@@ -235,7 +235,7 @@ class CARAFEPack(nn.Module):
         """
         for conv in (self.channel_compressor, self.content_encoder):
             nn.init.xavier_uniform_(conv.weight)
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(cast(Tensor, conv.bias))  # both are built with a bias
         nn.init.normal_(self.content_encoder.weight, std=0.001)
 
     def kernel_normalizer(self, mask: Tensor) -> Tensor:

@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,7 +92,7 @@ class DeconvUpsampler(NativeScaleUpsampler):
         weight[channel, channel] = kernel[:, None] * kernel[None, :]
         with torch.no_grad():
             self.deconv.weight.copy_(weight)
-            self.deconv.bias.zero_()
+            cast(Tensor, self.deconv.bias).zero_()  # built with a bias
 
     def native(self, x: Tensor) -> Tensor:
         """``deconv(x)``, over the replicate-padded input for ``init="match"``.

@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,7 +51,7 @@ class PixelShuffleUpsampler(NativeScaleUpsampler):
             >>> PixelShuffleUpsampler(8, scale=2, init="paper").conv.padding_mode
             'zeros'
         """
-        padding_mode = "replicate" if self.init == "match" else "zeros"
+        padding_mode: Literal["replicate", "zeros"] = "replicate" if self.init == "match" else "zeros"
         c, s = self.channels, self.scale
         self.conv = nn.Conv2d(c, c * s * s, 3, padding=1, padding_mode=padding_mode)
         if self.init == "match":
@@ -69,7 +71,7 @@ class PixelShuffleUpsampler(NativeScaleUpsampler):
         weight[channel, :, channel] = stencil
         with torch.no_grad():
             self.conv.weight.copy_(weight.reshape_as(self.conv.weight))
-            self.conv.bias.zero_()
+            cast(Tensor, self.conv.bias).zero_()  # built with a bias
 
     def native(self, x: Tensor) -> Tensor:
         """``pixel_shuffle(conv(x), scale)``.

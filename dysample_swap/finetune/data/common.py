@@ -97,7 +97,7 @@ def parse_image_size(value: int | Sequence[int], key: str = "data.image_size") -
     size = (value, value) if isinstance(value, int) else tuple(value)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"{key} must be a positive int or [height, width], got {value!r}")
-    return size  # type: ignore[return-value]
+    return size
 
 
 def require_dir(path: Path, what: str, fix: str) -> Path:

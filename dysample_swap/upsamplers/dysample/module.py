@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -186,8 +187,7 @@ class DySample(nn.Module):
             >>> DySample.from_variant("dysample-s", in_channels=256).groups
             8
         """
-        settings = variant_settings(variant)
-        settings.update(kwargs)
+        settings: dict[str, Any] = {**variant_settings(variant), **kwargs}
         return cls(in_channels, scale, **settings)
 
     @property
@@ -215,14 +215,15 @@ class DySample(nn.Module):
             nn.init.normal_(self.offset.weight, mean=0.0, std=self.offset_init_std)
         else:
             nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)
+        if self.offset.bias is not None:  # built with a bias, as the authors'
+            nn.init.zeros_(self.offset.bias)
         if self.dyscope:
             nn.init.zeros_(self.scope.weight)
 
     def forward(
         self,
         x: Tensor,
-        size: Sequence[int] | None = None,
+        size: int | Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
     ) -> Tensor:
         """Upsample ``x``: to ``size``, by ``scale_factor`` (as ``F.interpolate``), else by the defaults.
@@ -254,7 +255,7 @@ class DySample(nn.Module):
             scale_factor,
             self.anchor,
             positions=self.positions,
-            init_pos=self.init_pos,
+            init_pos=cast(Tensor, self.init_pos),
         )
 
     def _check_input(self, x: Tensor) -> None:

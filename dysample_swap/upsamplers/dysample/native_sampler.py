@@ -29,10 +29,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx
 
 from dysample_swap.upsamplers.dysample import native
 
@@ -264,12 +264,12 @@ def _(
     )
 
 
-def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     ctx.save_for_backward(*inputs[:9])
     ctx.sizes = inputs[9:]
 
 
-def _backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
     need_x, need_offset = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_x, grad_offset = _sample_backward_op(grad, *ctx.saved_tensors, *ctx.sizes, need_x, need_offset)
     return (grad_x if need_x else None, grad_offset if need_offset else None) + (None,) * 12

@@ -75,6 +75,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +176,7 @@ def size_pair(value: float | Sequence[float], name: str) -> tuple:
     """
     if isinstance(value, (numbers.Real, torch.SymInt, torch.SymFloat)):
         return value, value
-    pair = tuple(value)
+    pair = tuple(cast(Sequence[Any], value))
     if len(pair) != 2:
         raise ValueError(f"{name} must be one number or a pair (height, width), got {value!r}; pass one or two")
     return pair
@@ -274,7 +275,7 @@ def dysample(
     scale: int,
     style: str,
     groups: int,
-    size: Sequence[int] | None = None,
+    size: int | Sequence[int] | None = None,
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
     sampler: str = "auto",
@@ -326,7 +327,7 @@ def dysample_sample(
     offset: Tensor,
     scale: int,
     groups: int,
-    size: Sequence[int] | None = None,
+    size: int | Sequence[int] | None = None,
     scale_factor: float | Sequence[float] | None = None,
     anchor: str = "bilinear",
     sampler: str = "auto",
@@ -381,7 +382,7 @@ def dysample_sample(
     offset = offset.to(coord_dtype)
     authors_case = factors == (float(scale), float(scale)) and anchor == "bilinear" and init_pos is not None
     if positions == "authors":
-        if not authors_case:
+        if not authors_case or init_pos is None:
             raise ValueError(
                 "positions='authors' reproduces the authors' module: the native size (scale times the "
                 "input), the bilinear anchor and an init_pos tensor only"
@@ -390,7 +391,7 @@ def dysample_sample(
     if positions == "grid" and torch.onnx.is_in_onnx_export():
         positions = "exact"  # gathers: onnxruntime runs them far faster than its GridSample (same read to ~1e-6)
     if positions == "grid":
-        if authors_case and coord_dtype == torch.float32:
+        if authors_case and init_pos is not None and coord_dtype == torch.float32:
             return _authors_sample(x, offset + init_pos.to(coord_dtype), scale, groups, sampler)
         return _grid_sample(x, offset, scale, groups, out_h, out_w, factors, anchor, sampler)
     if positions != "exact":
@@ -677,7 +678,7 @@ class GatherBilinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,
         x: Tensor,
         index: Tensor,
         weight: Tensor,
@@ -691,7 +692,7 @@ class GatherBilinear(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, index, weight = ctx.saved_tensors
         need_x, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         x, weight = x.detach().requires_grad_(need_x), weight.detach().requires_grad_(need_weight)
@@ -733,9 +734,7 @@ class SparseBilinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx, feats: Tensor, index: Tensor, weight: Tensor, in_pixels: int
-    ) -> Tensor:
+    def forward(ctx: Any, feats: Tensor, index: Tensor, weight: Tensor, in_pixels: int) -> Tensor:
         feats = feats.contiguous()
         index = index.to(torch.int32)  # MKL's index type: int64 would be converted on every product
         crow = _row_starts(index)
@@ -748,7 +747,7 @@ class SparseBilinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         feats, index, weight = ctx.saved_tensors
         grad = grad.contiguous()
         grad_feats = feats.new_empty(feats.shape) if ctx.needs_input_grad[0] else None
