@@ -40,7 +40,7 @@ class DataDependent(TwoCalls):
         return F.interpolate(y, size=(17, 15), mode="bilinear") * 1.0
 
 
-def _plan(module: nn.Module):
+def _plan(module: nn.Module) -> tuple[OwnerPlan, Discovery]:
     with discovery_context(module):
         found = discover(module, (X,))
         plan = plan_owner(ROOT, module, list(found.invocations.values()), found.sites, {ROOT})
