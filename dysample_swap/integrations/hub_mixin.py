@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch.nn as nn
 
@@ -65,7 +65,7 @@ def write_record(model: nn.Module, record: dict[str, Any] | None) -> None:
     if config is None:
         if record is None:
             return
-        config = vars(model)["_hub_mixin_config"] = {}
+        config = cast(Any, model)._hub_mixin_config = {}  # nn.Module's stubs allow only tensors and modules
     if not isinstance(config, dict):  # a dataclass config: the mixin writes its fields only
         logger.warning(
             "%s keeps its hub-mixin config as a %s, where the swap record cannot be added: its "

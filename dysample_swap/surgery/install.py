@@ -125,8 +125,8 @@ def _rebuild(base: type[nn.Module], rewrite: Rewrite) -> nn.Module:
 
 
 def _reduce_ex(self: nn.Module, protocol: int) -> Any:
-    attributes = vars(type(self))
-    return _rebuild, (attributes["_dysample_swap_base"], attributes["_dysample_swap_rewrite"]), self.__getstate__()
+    cls: Any = type(self)  # a rewritten class: install() gave it these attributes
+    return _rebuild, (cls._dysample_swap_base, cls._dysample_swap_rewrite), self.__getstate__()
 
 
 def install(owner: nn.Module, rewrite: Rewrite) -> None:

@@ -20,7 +20,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -345,9 +345,8 @@ def unswap(model: nn.Module) -> dict[str, nn.Module]:
                 owner = module_at(model, d.owner)
                 if is_rewritten(owner):
                     restore(owner)
-                new = owner._modules.pop(d.replacement, None)
-                if new is not None:
-                    removed[join_path(d.owner, d.replacement)] = new
+                if d.replacement in owner._modules:
+                    removed[join_path(d.owner, d.replacement)] = cast(nn.Module, owner._modules.pop(d.replacement))
         report = report.previous
     delattr(model, REPORT_ATTRIBUTE)
     forget_swaps(model)
