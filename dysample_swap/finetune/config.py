@@ -335,6 +335,8 @@ def build_config(raw: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -
         >>> build_config({"train": {"max_steps": 5}}, ["seed=3"]).seed
         3
     """
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"a recipe is a mapping of sections (model:, data:, train:, ...), not a {type(raw).__name__}")
     tree = copy.deepcopy(dict(raw or {}))
     tree.setdefault("data", Config().data)
     for text in overrides:

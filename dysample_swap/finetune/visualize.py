@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -261,14 +261,19 @@ def load_checkpoint_model(
         >>> # model, task, cfg = load_checkpoint_model("runs/demo/dysample+/seed0/checkpoints/last.pt")
     """
     from dysample_swap.finetune.builders import build_base_model, swap_model
-    from dysample_swap.finetune.checkpoint import load_checkpoint, load_model_state
+    from dysample_swap.finetune.checkpoint import CheckpointError, load_checkpoint, load_model_state
     from dysample_swap.finetune.config import build_config
     from dysample_swap.finetune.data.common import parse_image_size
     from dysample_swap.surgery.model_spec import UntrustedSpecError
 
     state = load_checkpoint(checkpoint)
-    cfg = build_config(state["config"])
-    found = state.get("signature", {})
+    raw, found = state.get("config"), state.get("signature", {})
+    if not isinstance(raw, Mapping) or not isinstance(found, Mapping):
+        raise CheckpointError(
+            f"{checkpoint}: its config or model signature is missing or not a mapping, so the model it holds "
+            "cannot be rebuilt; visualize a checkpoint that dysample-swap finetune or compare wrote"
+        )
+    cfg = build_config(raw)
     num_classes = int(found.get("num_classes", 0))
     task = _task_for(cfg.task, num_classes, cfg.eval.score_threshold)
     try:

@@ -11,7 +11,7 @@ from PIL import Image
 from dysample_swap import DySample
 from dysample_swap.cli import main
 from dysample_swap.finetune.checkpoint import save_checkpoint
-from dysample_swap.finetune.config import build_config
+from dysample_swap.finetune.config import ConfigError, build_config
 from dysample_swap.finetune.visualize import sampling_offsets, visualize_offsets
 from dysample_swap.surgery.model_spec import UntrustedSpecError
 from dysample_swap.upsamplers.dysample.sampling import POSITIONS
@@ -130,3 +130,30 @@ def test_a_checkpoint_spec_that_runs_code_is_not_built(tmp_path: Path, capsys: p
     with pytest.raises(UntrustedSpecError, match="trust_spec=True"):
         visualize_offsets(checkpoint, image, out=None)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit", ["no config", "config not a mapping", "signature not a mapping"])
+def test_a_checkpoint_without_a_usable_config_is_a_one_line_error(
+    edit: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    release = Path(__file__).resolve().parents[1] / "surgery" / "fixtures" / "release_0_1_0" / "run"
+    state = torch.load(release / "checkpoints" / "last.pt", weights_only=True)
+    if edit == "no config":
+        del state["config"]
+    elif edit == "config not a mapping":
+        state["config"] = "model: os:system"
+    else:
+        state["signature"] = ["swapped"]
+    checkpoint = tmp_path / "last.pt"
+    torch.save(state, checkpoint)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (24, 24)).save(image)
+    assert main(["visualize", str(checkpoint), str(image), "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint}: its config or model signature is missing or not a mapping" in err
+    assert "Traceback" not in err and not (tmp_path / "o.png").exists()
+
+
+def test_a_recipe_that_is_not_a_mapping_names_the_problem() -> None:
+    with pytest.raises(ConfigError, match="a recipe is a mapping of sections .*, not a list"):
+        build_config(["model", "data"])  # type: ignore[arg-type]
