@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dysample_swap import _torch_compat
 from dysample_swap.upsamplers.dysample.sampling import check_anchor
 from dysample_swap.upsamplers.options import check_defaults
-from dysample_swap.upsamplers.sizing import Factor, Size
+from dysample_swap.upsamplers.sizing import Factor, Size, requested_hw
 
 
 class InterpolateUpsampler(nn.Module):
@@ -64,6 +65,8 @@ class InterpolateUpsampler(nn.Module):
             size, scale_factor = self.size, self.scale_factor
             if size is None and scale_factor is None:
                 scale_factor = self.scale
+        if not _torch_compat.is_fx_symbolic_tracing():  # fx proxies have no sizes to check
+            requested_hw(x.shape[-2], x.shape[-1], self.scale, size, scale_factor)  # every upsampler's errors
         return F.interpolate(x, size=size, scale_factor=scale_factor, mode=self.mode, align_corners=self.align_corners)
 
     def extra_repr(self) -> str:

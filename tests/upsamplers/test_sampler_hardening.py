@@ -315,11 +315,10 @@ BAD_REQUESTS = [
     ({"scale_factor": (2, float("inf"))}, "finite number > 0, got inf for the width"),
     ({"scale_factor": 0.1}, "leaves no output pixel for the input height 4.*at least 1/4"),
 ]
-RESOLVING = [name for name in UPSAMPLERS if name != "bilinear"]  # "bilinear" is F.interpolate itself
 
 
 @pytest.mark.parametrize(("request_", "message"), BAD_REQUESTS)
-@pytest.mark.parametrize("name", RESOLVING)
+@pytest.mark.parametrize("name", UPSAMPLERS)
 def test_a_bad_size_request_names_the_problem(name: str, request_: dict, message: str) -> None:
     upsampler = create_upsampler(name, 16, 2)
     with pytest.raises(ValueError, match=message):
