@@ -16,9 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import pickle
 import random
 import zipfile
@@ -28,6 +26,8 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+
+from dysample_swap.surgery.persist import write_atomically
 
 #: Bumped when the checkpoint layout changes.
 FORMAT_VERSION = 1
@@ -60,32 +60,13 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         dysample_swap.finetune.checkpoint.CheckpointError: ...a.pt: cannot write the checkpoint: File exists (the partial file was removed; ...
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    payload = {"format_version": FORMAT_VERSION, **state}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            torch.save({"format_version": FORMAT_VERSION, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        cause = _os_error(err)
-        if cause is None:
-            raise
-        raise CheckpointError(_write_failure(path, cause)) from err
+        write_atomically(path, lambda handle: torch.save(payload, handle))
+    except OSError as err:
+        raise CheckpointError(_write_failure(path, err)) from err
     return path
-
-
-def _os_error(err: BaseException) -> OSError | None:
-    """The ``OSError`` behind ``err``: itself, or the one torch's writer wrapped in a RuntimeError."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _write_failure(path: Path, err: OSError) -> str:

@@ -103,7 +103,11 @@ def save_swapped(model: nn.Module, file: str | os.PathLike[str], model_spec: str
         "recipe": recipe_of(model, model_spec),
         "state_dict": model.state_dict(),
     }
-    write_atomically(file, lambda stream: torch.save(payload, stream))
+    try:
+        write_atomically(file, lambda stream: torch.save(payload, stream))
+    except OSError as exc:
+        why = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        raise ValueError(f"cannot write {file}: {why}; nothing was written (any earlier file is intact)") from exc
 
 
 def writable_target(file: str | os.PathLike[str]) -> None:
@@ -129,38 +133,50 @@ def writable_target(file: str | os.PathLike[str]) -> None:
         raise ValueError(f"cannot write {file}: {exc.strerror or exc} in {folder}; choose a writable folder") from exc
 
 
-def write_atomically(file: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
-    """Write ``file`` through a temporary file in its folder: a failed write leaves the old file and no debris.
+def write_atomically(file: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Write ``file`` through a temporary file in its folder, flushed to disk, then renamed over it.
+
+    A write that fails (disk full, no permission, an interruption) leaves ``file`` as it was and
+    removes the temporary file. ``save_swapped`` and the fine-tuning checkpoints both write this way.
 
     Raises:
-        ValueError: the write failed (``disk full`` for ENOSPC), naming the file.
+        OSError: what failed, also when a library wrapped it (``torch.save`` reports a full disk as
+            a ``RuntimeError`` around the ``OSError``).
 
     Example:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "note.bin")
         >>> write_atomically(path, lambda stream: stream.write(b"hello"))
-        >>> open(path, "rb").read()
-        b'hello'
+        >>> open(path, "rb").read(), os.listdir(os.path.dirname(path))
+        (b'hello', ['note.bin'])
     """
-    folder = Path(file).parent
+    fd, tmp = tempfile.mkstemp(dir=Path(file).parent, prefix=f".{Path(file).name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{Path(file).name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ValueError(f"cannot write {file}: {exc.strerror or exc}") from exc
-    umask = os.umask(0o022)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as stream:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        with open(tmp, "wb") as stream:
             write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(tmp, file)
-    except OSError as exc:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise ValueError(f"cannot write {file}: {why}; nothing was written (any earlier file is intact)") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error(err)
+        if cause is None or cause is err:
+            raise
+        raise cause from err
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: itself, or one a library wrapped (through ``__cause__``/``__context__``)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_swapped(model: nn.Module) -> bool:

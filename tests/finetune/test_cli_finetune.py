@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from dysample_swap.cli import main
-from dysample_swap.finetune import checkpoint as checkpoint_module
 from dysample_swap.finetune.checkpoint import load_checkpoint
+from dysample_swap.surgery import persist as persist_module
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -374,7 +374,7 @@ def test_a_full_disk_during_a_checkpoint_write(
     assert _run(capsys, "finetune", "demo", "--out", str(out), *_overrides(TINY_NET))[0] == 0
     saved = (out / "checkpoints" / "last.pt").read_bytes()
     assert len(saved) > _FullDisk.room
-    monkeypatch.setattr(checkpoint_module, "open", _FullDisk, raising=False)
+    monkeypatch.setattr(persist_module, "open", _FullDisk, raising=False)  # where every atomic write opens
     status, _, err = _run(
         capsys, "finetune", "demo", "--out", str(out), "--resume", *_overrides(TINY_NET + ["train.max_steps=2"])
     )
