@@ -14,6 +14,8 @@ float32 rounding of normalised coordinates (``~W * 2**-24`` pixels), so zero off
 * a choice of ``anchor`` (where zero offsets sample) so a swapped network starts out
   computing exactly what it computed before,
 * ``groups_fallback`` for channel counts that the groups do not divide,
+* a choice of ``sampler``: the compiled CPU kernel, the Triton kernel for GPUs (``"triton"``),
+  or the pure-PyTorch ones,
 * float32 sampling coordinates under autocast, channels_last inputs, and export
   through fx, ``torch.export``, ONNX (dynamic height/width) and ``torch.compile``.
 
@@ -35,7 +37,7 @@ from torch import Tensor, nn
 
 from dysample_swap import _torch_compat
 from dysample_swap.upsamplers.dysample import native
-from dysample_swap.upsamplers.dysample.sampling import POSITIONS, check_anchor, dysample
+from dysample_swap.upsamplers.dysample.sampling import POSITIONS, SAMPLERS, check_anchor, dysample
 from dysample_swap.upsamplers.dysample.variants import variant_name, variant_settings
 
 # The sampler shows up as one leaf call in fx graphs: its shape arithmetic runs at run time.
@@ -115,6 +117,11 @@ class DySample(nn.Module):
             ``nn.Upsample(size=...)`` / ``nn.Upsample(scale_factor=...)`` would (at most one of
             them; default: ``scale`` times the input). This makes a DySample a drop-in for an
             ``nn.Upsample`` layer that a framework calls as ``layer(x)``.
+        sampler: which implementation reads the features, one of
+            :data:`~dysample_swap.upsamplers.dysample.sampling.SAMPLERS`: ``"auto"`` (the compiled
+            kernel on the CPU, the pure-PyTorch samplers elsewhere), ``"native"``, ``"triton"`` (GPUs;
+            deterministic input gradients under ``torch.use_deterministic_algorithms(True)``),
+            ``"sparse"``, ``"gather"`` or ``"reference"``. All compute the same read.
 
     Shapes:
         ``x``: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``.
@@ -140,6 +147,7 @@ class DySample(nn.Module):
         positions: str = "grid",
         size: int | Sequence[int] | None = None,
         scale_factor: float | Sequence[float] | None = None,
+        sampler: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
@@ -163,6 +171,9 @@ class DySample(nn.Module):
         if positions not in POSITIONS:
             raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
         self.positions = positions
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        self.sampler = sampler
         self.offset_init_std = offset_init_std
         self.size = size
         self.scale_factor = scale_factor
@@ -254,9 +265,14 @@ class DySample(nn.Module):
             size,
             scale_factor,
             self.anchor,
+            sampler=self.sampler,
             positions=self.positions,
             init_pos=cast(Tensor, self.init_pos),
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("sampler", "auto")  # pickled before DySample had a sampler argument
+        super().__setstate__(state)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
@@ -275,6 +291,7 @@ class DySample(nn.Module):
                 f"style={self.style}, scope={scope}, anchor={self.anchor}"
             )
             + (f", positions={self.positions}" if self.positions != "grid" else "")
+            + (f", sampler={self.sampler}" if self.sampler != "auto" else "")
             + "".join(
                 f", {k}={v}" for k, v in (("size", self.size), ("scale_factor", self.scale_factor)) if v is not None
             )

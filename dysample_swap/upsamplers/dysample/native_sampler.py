@@ -51,13 +51,13 @@ class AxisTables:
     block (rows: ``i*s*H*W + h*W`` for sub-pixel cell ``(h, i)``; columns: ``j*H*W + w``).
     ``anchor``: the anchor's input index (mode ``"exact"``; zeros for ``"grid"``). ``fraction``: the
     anchor's fraction (``"exact"``) or its position with pixel centres at ``k + 0.5`` (``"grid"``).
-    ``cell_start`` (rows only): output rows ``cell_start[r]:cell_start[r+1]`` take offsets from row cell ``r``.
+    ``cell_start``: output indices ``cell_start[r]:cell_start[r+1]`` take offsets from cell ``r`` of the axis.
     """
 
     offset_at: Tensor
     anchor: Tensor
     fraction: Tensor
-    cell_start: Tensor | None = None
+    cell_start: Tensor
 
 
 def axis_tables(
@@ -79,7 +79,7 @@ def axis_tables(
         cells = torch.arange(out_len, dtype=torch.float64).mul(scale * in_len / out_len).floor().long()
     whole, sub = cells // scale, cells % scale
     offset_at = (sub * (scale * plane if rows else plane) + whole * stride).contiguous()
-    cell_start = torch.searchsorted(cells, torch.arange(scale * in_len + 1)).contiguous() if rows else None
+    cell_start = torch.searchsorted(cells, torch.arange(scale * in_len + 1)).contiguous()
     return AxisTables(offset_at, anchor.to(torch.int64).contiguous(), fraction.contiguous(), cell_start)
 
 

@@ -74,7 +74,8 @@ import logging
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any, cast
 
 import torch
@@ -82,8 +83,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dysample_swap import _torch_compat
-from dysample_swap.upsamplers.dysample import native
-from dysample_swap.upsamplers.dysample.native_sampler import axis_tables, native_sample, supports
+from dysample_swap.upsamplers.dysample import native, triton_sampler
+from dysample_swap.upsamplers.dysample.native_sampler import AxisTables, axis_tables, native_sample, supports
 
 logger = logging.getLogger("dysample_swap")
 
@@ -94,7 +95,7 @@ POSITIONS: tuple[str, ...] = ("grid", "exact", "authors")
 """Valid values of ``positions``: ``grid_sample``'s normalised coordinates (default, fast), index plus
 fraction (exact at zero offsets at every size), or the authors' module exactly."""
 
-SAMPLERS: tuple[str, ...] = ("auto", "native", "sparse", "gather", "reference")
+SAMPLERS: tuple[str, ...] = ("auto", "native", "triton", "sparse", "gather", "reference")
 """Valid values of ``sampler``: ``"auto"`` picks ``"native"``, else ``"sparse"`` or ``"gather"``, where they apply
 (module docstring)."""
 
@@ -397,26 +398,10 @@ def dysample_sample(
     if positions != "exact":
         raise ValueError(f"unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
     sf_h, sf_w = factors if factors is not None else (None, None)
-    if _use_native(x, offset, sampler):
-        rows = axis_tables(
-            height,
-            out_h,
-            scale,
-            width,
-            height * width,
-            *anchor_index(height, out_h, anchor, sf_h, coord_dtype, x.device),
-            rows=True,
-        )
-        cols = axis_tables(
-            width,
-            out_w,
-            scale,
-            1,
-            height * width,
-            *anchor_index(width, out_w, anchor, sf_w, coord_dtype, x.device),
-            rows=False,
-        )
-        return native_sample(x, offset, rows, cols, scale, groups, out_h, out_w, "exact")
+    kernel = _kernel(x, offset, sampler)
+    if kernel is not None:
+        rows, cols = _kernel_tables(x, (height, width), (out_h, out_w), scale, factors, anchor, "exact", coord_dtype)
+        return kernel(x, offset, rows, cols, scale, groups, out_h, out_w, "exact")
 
     plane_x, plane_y = _offset_planes(
         offset, n, groups, scale, height, width, out_h, out_w, native=factors == (float(scale), float(scale))
@@ -469,26 +454,75 @@ def _grid_sample(
 ) -> Tensor:
     """``positions="grid"``: the anchor position plus the offset, read by ``grid_sample`` (border padding)."""
     n, channels, height, width = x.shape
+    kernel = _kernel(x, offset, sampler)
+    if kernel is not None:
+        rows, cols = _kernel_tables(x, (height, width), (out_h, out_w), scale, factors, anchor, "grid", offset.dtype)
+        return kernel(x, offset, rows, cols, scale, groups, out_h, out_w, "grid")
     sf_h, sf_w = factors if factors is not None else (None, None)
-    index_x, fraction_x = anchor_index(width, out_w, anchor, sf_w, offset.dtype, x.device)
-    index_y, fraction_y = anchor_index(height, out_h, anchor, sf_h, offset.dtype, x.device)
-    base_x = (index_x.to(offset.dtype) + fraction_x).add(0.5)  # pixel centres at k + 0.5
-    base_y = (index_y.to(offset.dtype) + fraction_y).add(0.5)
-    if _use_native(x, offset, sampler):
-        return _native_grid(x, offset, scale, groups, base_y, base_x)
+    base_x = _grid_base(width, out_w, anchor, sf_w, offset.dtype, x.device)
+    base_y = _grid_base(height, out_h, anchor, sf_h, offset.dtype, x.device)
     plane_x, plane_y = _offset_planes(
         offset, n, groups, scale, height, width, out_h, out_w, native=factors == (float(scale), float(scale))
     )
     return _read_grid(x, plane_x, plane_y, base_x, base_y, groups)
 
 
-def _native_grid(x: Tensor, offset: Tensor, scale: int, groups: int, base_y: Tensor, base_x: Tensor) -> Tensor:
-    """The kernel's ``"grid"`` mode at anchor positions ``base_y`` / ``base_x`` (pixel centres at ``k + 0.5``)."""
-    height, width = x.shape[2:]
-    zeros_y, zeros_x = (torch.zeros(len(base), dtype=torch.int64) for base in (base_y, base_x))
-    rows = axis_tables(height, len(base_y), scale, width, height * width, zeros_y, base_y, rows=True)
-    cols = axis_tables(width, len(base_x), scale, 1, height * width, zeros_x, base_x, rows=False)
-    return native_sample(x, offset, rows, cols, scale, groups, len(base_y), len(base_x), "grid")
+def _grid_base(
+    in_len: int, out_len: int, anchor: str, scale_factor: float | None, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """The anchor's read positions along one axis with pixel centres at ``k + 0.5`` (``"grid"`` positions)."""
+    index, fraction = anchor_index(in_len, out_len, anchor, scale_factor, dtype, device)
+    return (index.to(dtype) + fraction).add(0.5)
+
+
+def _authors_base(in_len: int, scale: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The authors' cell centres along one axis: output ``s*k + i`` starts at ``k + 0.5`` (``init_pos`` adds the rest)."""
+    return torch.arange(in_len, dtype=dtype, device=device).add(0.5).repeat_interleave(scale)
+
+
+_TABLES_CACHE: dict[tuple, tuple[AxisTables, AxisTables]] = {}
+
+
+def _kernel_tables(
+    x: Tensor,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    scale: int,
+    factors: tuple[float, float] | None,
+    anchor: str,
+    mode: str,
+    dtype: torch.dtype,
+) -> tuple[AxisTables, AxisTables]:
+    """The compiled samplers' row and column tables on ``x``'s device, for ``mode`` ``"exact"``, ``"grid"`` or
+    ``"authors"`` (read in the kernels' ``"grid"`` mode). Eager calls keep the last few in a cache: building them
+    takes a dozen small operations, which on a GPU cost more than the sampling itself."""
+    key = (in_size, out_size, scale, factors, anchor, mode, dtype, x.device)
+    cached = None if _tracing() else _TABLES_CACHE.get(key)
+    if cached is not None:
+        return cached
+    (height, width), (out_h, out_w) = in_size, out_size
+    sf_h, sf_w = factors if factors is not None else (None, None)
+    if mode == "exact":
+        row_anchor, row_fraction = anchor_index(height, out_h, anchor, sf_h, dtype, x.device)
+        col_anchor, col_fraction = anchor_index(width, out_w, anchor, sf_w, dtype, x.device)
+    else:
+        if mode == "authors":
+            row_fraction, col_fraction = (_authors_base(n, scale, dtype, x.device) for n in (height, width))
+        else:
+            row_fraction = _grid_base(height, out_h, anchor, sf_h, dtype, x.device)
+            col_fraction = _grid_base(width, out_w, anchor, sf_w, dtype, x.device)
+        row_anchor, col_anchor = (
+            torch.zeros(len(f), dtype=torch.int64, device=x.device) for f in (row_fraction, col_fraction)
+        )
+    rows = axis_tables(height, out_h, scale, width, height * width, row_anchor, row_fraction, rows=True)
+    cols = axis_tables(width, out_w, scale, 1, height * width, col_anchor, col_fraction, rows=False)
+    if x.device.type != "cpu":
+        rows, cols = (AxisTables(*(getattr(t, f.name).to(x.device) for f in fields(t))) for t in (rows, cols))
+    if not _tracing():
+        if len(_TABLES_CACHE) >= 64:
+            _TABLES_CACHE.clear()
+        _TABLES_CACHE[key] = rows, cols
+    return rows, cols
 
 
 def _read_grid(x: Tensor, plane_x: Tensor, plane_y: Tensor, base_x: Tensor, base_y: Tensor, groups: int) -> Tensor:
@@ -518,10 +552,12 @@ def _authors_sample(x: Tensor, offset: Tensor, scale: int, groups: int, sampler:
     """The authors' sampler: output pixel ``(s*h+i, s*w+j)`` reads ``(w + 0.5 + offset, h + 0.5 + offset)``
     through ``grid_sample``'s normalised coordinates ``2 * p / size - 1`` (``offset`` includes ``init_pos``)."""
     n, _, height, width = x.shape
-    base_y = torch.arange(height, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
-    base_x = torch.arange(width, dtype=offset.dtype, device=x.device).add(0.5).repeat_interleave(scale)
-    if _use_native(x, offset, sampler):
-        return _native_grid(x, offset, scale, groups, base_y, base_x)
+    kernel = _kernel(x, offset, sampler)
+    if kernel is not None:
+        native = (scale * height, scale * width)
+        rows, cols = _kernel_tables(x, (height, width), native, scale, None, "bilinear", "authors", offset.dtype)
+        return kernel(x, offset, rows, cols, scale, groups, *native, "grid")
+    base_y, base_x = (_authors_base(length, scale, offset.dtype, x.device) for length in (height, width))
     plane_x, plane_y = _offset_planes(
         offset, n, groups, scale, height, width, scale * height, scale * width, native=True
     )
@@ -564,6 +600,20 @@ def _exporting() -> bool:
 def _tracing() -> bool:
     """Whether a tracer, compiler or exporter records this call (they get the pure-PyTorch formulation)."""
     return _exporting() or torch.compiler.is_compiling()
+
+
+def _kernel(x: Tensor, offset: Tensor, sampler: str) -> Callable[..., Tensor] | None:
+    """The compiled sampler to run, if any: ``"triton"`` (or an error saying why it cannot), else the CPU kernel
+    where :func:`_use_native` takes it."""
+    if sampler == "triton":
+        unsupported = triton_sampler.supports(x, offset)
+        if unsupported is not None:
+            raise ValueError(
+                f"sampler='triton' runs CUDA tensors (CPU tensors under TRITON_INTERPRET=1) of the dtypes "
+                f"{', '.join(str(d) for d in triton_sampler.DTYPES)}, not {unsupported}; use sampler='auto'"
+            )
+        return triton_sampler.triton_sample
+    return native_sample if _use_native(x, offset, sampler) else None
 
 
 def _use_native(x: Tensor, offset: Tensor, sampler: str) -> bool:
