@@ -90,12 +90,14 @@ def test_float64_features_keep_float64_positions() -> None:
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
 
 
-def test_zero_offsets_read_what_interpolate_reads() -> None:
-    x = torch.randn(1, 4, 5, 7, device=DEVICE)
-    offset = torch.zeros(1, 2 * 2 * 4, 5, 7, device=DEVICE)
+@pytest.mark.parametrize("shape, size", [((5, 7), (9, 13)), ((61, 47), (122, 94))])
+def test_zero_offsets_read_what_interpolate_reads(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    """Also at 61 -> 122, where a step divided through CUDA's reciprocal (61 * (1/122) != 0.5) reads other pixels."""
+    x = torch.randn(1, 4, *shape, device=DEVICE)
+    offset = torch.zeros(1, 2 * 2 * 4, *shape, device=DEVICE)
     for anchor, mode in (("bilinear", "bilinear"), ("nearest", "nearest")):
-        got = dysample_sample(x, offset, 2, 2, size=(9, 13), anchor=anchor, positions="exact", sampler="triton")
-        want = torch.nn.functional.interpolate(x, size=(9, 13), mode=mode)
+        got = dysample_sample(x, offset, 2, 2, size=size, anchor=anchor, positions="exact", sampler="triton")
+        want = torch.nn.functional.interpolate(x, size=size, mode=mode)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
@@ -228,3 +230,27 @@ def test_the_sampler_says_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> None
         dysample_sample(x, offset, 2, 2, sampler="triton")
     with pytest.raises(ValueError, match="unknown sampler 'cuda'"):
         DySample(4, groups=1, sampler="cuda")
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_dry(tmp_path) -> None:
+    """``benchmarks/bench_gpu.py --dry-run``: every section at tiny sizes through the interpreter, figures written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu.py"
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), "--dry-run", "--json", str(out)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert len(results["modules"]) == 2 * 2 * 2 * 5  # workloads x precisions x passes x arms (eager)
+    assert max(results["exactness"].values()) < 1e-5
+    assert all(entry["bit_identical"] for entry in results["deterministic"].values())
+    arms = {"original", "swapped grid_sample", "swapped gather", "swapped auto"}
+    assert {key.split("|")[1] for key in results["models"]} == arms
+    assert "| triton exact |" in done.stdout

@@ -119,8 +119,9 @@ class DySample(nn.Module):
             ``nn.Upsample`` layer that a framework calls as ``layer(x)``.
         sampler: which implementation reads the features, one of
             :data:`~dysample_swap.upsamplers.dysample.sampling.SAMPLERS`: ``"auto"`` (the compiled
-            kernel on the CPU, the pure-PyTorch samplers elsewhere), ``"native"``, ``"triton"`` (GPUs;
-            deterministic input gradients under ``torch.use_deterministic_algorithms(True)``),
+            kernel on the CPU, the Triton one on GPUs for ``positions="exact"``, see the sampling module),
+            ``"native"``, ``"triton"`` (GPUs; deterministic input gradients under
+            ``torch.use_deterministic_algorithms(True)``),
             ``"sparse"``, ``"gather"`` or ``"reference"``. All compute the same read.
 
     Shapes:

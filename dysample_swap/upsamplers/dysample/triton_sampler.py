@@ -44,6 +44,7 @@ from dysample_swap.upsamplers.dysample.native_sampler import MODES, AxisTables
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """The feature dtypes the Triton sampler takes (the interpreter has no bfloat16)."""
 
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once: torch.compile cannot trace it
 _BLOCK = 128  # output pixels per program
 _BLOCK_C = 32  # channels per program of the deterministic input gradient
 
@@ -60,7 +61,7 @@ def supports(x: Tensor, offset: Tensor) -> str | None:
         >>> supports(torch.zeros(1, 1, 2, 2, dtype=torch.int32), torch.zeros(1, 8, 2, 2)) is not None
         True
     """
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return "a PyTorch install without triton"
     if x.device.type == "cpu" and not interpreting():
         return "cpu tensors without TRITON_INTERPRET=1"
@@ -211,7 +212,7 @@ def _sample_backward_op(
             BLOCK=_BLOCK,
         )
     if need_offset:
-        spans = (int((starts[1:] - starts[:-1]).max()) for starts in (row_cell_start, col_cell_start))
+        spans = (_span(out_h, scale * height), _span(out_w, scale * width))
         cells = scale * scale * height * width
         kernels.cell_reduce_kernel[(2 * slices, -(-cells // _BLOCK))](
             grad_pos,
@@ -224,13 +225,19 @@ def _sample_backward_op(
             width,
             out_h,
             out_w,
-            SPAN_H=next(spans),
-            SPAN_W=next(spans),
+            SPAN_H=spans[0],
+            SPAN_W=spans[1],
             BLOCK=_BLOCK,
         )
     if need_x and deterministic:
         _deterministic_grad_x(grad, offset, grad_x, tables, groups, cg, height, width, out_h, out_w, block, mode)
     return grad_x.to(x.dtype), grad_offset
+
+
+def _span(out_len: int, cells: int) -> int:
+    """The most output indices that share one offset cell of an axis (``axis_tables``' ``floor(o * cells / out_len)``)."""
+    whole, rest = divmod(out_len, cells)
+    return max(whole + (rest > 0), 1)
 
 
 def _deterministic_grad_x(
