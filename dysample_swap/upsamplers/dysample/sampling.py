@@ -43,7 +43,8 @@ The samplers that compute the read (:data:`SAMPLERS`):
   for CUDA tensors (float16, bfloat16, float32, float64), with deterministic input gradients while
   ``torch.are_deterministic_algorithms_enabled()``. ``"auto"`` takes it for eager CUDA tensors with
   ``positions="exact"``, and for ``"grid"`` positions while deterministic algorithms are on (``grid_sample``'s
-  CUDA backward has none); otherwise ``grid_sample`` stays, which is faster there (``benchmarks/bench_gpu.py``).
+  CUDA backward has none); otherwise ``grid_sample`` stays there, the authors' arithmetic bit for bit (the
+  Triton read is faster, ``benchmarks/bench_gpu.py``, and agrees to float rounding).
 * ``"reference"``: the pure-PyTorch path: ``grid_sample`` for ``positions="grid"``, the gathers of
   :func:`reference_sample` for ``"exact"``.
 
@@ -626,9 +627,10 @@ def _kernel(x: Tensor, offset: Tensor, sampler: str, positions: str) -> Callable
 
 def _auto_triton(x: Tensor, offset: Tensor, positions: str) -> bool:
     """Whether ``"auto"`` runs the Triton sampler: eager CUDA tensors with ``positions="exact"`` (on an H200 it is
-    6-7x faster than the gathers it replaces, with a tenth of their memory), and with the ``grid_sample`` positions
+    10x faster than the gathers it replaces, with a tenth of their memory), and with the ``grid_sample`` positions
     while deterministic algorithms are on (``grid_sample``'s CUDA backward has no deterministic implementation).
-    Elsewhere ``grid_sample`` (faster there) and, under ``torch.compile``, the pure-PyTorch formulation stay."""
+    Elsewhere ``grid_sample`` (the authors' arithmetic bit for bit) and, under ``torch.compile``, the pure-PyTorch
+    formulation stay."""
     if x.device.type != "cuda" or _tracing():
         return False
     if positions != "exact" and not torch.are_deterministic_algorithms_enabled():

@@ -225,10 +225,10 @@ def backward_kernel(
             acc_x += grad * (gy * (v01 - v00) + fy * (v11 - v10))
             acc_y += grad * (gx * (v10 - v00) + fx * (v11 - v01))
         if ATOMIC:
-            tl.atomic_add(grad_plane + i00, grad * (gy * gx), mask=mask)
-            tl.atomic_add(grad_plane + i01, grad * (gy * fx), mask=mask)
-            tl.atomic_add(grad_plane + i10, grad * (fy * gx), mask=mask)
-            tl.atomic_add(grad_plane + i11, grad * (fy * fx), mask=mask)
+            tl.atomic_add(grad_plane + i00, grad * (gy * gx), mask=mask, sem="relaxed")
+            tl.atomic_add(grad_plane + i01, grad * (gy * fx), mask=mask, sem="relaxed")
+            tl.atomic_add(grad_plane + i10, grad * (fy * gx), mask=mask, sem="relaxed")
+            tl.atomic_add(grad_plane + i11, grad * (fy * fx), mask=mask, sem="relaxed")
         plane += hw
         grad_plane += hw
         row += n_out
