@@ -23,7 +23,6 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,8 +30,11 @@ import torch.nn as nn
 
 from dysample_swap.integrations import is_ultralytics_model
 from dysample_swap.surgery.example_inputs import first_conv_channels
+from dysample_swap.surgery.persist import replay
+from dysample_swap.surgery.record import check_entries, swap_record
+from dysample_swap.surgery.report import history
 from dysample_swap.surgery.sites import join_path
-from dysample_swap.surgery.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_report, swap_upsamplers
+from dysample_swap.surgery.swap import REPORT_ATTRIBUTE, SwapReport, framework_swap, swap_upsamplers
 
 DEFAULT_VARIANT = "dysample+"
 """The variant :func:`swap_yolo` uses when none is given and the network is not swapped yet."""
@@ -70,60 +72,10 @@ def default_yolo_input(network: nn.Module) -> torch.Tensor:
     return torch.rand(1, channels, side, side, generator=generator).to(first.device, first.dtype)
 
 
-@dataclass(frozen=True)
-class _Step:
-    """One ``swap_upsamplers`` call, replayable on a freshly built copy of the network.
-
-    The copy is swapped at exactly the recorded sites (``include`` lists their paths, so the
-    recorded ``include``/``exclude`` predicates are not needed again), with the other options as given.
-    """
-
-    variant: str
-    policy: dict[str, Any]
-    image_size: tuple[int, ...]
-    sites: tuple[tuple[str, int], ...]  # (path, in_channels) of each swapped site
-    modules: tuple[str, ...]  # paths of the new modules
-
-    @classmethod
-    def from_report(cls, report: SwapReport) -> _Step:
-        inputs = report.inputs or []
-        if len(inputs) != 1 or len(inputs[0].get("tensor", ())) != 4:
-            raise ValueError(
-                f"the swap was discovered on {report.inputs!r}; an ultralytics network "
-                "takes one image tensor (N, C, H, W)"
-            )
-        sites = tuple((d.path, d.in_channels) for d in report.swapped)
-        policy = {k: v for k, v in report.policy.items() if k not in ("verbose", "include", "exclude")}
-        policy["include"] = list(dict.fromkeys(path for path, _ in sites))
-        modules = tuple(dict.fromkeys(join_path(d.owner, d.replacement) for d in report.swapped))
-        return cls(report.variant, policy, tuple(inputs[0]["tensor"][2:]), sites, modules)
-
-    def apply(self, network: nn.Module) -> SwapReport:
-        """Swap ``network`` (a freshly built copy) and check that the same sites were swapped."""
-        first = next(network.parameters())
-        channels = first_conv_channels(network) or 3
-        generator = torch.Generator().manual_seed(0)
-        x = torch.rand(1, channels, *self.image_size, generator=generator).to(first.device, first.dtype)
-        with framework_swap():
-            swap_upsamplers(network, self.variant, (x,), **self.policy, verbose=False)
-        report = swap_report(network)
-        got = tuple((d.path, d.in_channels) for d in report.swapped)
-        if got != self.sites:
-            raise RuntimeError(
-                f"dysample_swap: the trainer's network swapped at {list(got)}, but the "
-                f"swapped YOLO network has new modules at {list(self.sites)} (path, "
-                "channels); the network ultralytics rebuilt differs from the one that was swapped"
-            )
-        return report
-
-
-def _recipe(report: SwapReport | None) -> list[_Step]:
-    """The swaps of a network, oldest first (``swap_upsamplers`` may have been called more than once)."""
-    steps: list[_Step] = []
-    while report is not None:
-        steps.insert(0, _Step.from_report(report))
-        report = report.previous
-    return steps
+def _swaps(network: nn.Module) -> list[dict[str, Any]]:
+    """The swap record's entries of a swapped network, checked as replayable (a clear ``ValueError`` if not)."""
+    record = swap_record(network)
+    return check_entries(record["swaps"] if record is not None else [], "this YOLO network's swap")
 
 
 def _weights_module(weights: Any) -> nn.Module | None:
@@ -154,8 +106,8 @@ def _carry_new_module_weights(network: nn.Module, weights: Any, modules: list[st
     return len(carried)
 
 
-def _swapping_get_model(get_model: Callable[..., nn.Module], recipe: list[_Step]) -> Callable[..., nn.Module]:
-    """Wrap a trainer's bound ``get_model``: the network it returns is swapped by ``recipe``."""
+def _swapping_get_model(get_model: Callable[..., nn.Module], swaps: list[dict[str, Any]]) -> Callable[..., nn.Module]:
+    """Wrap a trainer's bound ``get_model``: the network it returns gets the recorded ``swaps`` replayed."""
     signature = inspect.signature(get_model)
 
     @functools.wraps(get_model)
@@ -164,14 +116,16 @@ def _swapping_get_model(get_model: Callable[..., nn.Module], recipe: list[_Step]
 
         network = get_model(*args, **kwargs)
         weights = signature.bind(*args, **kwargs).arguments.get("weights")
-        for step in recipe:
-            report = step.apply(network)
-            carried = _carry_new_module_weights(network, weights, list(step.modules))
-            LOGGER.info(
-                f"dysample_swap: {len(report.swapped)} upsampling sites of the trainer's network "
-                f"swapped for {step.variant} (+{report.parameters_added:,} parameters); "
-                f"{carried} of their tensors carried over from the weights"
-            )
+        with framework_swap():
+            replay(network, swaps, "the trainer's network (rebuilt by ultralytics from its YAML)")
+        reports = history(network)
+        modules = [join_path(d.owner, d.replacement) for report in reports for d in report.swapped]
+        carried = _carry_new_module_weights(network, weights, list(dict.fromkeys(modules)))
+        LOGGER.info(
+            f"dysample_swap: {sum(len(r.swapped) for r in reports)} upsampling sites of the trainer's network "
+            f"swapped for {', '.join(r.variant for r in reports)} (+{sum(r.parameters_added for r in reports):,} "
+            f"parameters); {carried} of their tensors carried over from the weights"
+        )
         return network
 
     return get_model_swapped
@@ -181,21 +135,21 @@ class KeepSwapInTraining:
     """The ``on_pretrain_routine_start`` callback that :func:`swap_yolo` adds to a ``YOLO`` object.
 
     Each trainer runs it before building its network. It wraps that trainer's ``get_model`` so the
-    network it builds is swapped like the ``YOLO`` object's and gets the swapped layers' weights
-    from ``weights`` where they fit. It refuses multi-GPU DDP runs (see the module docstring).
+    network it builds gets the ``YOLO`` object's swap record replayed (the same sites, checked) and
+    the swapped layers' weights from ``weights`` where they fit. It refuses multi-GPU DDP runs (see the module docstring).
 
     Example:
-        >>> KeepSwapInTraining([]).recipe
+        >>> KeepSwapInTraining([]).swaps
         []
     """
 
-    def __init__(self, recipe: list[_Step]) -> None:
-        self.recipe = recipe
+    def __init__(self, swaps: list[dict[str, Any]]) -> None:
+        self.swaps = swaps
 
     def __call__(self, trainer: Any) -> None:
         if trainer.world_size > 1:
             raise RuntimeError(DDP_MESSAGE)
-        trainer.get_model = _swapping_get_model(trainer.get_model, self.recipe)
+        trainer.get_model = _swapping_get_model(trainer.get_model, self.swaps)
 
 
 def _check_reattach(report: SwapReport, variant: str | None, example_inputs: Any, policy: dict[str, Any]) -> None:
@@ -257,9 +211,8 @@ def swap_yolo(yolo: Any, variant: str | None = None, example_inputs: Any = None,
         inputs = example_inputs if example_inputs is not None else (default_yolo_input(network),)
         with framework_swap():
             swap_upsamplers(network, variant or DEFAULT_VARIANT, inputs, **policy)
-        report = swap_report(network)
     event = "on_pretrain_routine_start"
     yolo.callbacks[event] = [c for c in yolo.callbacks[event] if not isinstance(c, KeepSwapInTraining)]
-    yolo.add_callback(event, KeepSwapInTraining(_recipe(report)))
+    yolo.add_callback(event, KeepSwapInTraining(_swaps(network)))
     yolo.predictor = None  # predict() sets its network up again (ultralytics does the same after load())
     return yolo

@@ -47,7 +47,14 @@ import torch.nn as nn
 
 from dysample_swap.surgery.example_inputs import make_inputs
 from dysample_swap.surgery.model_spec import build_model
-from dysample_swap.surgery.record import RecordError, check_entries, check_record, class_name, swap_record
+from dysample_swap.surgery.record import (
+    RecordError,
+    check_entries,
+    check_record,
+    class_name,
+    replay_policy,
+    swap_record,
+)
 from dysample_swap.surgery.swap import swap_report, swap_upsamplers
 from dysample_swap.version import __version__
 
@@ -55,15 +62,15 @@ FORMAT = "dysample_swap.swapped/2"
 """The ``format`` value :func:`save_swapped` writes."""
 
 _READABLE = ("dysample_swap.swapped/1", FORMAT)  # /1: a spec was required, one swap, no "class"
-_ENTRY_KEYS = ("class", "variant", "policy", "inputs", "not_replayable")
+_ENTRY_KEYS = ("class", "variant", "policy", "inputs", "sites", "not_replayable")
 
 
 def recipe_of(model: nn.Module, model_spec: str | None = None) -> dict[str, Any]:
     """The recipe that rebuilds ``model`` (a ``swap_upsamplers`` result, built from ``model_spec`` if given).
 
     Raises:
-        ValueError: ``model`` was not swapped, or a swap of it cannot be re-applied (a predicate in
-            ``include``/``exclude``, example inputs that are not tensors).
+        ValueError: ``model`` was not swapped, or a swap of it cannot be re-applied (example inputs that
+            are not tensors).
 
     Example:
         >>> from dysample_swap.surgery.model_spec import build_model
@@ -210,9 +217,14 @@ def replay(model: nn.Module, swaps: list[dict[str, Any]], where: str) -> None:
                 f"{class_name(model)}; pass a freshly built {saved_class.rpartition('.')[2]} "
                 "with the same constructor arguments"
             )
-        swap_upsamplers(
-            model, entry["variant"], _inputs_for(model, entry["inputs"]), **{**entry["policy"], "verbose": False}
-        )
+        swap_upsamplers(model, entry["variant"], _inputs_for(model, entry["inputs"]), **replay_policy(entry))
+        swapped = [[d.path, d.in_channels] for d in swap_report(model).swapped]
+        if "sites" in entry and swapped != entry["sites"]:
+            raise ValueError(
+                f"{where}: re-applying its {entry['variant']} swap swapped {swapped} (path, channels), but it "
+                f"records {entry['sites']}: the model given differs from the one that was swapped; build it with "
+                "the constructor arguments it was saved with"
+            )
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str, *, rebuilt: bool) -> None:

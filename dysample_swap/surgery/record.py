@@ -15,12 +15,16 @@ Layout::
 
     {"format": "dysample_swap.record/1", "version": "0.1.0",
      "swaps": [{"class": "pkg.module.Class", "variant": "dysample+",
-                "policy": {...}, "inputs": [{"tensor": [1, 3, 64, 64]}]}, ...]}
+                "policy": {...}, "inputs": [{"tensor": [1, 3, 64, 64]}],
+                "sites": [["decoder.up", 256], ...]}, ...]}
 
-One entry per ``swap_upsamplers`` call on the model, in order. A swap that cannot be replayed
-(a predicate in ``include``/``exclude``, example inputs that are not tensors) is recorded with a
-``"not_replayable"`` reason instead of ``policy``/``inputs``, so that saving still works and
-reloading says what to change.
+One entry per ``swap_upsamplers`` call on the model, in order. ``sites`` are the per-site decisions:
+the ``(path, channels)`` of every swapped site. Replay swaps exactly those paths (they replace the
+recorded ``include``/``exclude``, so a swap selected by a predicate replays too) and checks that it
+swapped the same sites (records written before 0.2 have no ``sites``; their policy is replayed as
+saved). A swap that cannot be replayed (a predicate in ``include``/``exclude`` of a record without
+sites, example inputs that are not tensors) is recorded with a ``"not_replayable"`` reason instead
+of ``policy``/``inputs``, so that saving still works and reloading says what to change.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -52,6 +56,9 @@ _JSON_SCALARS = (str, bool, int, float, type(None))
 
 MAX_SWAPS = 64
 """The most swap entries a record read from a file may hold."""
+
+MAX_SITES = 10_000
+"""The most swapped sites one recorded swap may list."""
 
 MAX_INPUT_VALUES = 2**26
 """The most values (64 Mi: 256 MiB of float32) the example inputs of one recorded swap may describe.
@@ -115,18 +122,55 @@ def swap_entry(model: nn.Module, report: Any) -> dict[str, Any]:
         'its example inputs are not tensors or lists of tensors; swap with example_inputs=(tensor, ...)'
     """
     entry: dict[str, Any] = {"class": class_name(model), "variant": report.variant}
-    try:
-        entry["policy"] = saveable_policy(report.policy)
-    except ValueError as exc:
-        entry["not_replayable"] = str(exc)
-        return entry
     if report.inputs is None:
         entry["not_replayable"] = (
             "its example inputs are not tensors or lists of tensors; swap with example_inputs=(tensor, ...)"
         )
         return entry
+    selection = {k: v for k, v in report.policy.items() if k not in ("include", "exclude")}  # the sites say it
+    try:
+        entry["policy"] = saveable_policy(selection)
+    except ValueError as exc:
+        entry["not_replayable"] = str(exc)
+        return entry
     entry["inputs"] = copy.deepcopy(report.inputs)
+    entry["sites"] = [[d.path, d.in_channels] for d in report.swapped]
     return entry
+
+
+class RecordedSites:
+    """The ``include`` of a replay: exactly the sites at the recorded paths (a path selector would also take
+    the sites under a path, and a glob would read ``*`` or ``[`` in a module name).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> include = RecordedSites(["up", "head.up"])
+        >>> include(SimpleNamespace(path="head.up")), include(SimpleNamespace(path="head.up.inner"))
+        (True, False)
+    """
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = frozenset(paths)
+
+    def __call__(self, site: Any) -> bool:
+        return site.path in self.paths
+
+    def __repr__(self) -> str:
+        return f"RecordedSites({sorted(self.paths)})"
+
+
+def replay_policy(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``swap_upsamplers`` options that re-apply a checked record ``entry``: its policy, with ``include``
+    the recorded sites (:class:`RecordedSites`) when it lists them.
+
+    Example:
+        >>> replay_policy({"policy": {"init": "paper"}, "sites": [["up", 8], ["head.up", 4]]})
+        {'init': 'paper', 'include': RecordedSites(['head.up', 'up']), 'verbose': False}
+    """
+    policy = dict(entry["policy"])
+    if "sites" in entry:
+        policy["include"] = RecordedSites([path for path, _ in entry["sites"]])
+    return {**policy, "verbose": False}
 
 
 def _write_framework_record(model: nn.Module, record: dict[str, Any] | None) -> None:
@@ -260,7 +304,7 @@ def check_entry(entry: Any, what: str) -> dict[str, Any]:
     """
     if not isinstance(entry, dict):
         raise RecordError(f"{what}: {entry!r:.80} is not a dict")
-    unknown = sorted(set(entry) - {"class", "variant", "policy", "inputs", "not_replayable"})
+    unknown = sorted(set(entry) - {"class", "variant", "policy", "inputs", "sites", "not_replayable"})
     if unknown:
         raise RecordError(f"{what}: unknown keys {unknown}")
     if "class" in entry and not (isinstance(entry["class"], str) and len(entry["class"]) <= 500):
@@ -279,7 +323,24 @@ def check_entry(entry: Any, what: str) -> dict[str, Any]:
             raise RecordError(f"{what}: no {key!r}")
     _check_policy(entry["policy"], what)
     _check_inputs(entry["inputs"], what)
+    if "sites" in entry:
+        _check_sites(entry["sites"], what)
     return entry
+
+
+def _check_sites(sites: Any, what: str) -> None:
+    if not isinstance(sites, list) or len(sites) > MAX_SITES:
+        raise RecordError(f"{what}: sites {sites!r:.80} is not a list of at most {MAX_SITES} [path, channels] pairs")
+    for site in sites:
+        if not (
+            isinstance(site, list)
+            and len(site) == 2
+            and isinstance(site[0], str)
+            and len(site[0]) <= 1000
+            and type(site[1]) is int
+            and site[1] >= 0
+        ):
+            raise RecordError(f"{what}: site {site!r:.80} is not a [path, channels] pair")
 
 
 def check_entries(entries: Any, where: str) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from ultralytics.nn.tasks import DetectionModel
 from dysample_swap import DySample, swap_report, swap_upsamplers
 from dysample_swap.integrations import is_ultralytics_model, is_ultralytics_network
 from dysample_swap.integrations.ultralytics import KeepSwapInTraining, swap_yolo
+from dysample_swap.surgery.record import swap_record
 
 IMAGE = 96  # stride 32: the first upsampler sees 3x3 (at 2x2 every nearest anchor sits on the border, where grid_sample passes no gradient)
 UPSAMPLE_LAYERS = (10, 13)  # the two nn.Upsample layers of YOLOv8's neck
@@ -172,6 +173,8 @@ def test_predicates_and_errors() -> None:
     assert swap_upsamplers(yolo, "dysample") is yolo  # the YOLO object goes to swap_yolo: re-attaches only
     hooks = [c for c in yolo.callbacks["on_pretrain_routine_start"] if isinstance(c, KeepSwapInTraining)]
     assert len(hooks) == 1 and swap_report(yolo.model).previous is None  # one callback, one swap
+    assert hooks[0].swaps == swap_record(yolo.model)["swaps"]  # it replays the model's one swap record
+    assert [path for path, _ in hooks[0].swaps[0]["sites"]] == [d.path for d in swap_report(yolo.model).swapped]
     with pytest.warns(UserWarning, match=r"YOLO.train\(\) rebuilds the network .* pass the YOLO object itself"):
         swap_upsamplers(YOLO("yolov8n.yaml").model, "dysample", verbose=False)  # the network alone: said
 

@@ -20,6 +20,7 @@ from transformers import DPTConfig, DPTForDepthEstimation, SegformerConfig, Segf
 
 import dysample_swap
 from dysample_swap import DySample, load_swapped, save_swapped, swap_report, swap_upsamplers, unswap
+from dysample_swap.surgery.record import RecordError, record_swap
 
 X64 = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),)
 
@@ -146,7 +147,10 @@ def test_smp_save_pretrained_then_from_pretrained(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["_model_class"] == "Unet"
-    assert config["_dysample_swap"]["swaps"][0]["policy"] == {"exclude": "decoder.blocks.2"}
+    swap = config["_dysample_swap"]["swaps"][0]
+    assert swap["policy"] == {}  # the per-site decisions replace include/exclude
+    assert swap["sites"] == [[d.path, d.in_channels] for d in swap_report(model).swapped]
+    assert all(not path.startswith("decoder.blocks.2") for path, _ in swap["sites"])
     with pytest.raises(RuntimeError, match="Unexpected key"):
         smp.from_pretrained(tmp_path)  # what the README warns about: smp's loader refuses the weights
     reloaded = dysample_swap.from_pretrained(tmp_path)
@@ -194,16 +198,44 @@ def test_load_swapped_errors_name_the_fix(tmp_path: Path) -> None:
         load_swapped(path, model=OtherNet())
     with pytest.raises(ValueError, match="already swapped; pass a freshly built, unswapped UserNet"):
         load_swapped(path, model=swap_upsamplers(UserNet(), verbose=False))
-    with pytest.raises(ValueError, match="do not fit the model rebuilt from its recipe"):
-        load_swapped(path, model=UserNet(width=16))
+    with pytest.raises(
+        ValueError, match=r"swapped \[\['up', 16\].*but it records \[\['up', 8\].*the model given differs"
+    ):
+        load_swapped(path, model=UserNet(width=16))  # caught by the recorded sites, before the weights
 
 
 def test_save_swapped_refuses_what_cannot_be_replayed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="was not swapped"):
         save_swapped(UserNet(), tmp_path / "plain.pt")
-    predicate = swap_upsamplers(UserNet(), verbose=False, include=lambda site: site.path == "up")
-    with pytest.raises(ValueError, match="include=.*cannot be saved; use paths or globs"):
-        save_swapped(predicate, tmp_path / "predicate.pt")
+    swapped = swap_upsamplers(UserNet(), verbose=False)
+    swapped.dysample_swap_report.inputs = None  # as after a discovery on inputs that are not tensors
+    with pytest.raises(ValueError, match="cannot be re-applied: its example inputs are not tensors"):
+        save_swapped(swapped, tmp_path / "dicts.pt")
+
+
+def test_a_swap_selected_by_a_predicate_saves_and_reloads_at_the_same_sites(tmp_path: Path) -> None:
+    model = perturb(swap_upsamplers(UserNet(), "dysample", verbose=False, include=lambda site: site.path == "up"))
+    path = tmp_path / "predicate.pt"
+    save_swapped(model, path)
+    reloaded = load_swapped(path, model=UserNet())
+    assert [d.path for d in swap_report(reloaded).swapped] == ["up"]
+    assert_same_model(reloaded, model, X64[0])
+
+
+def test_a_replay_that_swaps_other_sites_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "net.pt"
+    save_swapped(swap_upsamplers(UserNet(), "dysample", verbose=False), path)
+    payload = torch.load(path, weights_only=True)
+    payload["recipe"]["sites"] = [["up", 999]]  # as if another model (other channels) had been swapped
+    torch.save(payload, path)
+    with pytest.raises(
+        ValueError, match=r"swapped \[\['up', \d+\]\] \(path, channels\), but it records \[\['up', 999\]\]"
+    ):
+        load_swapped(path, model=UserNet())
+    payload["recipe"]["sites"] = [["up", "8"]]
+    torch.save(payload, path)
+    with pytest.raises(RecordError, match=r"site \['up', '8'\] is not a \[path, channels\] pair"):
+        load_swapped(path, model=UserNet())
 
 
 def test_format_1_files_still_load(tmp_path: Path) -> None:
@@ -229,10 +261,12 @@ def test_from_pretrained_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no '_dysample_swap' swap record: the model was saved before it was swapped"):
         dysample_swap.from_pretrained(tmp_path / "plain")
 
-    swapped = swap_upsamplers(tiny_unet(), verbose=False, include=lambda site: site.path.startswith("decoder"))
-    swapped.save_pretrained(tmp_path / "predicate")  # the framework's save works; reloading says why not
-    with pytest.raises(ValueError, match="swap cannot be re-applied: policy option include=.*use paths or globs"):
-        dysample_swap.from_pretrained(tmp_path / "predicate")
+    swapped = swap_upsamplers(tiny_unet(), verbose=False)
+    swapped.dysample_swap_report.inputs = None  # as after a discovery on inputs that are not tensors
+    record_swap(swapped)  # mirrored into the hub-mixin config again
+    swapped.save_pretrained(tmp_path / "dicts")  # the framework's save works; reloading says why not
+    with pytest.raises(ValueError, match="swap cannot be re-applied: its example inputs are not tensors"):
+        dysample_swap.from_pretrained(tmp_path / "dicts")
 
     for make, key in ((tiny_unet, "_dysample_swap"), (tiny_dpt, "dysample_swap")):
         directory = tmp_path / key
