@@ -9,7 +9,11 @@ products; interpolation and grid_sample count as 0 there). DySample rows run wha
 on the CPU (the compiled sampler); ``pytorch:`` rows are the same modules through the pure-PyTorch
 sampler (``grid_sample``, what runs without a C compiler); ``exact:`` rows are DySample with
 ``positions="exact"`` (index-plus-fraction positions); ``paper:`` rows are the straightforward
-implementation of the paper's formulas in ``paper_reference.py``.
+implementation of the paper's formulas in ``paper_reference.py``. The last rows are the other
+published upsamplers of the registry, each paper's configuration (``create_upsampler(name, C, 2)``):
+LDA-AQU, and the guided IndexNet, A2U, FADE, SAPA-B and FreqFusion, which also read a guide of
+shape 1xCx(2*size)x(2*size) (at the paper's workload 1x256x240x240, the skip connection's encoder
+feature; its gradient is computed in the forward+backward column, as in a network).
 
 Usage:
     python benchmarks/bench_upsamplers.py --threads 2 --rounds 30
@@ -37,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_reference import PaperDySample
 
-from dysample_swap import VARIANTS, DySample, create_upsampler
+from dysample_swap import ALL_UPSAMPLERS, UPSAMPLERS, VARIANTS, DySample, create_upsampler, needs_guide
 from dysample_swap.upsamplers.dysample.sampling import dysample
 from dysample_swap.upsamplers.dysample.variants import variant_settings
 
@@ -78,8 +82,27 @@ class PurePyTorch(nn.Module):
         )
 
 
-def build_methods(channels: int) -> dict[str, nn.Module]:
-    """The upsamplers compared, with the paper's settings for deconv and pixel shuffle (Sec. 4)."""
+class WithGuide(nn.Module):
+    """A guided upsampler called as ``forward(x)``: it reads the same high-resolution guide every time."""
+
+    def __init__(self, module: nn.Module, guide: Tensor) -> None:
+        super().__init__()
+        self.module = module
+        self.guide = guide  # a plain attribute: no parameter, no buffer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x, self.guide)
+
+
+PORTED = tuple(name for name in ALL_UPSAMPLERS if name not in UPSAMPLERS)
+"""LDA-AQU, IndexNet, A2U, FADE, SAPA-B, FreqFusion: the registry's other published upsamplers."""
+
+
+def build_methods(channels: int, size: int) -> dict[str, nn.Module]:
+    """The upsamplers compared, with the paper's settings for deconv and pixel shuffle (Sec. 4).
+
+    A guided one reads a ``1 x channels x 2*size x 2*size`` guide (that requires grad, as a network's feature).
+    """
     methods: dict[str, nn.Module] = {
         "nearest": Interpolate("nearest"),
         "bilinear": Interpolate("bilinear"),
@@ -96,6 +119,11 @@ def build_methods(channels: int) -> dict[str, nn.Module]:
         methods[f"paper:{variant}"] = PaperDySample(
             channels, 2, settings["style"], settings["groups"], settings["dyscope"]
         )
+    for name in PORTED:
+        module = create_upsampler(name, channels, 2)
+        if needs_guide(name):
+            module = WithGuide(module, torch.randn(1, channels, 2 * size, 2 * size, requires_grad=True))
+        methods[name] = module
     return methods
 
 
@@ -120,7 +148,7 @@ def gflops(module: nn.Module, x: Tensor) -> float:
 
 def run(channels: int, size: int, rounds: int, warmup: int) -> list[dict[str, float | str]]:
     torch.manual_seed(0)
-    methods = build_methods(channels)
+    methods = build_methods(channels, size)
     x = torch.randn(1, channels, size, size)
     x_grad = x.clone().requires_grad_(True)
 

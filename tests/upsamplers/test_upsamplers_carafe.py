@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from reference import LargestTensor
 
 from dysample_swap import CARAFEPack, carafe, exact_at_swap
 
@@ -99,29 +99,14 @@ def test_operator_rejects_bad_shapes_with_the_values() -> None:
         carafe(feat, torch.rand(1, 16, 6, 6), 4, 1, 2)
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any operation produces."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_no_tensor_larger_than_the_output_in_forward_and_backward() -> None:
     feat = torch.randn(1, 32, 16, 16, requires_grad=True)
     mask = torch.rand(1, 25, 32, 32, requires_grad=True)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         out = carafe(feat, mask, 5, 1, 2)
         out.square().sum().backward()
     assert probe.largest == out.numel()  # the unfold formulation makes 25x this
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         _unfold_carafe(feat.detach(), mask.detach(), 5, 1, 2)
     assert probe.largest == 25 * out.numel()
 

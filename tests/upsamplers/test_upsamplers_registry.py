@@ -9,19 +9,29 @@ import torch
 import torch.nn.functional as F
 
 from dysample_swap import (
+    A2U,
+    ALL_UPSAMPLERS,
+    FADE,
+    LDAAQU,
+    SAPA,
     UPSAMPLERS,
     CARAFEPack,
     DeconvUpsampler,
     DySample,
+    FreqFusion,
+    IndexNet,
     InterpolateUpsampler,
     PixelShuffleUpsampler,
     UpsamplerChain,
     create_upsampler,
     exact_at_swap,
+    needs_guide,
 )
-from dysample_swap.upsamplers.registry import rival_parameters
+from dysample_swap.upsamplers.registry import chain_stages, rival_parameters
 
 ANCHORS = ("bilinear", "bilinear_align_corners", "nearest")
+PORTED = {"lda_aqu": LDAAQU, "indexnet": IndexNet, "a2u": A2U, "fade": FADE, "sapa": SAPA, "freqfusion": FreqFusion}
+"""The upsamplers ported from their authors' code, after UPSAMPLERS in ALL_UPSAMPLERS."""
 
 
 def _interpolate(x: torch.Tensor, anchor: str, **request: object) -> torch.Tensor:
@@ -53,15 +63,20 @@ def test_names() -> None:
         "bilinear": InterpolateUpsampler,
     }
     assert create_upsampler(" DySample-S+ ", 16, 2).variant == "dysample-s+"
+    assert (*UPSAMPLERS, *PORTED) == ALL_UPSAMPLERS
+    assert {name: type(create_upsampler(name, 32, 2)) for name in PORTED} == PORTED
+    assert [name for name in ALL_UPSAMPLERS if needs_guide(name)] == ["indexnet", "a2u", "fade", "sapa", "freqfusion"]
 
 
 def test_errors_name_the_valid_values() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown upsampler 'carafee'; choose one of dysample, .*bilinear\. Did you mean 'carafe'\?"
+        ValueError, match=r"unknown upsampler 'carafee'; choose one of dysample, .*freqfusion\. Did you mean 'carafe'\?"
     ):
         create_upsampler("carafee", 16, 2)
-    with pytest.raises(ValueError, match="unknown upsampler 'zzz'; choose one of .*bilinear.$"):
+    with pytest.raises(ValueError, match="unknown upsampler 'zzz'; choose one of .*bilinear, lda_aqu, .*freqfusion.$"):
         exact_at_swap("zzz")
+    with pytest.raises(ValueError, match="unknown upsampler 'sapa-b'.*Did you mean 'sapa'"):
+        needs_guide("sapa-b")
     with pytest.raises(ValueError, match="unknown anchor 'bicubic'"):
         create_upsampler("deconv", 16, 2, anchor="bicubic")
     with pytest.raises(ValueError, match="unknown init 'zero'"):
@@ -192,3 +207,149 @@ def test_rival_parameters_are_what_the_built_module_has(name: str) -> None:
         assert rival_parameters(name, channels, scale, init=init, chain=chain) == sum(
             p.numel() for p in module.parameters()
         ), (channels, scale, init, chain)
+
+
+def _guide_for(name: str, channels: int, hw: tuple[int, int], batch: int = 1) -> tuple[torch.Tensor, ...]:
+    """The guide a registry-built upsampler reads (none for an unguided one)."""
+    return (torch.randn(batch, channels, *hw),) if needs_guide(name) else ()
+
+
+def test_ported_upsamplers_are_each_papers_configuration() -> None:
+    """The configurations of tests/upsamplers/reference_data (README / meta.json)."""
+    fade = create_upsampler("fade", 64, 2, guide_channels=32)
+    assert (fade.in_channels_de, fade.in_channels_en, fade.up_kernel_size, fade.gating) == (64, 32, 5, False)
+    sapa = create_upsampler("sapa", 64, 2, guide_channels=32)  # SAPA-B
+    assert (sapa.dim_x, sapa.dim_y, sapa.up_kernel_size, sapa.embedding_dim, sapa.norm) == (64, 32, 5, 32, True)
+    a2u = create_upsampler("a2u", 64, 2, guide_channels=32)
+    assert (a2u.in_channels, a2u.up_kernel, a2u.scale) == (32, 3, 2)
+    indexnet = create_upsampler("indexnet", 64, 2, guide_channels=32)  # HIN: nonlinear, with context
+    assert (indexnet.inp, indexnet.use_nonlinear, indexnet.use_context) == (32, True, True)
+    freqfusion = create_upsampler("freqfusion", 64, 2, guide_channels=32)
+    assert (freqfusion.lr_channels, freqfusion.hr_channels, freqfusion.compressed_channels) == (64, 32, 64)
+    assert (freqfusion.lowpass_kernel, freqfusion.highpass_kernel, freqfusion.feature_resample) == (5, 3, False)
+    lda = create_upsampler("lda_aqu", 64, 2)  # the authors' Faster R-CNN config
+    assert (lda.reduction_factor, lda.k_e, lda.k_u, lda.n_groups, lda.offset_range_factor) == (4, 3, 3, 2, 11)
+    assert (lda.num_head, lda.scale_factor, lda.rpb) == (1, 2.0, True)
+    assert create_upsampler("fade", 64, 2).in_channels_en == 64  # guide_channels defaults to channels
+    assert create_upsampler("lda_aqu", 64, 2, guide_channels=32).in_channels == 64  # ignored by an unguided one
+
+
+@pytest.mark.parametrize("name", PORTED)
+@pytest.mark.parametrize(("request_", "out_hw"), [({"size": (25, 25)}, (25, 25)), ({"scale_factor": 1.5}, (19, 19))])
+def test_ported_upsamplers_give_the_requested_size(name: str, request_: dict, out_hw: tuple[int, int]) -> None:
+    x, guide = torch.randn(1, 64, 13, 13), _guide_for(name, 32, (25, 25))  # a guide of another size is resized
+    assert create_upsampler(name, 64, 2, guide_channels=32)(x, *guide, **request_).shape == (1, 64, *out_hw)
+    assert create_upsampler(name, 64, 2, guide_channels=32, **request_)(x, *guide).shape == (1, 64, *out_hw)
+    assert create_upsampler(name, 64, 2, guide_channels=32)(x, *guide).shape == (1, 64, 26, 26)
+
+
+@pytest.mark.parametrize("name", ["lda_aqu", "fade", "sapa"])
+@pytest.mark.parametrize("scale", [3, 4, 8])
+def test_fade_sapa_and_lda_aqu_compute_any_scale_in_one_module(name: str, scale: int) -> None:
+    up = create_upsampler(name, 64, scale, chain=True)
+    assert type(up) is PORTED[name] and up.scale == scale and chain_stages(name, scale) == 1
+    out = up(torch.randn(1, 64, 5, 4), *_guide_for(name, 64, (5 * scale, 4 * scale)))
+    assert out.shape == (1, 64, 5 * scale, 4 * scale)
+
+
+@pytest.mark.parametrize("name", ["indexnet", "a2u", "freqfusion"])
+@pytest.mark.parametrize("scale", [3, 4, 8])
+@pytest.mark.parametrize("chain", [True, False])
+def test_x2_only_guided_upsamplers_refuse_other_scales(name: str, scale: int, chain: bool) -> None:
+    for call in (create_upsampler, rival_parameters):
+        with pytest.raises(ValueError, match=f"'{name}' upsamples by 2 only, got scale={scale}.*not chained"):
+            call(name, 64, scale, chain=chain)
+
+
+@pytest.mark.parametrize("name", PORTED)
+def test_ported_upsamplers_are_never_exact_at_swap(name: str) -> None:
+    """Softmax / sigmoid kernels, attention: none starts as an interpolation (so the claims hold, see above)."""
+    for anchor, scale, init, native in itertools.product(ANCHORS, (2, 4), ("match", "paper"), (True, False)):
+        assert not exact_at_swap(name, anchor, scale=scale, init=init, native=native)
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 6, 5)
+    out = create_upsampler(name, 32, 2)(x, *_guide_for(name, 32, (12, 10)))
+    for anchor in ANCHORS:
+        assert (out - _interpolate(x, anchor, scale_factor=2)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", PORTED)
+def test_ported_upsamplers_train_and_their_state_dict_round_trips(name: str) -> None:
+    torch.manual_seed(0)
+    up = create_upsampler(name, 32, 2, guide_channels=64)
+    x, guide, target = torch.randn(2, 32, 6, 5), _guide_for(name, 64, (12, 10), batch=2), torch.randn(2, 32, 12, 10)
+    optimiser = torch.optim.SGD(up.parameters(), lr=0.1)
+    reached = set()
+    for _ in range(2):  # LDA-AQU's offset branch learns once its last (zero-initialised) convolution has
+        optimiser.zero_grad()
+        F.mse_loss(up(x, *guide), target).backward()
+        reached |= {n for n, p in up.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        optimiser.step()
+    assert reached == {n for n, _ in up.named_parameters()}
+    fresh = create_upsampler(name, 32, 2, guide_channels=64)
+    fresh.load_state_dict(up.state_dict(), strict=True)
+    assert torch.equal(fresh.eval()(x, *guide), up.eval()(x, *guide))
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("name", PORTED)
+@pytest.mark.parametrize("channels", [32, 64, 256])
+@pytest.mark.parametrize("guide_channels", [None, 32, 96, 256])
+def test_rival_parameters_of_the_ported_upsamplers_are_the_modules(name: str, channels: int, guide_channels) -> None:
+    """The formula counts the module create_upsampler builds, at every scale it takes, for both inits."""
+    scales = (2,) if name in ("indexnet", "a2u", "freqfusion") else (2, 3, 4)
+    for scale, init in itertools.product(scales, ("match", "paper")):
+        module = create_upsampler(name, channels, scale, init=init, guide_channels=guide_channels)
+        expected = _params(module)
+        assert rival_parameters(name, channels, scale, init=init, guide_channels=guide_channels) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "readme"),
+    [
+        ("fade", 47_257),
+        ("sapa", 17_472),
+        ("a2u", 10_790),
+        ("indexnet", 2_100_224),
+        ("freqfusion", 52_514),
+        ("lda_aqu", 39_410),
+    ],
+)
+def test_rival_parameters_at_256_channels_are_the_reference_data_readme_figures(name: str, readme: int) -> None:
+    assert rival_parameters(name, 256, 2) == _params(create_upsampler(name, 256, 2)) == readme
+
+
+def _paper(count: float, unit: str) -> str:
+    """The paper's rounding: one decimal in K or M."""
+    return f"{count / {'K': 1e3, 'M': 1e6}[unit]:.1f}{unit}"
+
+
+@pytest.mark.parametrize(
+    ("name", "table_4", "table_6"),
+    [("indexnet", "12.6M", "8.4M"), ("a2u", "0.1M", "38.9K"), ("fade", "0.3M", "0.2M"), ("sapa", "0.1M", "0.1M")],
+)
+def test_paper_tables_4_and_6_from_rival_parameters(name: str, table_4: str, table_6: str) -> None:
+    """The DySample paper's added parameters of the guided rivals, at 256 channels, guides of 256 channels.
+
+    Table 4, SegFormer-B1: 3 + 2 + 1 = 6 x2 upsamplings (x8, x4, x2 to 1/4), so 6 x2 modules. The
+    registry does not build that setting as chains (a guided upsampler is not chained: each x2 stage needs
+    its own guide), so it is counted as 6 separate ``scale=2`` modules, as a network would hold them.
+    Table 6, Faster R-CNN (FPN): 4 x2 upsamplings (its DySample rows count 4 modules' weights: DySample-S
+    4 x 1,024 = +4.1K, DySample+ 4 x 16,384 = +65.5K), buildable as 4 ``create_upsampler(name, 256, 2)``. Every figure matches but A2U's Faster R-CNN
+    +38.9K: the module has 10,790 parameters, 4 x 10,790 = 43.2K; the paper's 38.9K (and Panoptic FPN's
+    29.2K for 3) is 4 x 9,730, the module without its two GroupNorms' 1,024 affine parameters and the 36
+    biases of the 1x1 convolution to the kernels (reference_data/a2u/README.md: no code builds A2U so, the
+    paper's counter probably skipped them). Its Table 4 +0.1M holds either way (64,740 or 58,380).
+    """
+    per_module = rival_parameters(name, 256, 2)
+    assert _paper(6 * per_module, table_4[-1]) == table_4
+    if name == "a2u":
+        assert _paper(4 * per_module, "K") == "43.2K" != table_6
+        without_norms_and_kernel_biases = per_module - 2 * 2 * 256 - 36
+        assert _paper(4 * without_norms_and_kernel_biases, "K") == table_6
+        assert _paper(3 * without_norms_and_kernel_biases, "K") == "29.2K"  # Table 7, Panoptic FPN
+    else:
+        assert _paper(4 * per_module, table_6[-1]) == table_6
