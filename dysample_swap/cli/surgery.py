@@ -14,7 +14,7 @@ from typing import Any
 from dysample_swap.surgery.model_spec import build_model, is_owned
 from dysample_swap.surgery.persist import save_swapped, writable_target
 from dysample_swap.surgery.swap import plan_swap, swap_upsamplers
-from dysample_swap.upsamplers import UPSAMPLERS, upsampler_cost
+from dysample_swap.upsamplers import ALL_UPSAMPLERS, UPSAMPLERS, upsampler_cost
 
 MODEL_HELP = (
     "smp:ARCH[:k=v,...] (encoder_weights=None unless given), torchvision:NAME[:k=v,...] "
@@ -38,7 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant",
         default="dysample+",
-        choices=UPSAMPLERS,
+        choices=ALL_UPSAMPLERS,
         help="DySample variant (default dysample+), or a rival upsampler for ablations",
     )
     parser.add_argument(

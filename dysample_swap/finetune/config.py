@@ -486,16 +486,15 @@ ORIGINAL = "original"
 
 
 def known_upsamplers() -> tuple[str, ...]:
-    """Upsampler names ``swap_upsamplers(model, variant=...)`` accepts (``dysample_swap.UPSAMPLERS``
-    where the package has it, else the DySample variants).
+    """Upsampler names ``swap_upsamplers(model, variant=...)`` accepts (``dysample_swap.ALL_UPSAMPLERS``).
 
     Example:
-        >>> "dysample+" in known_upsamplers()
-        True
+        >>> "dysample+" in known_upsamplers(), "fade" in known_upsamplers()
+        (True, True)
     """
     import dysample_swap
 
-    return tuple(getattr(dysample_swap, "UPSAMPLERS", None) or dysample_swap.VARIANTS)
+    return tuple(dysample_swap.ALL_UPSAMPLERS)
 
 
 def _check_name(key: str, value: str, choices: Sequence[str]) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn as nn
+
 from dysample_swap.integrations import hub_mixin, transformers
 from dysample_swap.surgery.hooks import FrameworkHooks, is_loaded_instance, register
 
@@ -58,11 +60,25 @@ def _swap_yolo(model: Any, variant: str, example_inputs: Any, **policy: Any) -> 
     return swap_yolo(model, variant, example_inputs, **policy)
 
 
+def _guide_index(network: nn.Module, producer: str) -> int | None:
+    from dysample_swap.integrations.ultralytics import guide_index
+
+    return guide_index(network, producer)
+
+
+def _guide_layer(upsampler: nn.Module, layer: nn.Module, index: int) -> nn.Module:
+    from dysample_swap.integrations.ultralytics import GuidedLayer
+
+    return GuidedLayer(upsampler, layer, index)
+
+
 register(FrameworkHooks("ultralytics", owns=is_ultralytics_model, swap=_swap_yolo))
 register(
     FrameworkHooks(
         "ultralytics network",
         owns=is_ultralytics_network,
+        guide_index=_guide_index,
+        guide_layer=_guide_layer,
         alone="YOLO.train() rebuilds the network from its YAML and would drop the swap; pass the YOLO object "
         "itself (swap_upsamplers(yolo, ...)) so that training keeps it",
     )

@@ -47,6 +47,48 @@ DDP_MESSAGE = (
 )
 
 
+class GuidedLayer(nn.Module):
+    """A layer of an ultralytics network that calls a guided upsampler with its guide.
+
+    ultralytics runs its layer list itself: a layer whose ``.f`` is a list gets ``[x if j == -1 else
+    y[j] for j in f]``. This layer takes the replaced ``nn.Upsample``'s place with ``.f = [its f,
+    index]`` (``index``: the layer whose output the upsampled tensor is concatenated with), keeps its
+    ``.i``, ``.type`` and ``.np``, and calls ``upsampler(x, guide)``. The network's ``save`` list
+    already keeps that output (the concatenation reads it).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> up = nn.Upsample(scale_factor=2.0)
+        >>> up.i, up.f, up.type, up.np = 10, -1, "torch.nn.modules.upsampling.Upsample", 0
+        >>> layer = GuidedLayer(nn.Identity(), up, 6)
+        >>> layer.f, layer.i
+        ([-1, 6], 10)
+    """
+
+    def __init__(self, upsampler: nn.Module, layer: nn.Module, index: int) -> None:
+        super().__init__()
+        self.upsampler = upsampler
+        self.f = [getattr(layer, "f", -1), index]
+        self.i = getattr(layer, "i", None)
+        self.__dict__["type"] = getattr(layer, "type", type(layer).__name__)  # ultralytics' name, over Module.type()
+        self.np = sum(p.numel() for p in upsampler.parameters())
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        x, guide = inputs
+        return self.upsampler(x, guide)
+
+
+def guide_index(network: nn.Module, producer: str) -> int | None:
+    """The index in the layer list of the layer that produced a guide (``"model.6"`` -> 6), if it is one.
+
+    Example:
+        >>> guide_index(nn.Identity(), "model.6"), guide_index(nn.Identity(), "model.6.cv1")
+        (6, None)
+    """
+    head, _, index = producer.partition(".")
+    return int(index) if head == "model" and index.isdigit() else None
+
+
 def default_yolo_input(network: nn.Module) -> torch.Tensor:
     """The discovery input for an ultralytics network: ``1 x C x S x S`` seeded noise.
 

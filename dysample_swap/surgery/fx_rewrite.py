@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,48 @@ def _site_nodes(
         ):
             nodes.append(node)
     return nodes
+
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def fusion_and_guide(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The operation that fuses an upsampling call's result with another tensor, and that other tensor.
+
+    The fusion must be the first node that reads ``node`` (as discovery saw it): an add
+    (``a + b``, ``torch.add``, ``a.add(b)``) or a concatenation (``torch.cat``); the guide is its
+    first other tensor operand. ``None`` when the graph has no such fusion (the owner returns the
+    upsampled tensor and a caller fuses it, or something reads it first).
+
+    Example:
+        >>> import torch.nn as nn, torch.nn.functional as F
+        >>> class Lateral(nn.Module):
+        ...     def forward(self, x, skip):
+        ...         return F.interpolate(x, scale_factor=2.0) + skip
+        >>> graph = fx.symbolic_trace(Lateral()).graph
+        >>> up = next(n for n in graph.nodes if n.target is F.interpolate)
+        >>> [n.name for n in fusion_and_guide(up)]
+        ['add', 'skip']
+    """
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    users = sorted(node.users, key=order.__getitem__)
+    if not users:
+        return None
+    fusion = users[0]
+    if (
+        fusion.op == "call_function"
+        and fusion.target in _ADDS
+        or (fusion.op == "call_method" and fusion.target in ("add", "add_", "__add__", "__radd__"))
+    ):
+        operands = list(fusion.args[:2])
+    elif fusion.op == "call_function" and fusion.target in _CATS:
+        tensors = fusion.args[0] if fusion.args else fusion.kwargs.get("tensors", ())
+        operands = list(tensors) if isinstance(tensors, (list, tuple)) else []
+    else:
+        return None
+    guide = next((a for a in operands if isinstance(a, fx.Node) and a is not node), None)
+    return None if guide is None else (fusion, guide)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -317,6 +360,18 @@ def plan_owner(
     return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error, in_place=in_place)
 
 
+def guided_positions(owner: nn.Module, plan: OwnerPlan) -> list[bool]:
+    """For each call position of an fx plan, whether a guided upsampler can be called there (a fusion in the graph).
+
+    Example:
+        >>> guided_positions(nn.Identity(), OwnerPlan("x", "eager fallback", [[0]]))
+        [False]
+    """
+    if plan.graph is None:
+        return [False] * max((len(p) for p in plan.positions), default=0)
+    return [fusion_and_guide(node) is not None for node in _site_nodes(plan.graph, owner, plan.path, plan.in_place)]
+
+
 def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement]) -> None:
     """Replace the planned graph nodes by DySample calls and install the new forward.
 
@@ -354,6 +409,16 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
             kwargs["size"] = (size, size) if rep.size_is_int else size
         elif scale_factor is not None:
             kwargs["scale_factor"] = scale_factor
+        if rep.guided:  # called where the guide exists: just before the fusion (the guide may be computed after x)
+            found = fusion_and_guide(node)
+            if found is None:
+                raise RuntimeError(f"dysample_swap bug: {plan.path}: a guided site without a fusion in the graph")
+            fusion, guide = found
+            with graph.inserting_before(fusion):
+                new = graph.create_node("call_module", rep.name, (x, guide), kwargs)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            continue
         with graph.inserting_after(node):
             new = graph.create_node("call_module", rep.name, (x,), kwargs)
         node.replace_all_uses_with(new)

@@ -7,7 +7,9 @@ The surgery knows no framework. :mod:`dysample_swap.integrations` registers one
 * ``swap``: the object is not a network but a framework's model object (ultralytics' ``YOLO``),
   swapped by the framework's own entry point instead of the pipeline;
 * ``alone``: a warning to give when the framework's network is swapped on its own;
-* ``write_record``: mirror the swap record where the framework saves its config.
+* ``write_record``: mirror the swap record where the framework saves its config;
+* ``guide_index`` / ``guide_layer``: route a guided upsampler's guide through the framework's own
+  layer wiring (ultralytics' ``.f`` indices), where a layer is replaced in place.
 
 Example:
     >>> import torch.nn as nn
@@ -35,6 +37,10 @@ class FrameworkHooks:
         swap: ``swap(obj, variant, example_inputs, **policy)`` for framework model objects.
         alone: the warning to give when one of its networks is swapped on its own.
         write_record: ``write_record(model, record_or_None)`` keeps the record in its config.
+        guide_index: ``guide_index(network, producer_path)``: how the framework's wiring addresses the
+            module that produced a guide (``None``: it cannot feed it to another layer).
+        guide_layer: ``guide_layer(upsampler, layer, index)``: the layer to put in place of ``layer``
+            that calls ``upsampler(x, guide)`` with the guide at ``index`` of the wiring.
 
     Example:
         >>> FrameworkHooks("toy", owns=lambda obj: False).name
@@ -46,6 +52,8 @@ class FrameworkHooks:
     swap: Callable[..., Any] | None = None
     alone: str | None = None
     write_record: Callable[[nn.Module, dict[str, Any] | None], None] | None = None
+    guide_index: Callable[[nn.Module, str], int | None] | None = None
+    guide_layer: Callable[[nn.Module, nn.Module, int], nn.Module] | None = None
 
 
 _REGISTRY: list[FrameworkHooks] = []

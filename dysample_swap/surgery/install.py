@@ -57,6 +57,7 @@ class Replacement:
     name: str
     module: nn.Module
     size_is_int: bool = False
+    guided: bool = False  # called as module(x, guide): the guide is the tensor the result is fused with
 
 
 def _exec_forward(source: str, namespace: dict[str, Any], name: str) -> Callable[..., Any]:

@@ -21,17 +21,31 @@ from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.surgery.fx_rewrite import OwnerPlan
+from dysample_swap.surgery.fx_rewrite import OwnerPlan, guided_positions
+from dysample_swap.surgery.hooks import hooks_for
 from dysample_swap.surgery.sites import ROOT, UpsampleSite, module_at
 from dysample_swap.upsamplers.dysample.module import resolve_groups
 from dysample_swap.upsamplers.dysample.variants import VARIANTS, parameter_count, variant_settings
-from dysample_swap.upsamplers.registry import SWAP_POSITIONS, chain_stages, exact_at_swap, rival_parameters
+from dysample_swap.upsamplers.registry import (
+    SWAP_POSITIONS,
+    chain_stages,
+    channel_problem,
+    exact_at_swap,
+    needs_guide,
+    rival_parameters,
+)
 
 Selector = str | Callable[[UpsampleSite], bool] | Iterable[str | Callable[[UpsampleSite], bool]]
 """A path (``"decoder.p4"`` also selects everything under it), an ``fnmatch`` glob
 (``"decoder.seg_blocks.*"``), a predicate over :class:`UpsampleSite`, or a list of those."""
 
 INITS = ("match", "paper")
+
+NO_GUIDE = (
+    "no guide: the result is not added to or concatenated with a tensor at its resolution (a guided upsampler "
+    "reads that tensor); choose an unguided variant for this site"
+)
+"""Why a guided variant skips a site that discovery found no guide for."""
 
 
 @dataclass(frozen=True)
@@ -313,7 +327,14 @@ def _skip_reason(site: UpsampleSite, policy: SwapPolicy) -> str | None:
     return None
 
 
-def replacement_parameters(variant: str, in_channels: int, scale: int, groups: int | None, policy: SwapPolicy) -> int:
+def replacement_parameters(
+    variant: str,
+    in_channels: int,
+    scale: int,
+    groups: int | None,
+    policy: SwapPolicy,
+    guide_channels: int | None = None,
+) -> int:
     """Trainable parameters of the module that replaces a call, counted by formula: nothing is built.
 
     Example:
@@ -321,7 +342,9 @@ def replacement_parameters(variant: str, in_channels: int, scale: int, groups: i
         (24672, 74148)
     """
     if variant not in VARIANTS:
-        return rival_parameters(variant, in_channels, scale, init=policy.init, chain=policy.chain)
+        return rival_parameters(
+            variant, in_channels, scale, init=policy.init, chain=policy.chain, guide_channels=guide_channels
+        )
     if groups is None:
         raise ValueError(f"{variant} at {in_channels} channels: no group count fits, so there is no module to count")
     stages = chain_stages(variant, scale, policy.chain)
@@ -339,6 +362,10 @@ def replacement(site: UpsampleSite, variant: str, scale: int, policy: SwapPolicy
         (2, 3, False, 'x4 dysample as 2 x2 stages, anchor bilinear, groups 4 -> 3 (30 channels); changes the function at swap time')
     """
     stages = chain_stages(variant, scale, policy.chain)
+    if variant not in VARIANTS:
+        problem = channel_problem(variant, site.in_channels, 2 if stages > 1 else scale, guide_channels(site))
+        if problem is not None:
+            return problem
     groups, note, error = fit_groups(variant, site.in_channels, 2 if stages > 1 else scale, policy.groups_fallback)
     if error:
         return error
@@ -358,8 +385,20 @@ def replacement(site: UpsampleSite, variant: str, scale: int, policy: SwapPolicy
         "stages": stages,
         "exact": exact,
         "reason": reason,
-        "parameters": replacement_parameters(variant, site.in_channels, scale, groups, policy),
+        "parameters": replacement_parameters(variant, site.in_channels, scale, groups, policy, guide_channels(site)),
     }
+
+
+def guide_channels(site: UpsampleSite) -> int | None:
+    """The channels of the site's guide (``None`` without one).
+
+    Example:
+        >>> s = UpsampleSite("up", "function", "nearest", None, (2.0, 2.0), None, 8, (1, 8, 4, 4), (1, 8, 8, 8),
+        ...                  "f.py:1 in forward", fusion="cat", guide_shape=(1, 4, 8, 8))
+        >>> guide_channels(s)
+        4
+    """
+    return site.guide_shape[1] if site.guide_shape is not None else None
 
 
 def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -> SiteDecision:
@@ -373,9 +412,10 @@ def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -
     PAN);  6. downsampling in any dim;  7. same-size no-op;
     8. ``recompute_scale_factor=True`` with a non-integer factor;  9. final logits, or a result
     that nothing reads (flag ``"unused"``: a replacement would get no gradient), unless
-    ``swap_final``;  10. ``exclude`` / ``include``;  11. channels the variant's groups cannot
-    divide (:func:`fit_groups`; with ``groups_fallback``, the default, only PL sites whose
-    channels ``scale**2`` does not divide).
+    ``swap_final``;  10. ``exclude`` / ``include``;  11. a guided variant (:func:`needs_guide`) at a
+    site whose result is not fused with a tensor at its resolution (no guide, :data:`NO_GUIDE`);
+    12. channels the variant's groups cannot divide (:func:`fit_groups`; with ``groups_fallback``,
+    the default, only PL sites whose channels ``scale**2`` does not divide).
 
     Example:
         >>> s = UpsampleSite("up", "module", "bicubic", False, (2.0, 2.0), None, 8,
@@ -385,6 +425,8 @@ def decide(site: UpsampleSite, policy: SwapPolicy, variant: str = "dysample+") -
     """
     scale = upsampler_scale(site)
     reason = _skip_reason(site, policy)
+    if reason is None and needs_guide(variant) and site.guide_shape is None:
+        reason = NO_GUIDE
     if reason is not None:
         return SiteDecision(site, "skip", reason, scale)
     fields = replacement(site, variant, scale, policy)
@@ -503,13 +545,14 @@ def free_name(owner: nn.Module, position: int, taken: Iterable[str] = ()) -> str
     return name
 
 
-def in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[InPlace]:
+def in_place_groups(model: nn.Module, decisions: list[SiteDecision], guided: bool = False) -> list[InPlace]:
     """``nn.Upsample`` layers one new module can replace under their own name.
 
     A layer qualifies when every call of it is swapped, with one channel count, from one source
     line, at most once per execution of its caller, and it is registered once, below its caller:
     the caller's code (``self.up(x)``, or a framework's own loop over its layers) then runs the
-    new module without being rewritten.
+    new module without being rewritten. For a ``guided`` variant a layer qualifies only where its
+    framework routes the guide to it (:func:`routed_guide`); otherwise the caller's code is rewritten.
 
     Example:
         >>> import torch
@@ -535,6 +578,7 @@ def in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[InP
         under = owner == ROOT or path.startswith(owner + ".")
         if (
             all(d.action == "swap" for d in ds)
+            and (not guided or routed_guide(model, ds) is not None)
             and len({d.in_channels for d in ds}) == 1
             and len({d.source for d in ds}) == 1
             and len(owners) == 1
@@ -545,6 +589,21 @@ def in_place_groups(model: nn.Module, decisions: list[SiteDecision]) -> list[InP
         ):
             groups.append(InPlace(path, members))
     return groups
+
+
+def routed_guide(model: nn.Module, decisions: list[SiteDecision]) -> int | None:
+    """Where ``model``'s framework wiring addresses the guide of every call of one layer (ultralytics: the
+    producing layer's index), or ``None`` when it cannot route it (no framework hook, calls with other guides).
+
+    Example:
+        >>> routed_guide(nn.Identity(), []) is None
+        True
+    """
+    hooks = hooks_for(model, having="guide_index")
+    producers = {d.guide_producer for d in decisions}
+    if hooks is None or hooks.guide_index is None or len(producers) != 1 or None in producers:
+        return None
+    return hooks.guide_index(model, str(producers.pop()))
 
 
 def mark_in_place(decisions: list[SiteDecision], groups: list[InPlace]) -> None:
@@ -578,17 +637,23 @@ def _group_positions(plan: OwnerPlan) -> list[list[int]] | None:
     return [list(group) for group in zip(*plan.positions)]
 
 
-def _assign(owner: nn.Module, plan: OwnerPlan, decisions: list[SiteDecision]) -> list[NewModule]:
+def _assign(owner: nn.Module, plan: OwnerPlan, decisions: list[SiteDecision], guided: bool) -> list[NewModule]:
     """One new module per call position of the owner; updates ``decisions`` (method, name, skips)."""
     groups = _group_positions(plan)
     routed = {i for group in groups or [] for i in group}
     for i, d in enumerate(decisions):
         if d.owner == plan.path and d.action == "swap" and d.method == "" and i not in routed:
             decisions[i] = d.skip(unroutable_reason(d, plan.path, plan.why_not_fx, groups is None))
+    fusions = guided_positions(owner, plan) if guided else []
     new: list[NewModule] = []
     for position, group in enumerate(groups or []):
         members = [decisions[i] for i in group]
         if not any(m.action == "swap" for m in members):
+            continue
+        if guided and not (position < len(fusions) and fusions[position]):
+            for i in group:
+                if decisions[i].action == "swap":
+                    decisions[i] = decisions[i].skip(unguided_reason(plan))
             continue
         if len({m.in_channels for m in members}) > 1 or any(m.action == "skip" for m in members):
             for i in group:
@@ -601,6 +666,21 @@ def _assign(owner: nn.Module, plan: OwnerPlan, decisions: list[SiteDecision]) ->
         for i in group:
             decisions[i] = decisions[i].replace(method=plan.method, replacement=name, fx_error=plan.why_not_fx)
     return new
+
+
+def unguided_reason(plan: OwnerPlan) -> str:
+    """Why a guided variant skips a site with a guide that the rewrite of its owner cannot pass to the module.
+
+    Example:
+        >>> unguided_reason(OwnerPlan("decoder", "eager fallback", [[0]], why_not_fx="TraceError: x"))
+        'guided upsamplers are called with their guide by an fx rewrite; decoder runs the eager fallback (TraceError: x)'
+    """
+    if plan.method != "fx":
+        return f"guided upsamplers are called with their guide by an fx rewrite; {plan.path} runs the eager fallback ({plan.why_not_fx})"
+    return (
+        f"the fusion with the guide is not the first use of the result in {plan.path}'s forward (it happens in "
+        "a caller, or something reads the result first), so the guide cannot be passed"
+    )
 
 
 def _share(decisions: list[SiteDecision], members: list[int], variant: str, policy: SwapPolicy) -> None:
@@ -637,7 +717,12 @@ def decide_rewrites(
         >>> decide_rewrites(nn.Identity(), [], {}, [], "dysample", SwapPolicy())
         {}
     """
-    new = {path: found for path, plan in owners.items() if (found := _assign(module_at(model, path), plan, decisions))}
+    guided = needs_guide(variant)
+    new = {
+        path: found
+        for path, plan in owners.items()
+        if (found := _assign(module_at(model, path), plan, decisions, guided))
+    }
     for group in in_place:
         _share(decisions, group.members, variant, policy)
     for path, modules in new.items():

@@ -46,7 +46,7 @@ import torch.nn as nn
 from dysample_swap.surgery.hooks import hooks_for
 from dysample_swap.surgery.policy import INITS
 from dysample_swap.surgery.report import history
-from dysample_swap.upsamplers.registry import SWAP_POSITIONS, UPSAMPLERS
+from dysample_swap.upsamplers.registry import ALL_UPSAMPLERS, SWAP_POSITIONS
 from dysample_swap.version import __version__
 
 RECORD_FORMAT = "dysample_swap.record/1"
@@ -312,8 +312,8 @@ def check_entry(entry: Any, what: str) -> dict[str, Any]:
     variant = entry.get("variant")
     if not isinstance(variant, str):
         raise RecordError(f"{what}: variant {variant!r:.80} is not a string")
-    if variant.strip().lower() not in UPSAMPLERS:
-        raise RecordError(f"{what}: variant {variant!r:.80} is not one of {', '.join(UPSAMPLERS)}")
+    if variant.strip().lower() not in ALL_UPSAMPLERS:
+        raise RecordError(f"{what}: variant {variant!r:.80} is not one of {', '.join(ALL_UPSAMPLERS)}")
     if "not_replayable" in entry:
         if not isinstance(entry["not_replayable"], str):
             raise RecordError(f"{what}: not_replayable {entry['not_replayable']!r:.80} is not a reason")

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch.nn as nn
 
-from dysample_swap.surgery.policy import SiteDecision, SwapPolicy, anchor_for
-from dysample_swap.upsamplers.registry import create_upsampler
+from dysample_swap.surgery.hooks import hooks_for
+from dysample_swap.surgery.policy import SiteDecision, SwapPolicy, anchor_for, routed_guide
+from dysample_swap.upsamplers.registry import create_upsampler, needs_guide
 
 _UPSAMPLE_STATE = frozenset(nn.Upsample(scale_factor=2.0).__dict__)
 
@@ -59,6 +60,7 @@ def build_replacement(
         groups_fallback=policy.groups_fallback,
         chain=policy.chain,
         positions=policy.positions,
+        **({"guide_channels": decision.guide_shape[1]} if needs_guide(variant) and decision.guide_shape else {}),
         **defaults,
     )
     built = sum(p.numel() for p in module.parameters())
@@ -77,7 +79,8 @@ def replace_in_place(
 
     The new module takes the layer's ``size``/``scale_factor`` as its defaults, its training
     mode, and every attribute a framework set on the layer (ultralytics' ``i``, ``f``, ``type``,
-    ``np``), so the framework's own code runs it as it ran the layer.
+    ``np``), so the framework's own code runs it as it ran the layer. A guided upsampler is wrapped
+    in the layer the framework's ``guide_layer`` hook makes, which gets the guide through its wiring.
     """
     parent_path, _, child = path.rpartition(".")
     parent = model if not parent_path else model.get_submodule(parent_path)
@@ -85,8 +88,14 @@ def replace_in_place(
     new = build_replacement(
         model, parent, decision, variant, policy, size=upsample.size, scale_factor=upsample.scale_factor
     ).train(upsample.training)
+    if needs_guide(variant):  # the framework wires the guide in (policy.routed_guide said where)
+        hooks = hooks_for(model, having="guide_layer")
+        index = routed_guide(model, [decision])
+        if hooks is None or hooks.guide_layer is None or index is None:
+            raise RuntimeError(f"dysample_swap bug: {path} was planned in place without a route for its guide")
+        new = hooks.guide_layer(new, upsample, index)
     for key, value in upsample.__dict__.items():
-        if key not in _UPSAMPLE_STATE:
+        if key not in _UPSAMPLE_STATE and key not in new.__dict__:
             setattr(new, key, value)
     setattr(parent, child, new)
     return upsample

@@ -84,16 +84,18 @@ class SwapReport:
         return [s for s in self.sites if s.action == "skip"]
 
     def table(self) -> str:
-        """The site table: path, kind, mode, channels, in -> out, scale/size, action, how, reason.
+        """The site table: path, kind, mode, channels, in -> out, scale/size, guide, action, how, reason.
 
-        ``how`` is ``in place``, ``fx`` or ``eager fallback``; an eager-fallback reason ends with
-        why torch.fx was not used.
+        ``guide`` is the tensor the result is fused with at its resolution (``add`` or ``cat``, the
+        module that produced it and its channels), what a guided upsampler reads; ``how`` is
+        ``in place``, ``fx`` or ``eager fallback``; an eager-fallback reason ends with why torch.fx
+        was not used.
 
         Example:
             >>> print(SwapReport("dysample", [], 0).table().splitlines()[-1])
             0 swapped, 0 skipped; variant dysample adds 0 parameters
         """
-        header = ("path", "kind", "mode", "channels", "in -> out", "scale/size", "action", "how", "reason")
+        header = ("path", "kind", "mode", "channels", "in -> out", "scale/size", "guide", "action", "how", "reason")
         rows = [header]
         for s in self.sites:
             mode = s.mode + (" ac" if s.align_corners else "")
@@ -105,7 +107,10 @@ class SwapReport:
             reason = s.reason
             if s.method == "eager fallback":
                 reason += f" [eager fallback: fx failed: {s.fx_error}]"
-            rows.append((s.path, s.kind, mode, str(s.in_channels), spatial, how, s.action, s.method or "-", reason))
+            guide = "-" if s.guide_shape is None else f"{s.fusion} {s.guide_producer} ({s.guide_shape[1]})"
+            rows.append(
+                (s.path, s.kind, mode, str(s.in_channels), spatial, how, guide, s.action, s.method or "-", reason)
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))

@@ -71,6 +71,11 @@ _METADATA_ONLY = frozenset(
     }
 )
 """Tensor methods that read a tensor's metadata, not its values: they do not count as using a result."""
+_FUSIONS = {name: "add" for name in ("add", "__add__", "__radd__", "add_", "__iadd__")} | {
+    name: "cat" for name in ("cat", "concat", "concatenate")
+}
+"""Operations (by name, with what the site's ``fusion`` calls them) that fuse an upsampled tensor with another at the output resolution (FPN's lateral sum, U-Net's
+skip concatenation): the other operand is the site's *guide*."""
 _ALIASES = {
     F.upsample.__code__: "F.upsample",
     F.upsample_bilinear.__code__: "F.upsample_bilinear",
@@ -112,6 +117,12 @@ class UpsampleSite:
             ``"recompute"`` (``recompute_scale_factor=True``), ``"antialias"``, ``"direct"``
             (the calling Python frame is code of ``owner`` itself, so the eager fallback can
             route it), ``"per_item"`` (set by the policy's :func:`~dysample_swap.surgery.policy.mark_per_item`).
+        fusion: when the first operation that reads the result fuses it with another tensor at the
+            output resolution (``"add"``, ``"cat"``...: an FPN lateral, a U-Net skip), that operation's name.
+        guide_shape: the shape of that other tensor, the *guide* a guided upsampler (FADE, SAPA, ...)
+            reads (``None`` without a fusion).
+        guide_producer: the path of the module whose output the guide is, ``"<input>"`` for a model
+            input, or ``"<computed>"`` when code computed it outside a module.
 
     Observations only: what was decided for a site (action, reason, scale, replacement) is a
     :class:`~dysample_swap.surgery.policy.SiteDecision`.
@@ -140,6 +151,9 @@ class UpsampleSite:
     order: int = 0
     helper: str | None = None
     flags: frozenset[str] = field(default_factory=frozenset)
+    fusion: str | None = None
+    guide_shape: tuple[int, ...] | None = None
+    guide_producer: str | None = None
 
     @property
     def ratio(self) -> tuple[float, ...]:
@@ -333,6 +347,9 @@ class _Recorder(TorchFunctionMode):
         self.unread: dict[int, int] = {}  # id of a site's output -> its site index, until an op reads it
         self.pooled: dict[int, torch.Tensor] = {}
         self.learned_layer_ran = False
+        self.inputs: list[torch.Tensor] = []  # the model's example input tensors
+        self.produced: dict[int, tuple[str, torch.Tensor]] = {}  # id of a module's output -> (path, tensor)
+        self.guides: dict[int, dict[str, Any]] = {}  # site index -> its fusion, guide shape and producer
 
     # -- module stack ---------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -344,6 +361,8 @@ class _Recorder(TorchFunctionMode):
             self.learned_layer_ran = True
 
     def post_hook(self, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            self.produced[id(output)] = (self.names.get(id(module), type(module).__name__), output)
         while self.stack:
             inv = self.stack.pop()
             if inv.sites:
@@ -356,10 +375,13 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.unread and getattr(func, "__name__", "") not in _METADATA_ONLY:
-            for t in _flat_tensors((args, kwargs)):
+            operands = _flat_tensors((args, kwargs))
+            for t in operands:
                 index = self.unread.get(id(t))
                 if index is not None and self.outputs[index] is t:
                     del self.unread[id(t)]
+                    if getattr(func, "__name__", "") in _FUSIONS:
+                        self._note_guide(index, func.__name__, t, operands)
         if func is F.interpolate:
             return self._interpolate(args, kwargs)
         out = func(*args, **kwargs)
@@ -373,6 +395,24 @@ class _Recorder(TorchFunctionMode):
                     self.pooled[id(out)] = out
                     break
         return out
+
+    def _note_guide(self, index: int, fusion: str, out: torch.Tensor, operands: list[torch.Tensor]) -> None:
+        """Site ``index``'s result is first read by ``fusion``: the first other operand at its resolution is the guide."""
+        for t in operands:
+            if t is not out and t.dim() == 4 and t.shape[0] == out.shape[0] and t.shape[2:] == out.shape[2:]:
+                produced = self.produced.get(id(t))
+                if produced is not None and produced[1] is t:
+                    producer = produced[0]
+                elif any(t is x for x in self.inputs):
+                    producer = "<input>"
+                else:
+                    producer = "<computed>"
+                self.guides[index] = {
+                    "fusion": _FUSIONS[fusion],
+                    "guide_shape": tuple(t.shape),
+                    "guide_producer": producer,
+                }
+                return
 
     def _interpolate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         bound = _INTERPOLATE_SIG.bind(*args, **kwargs)
@@ -515,6 +555,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), name or ROOT)
     recorder = _Recorder(names)
+    recorder.inputs = _flat_tensors(inputs)
     handles = []
     try:
         for module in {id(m): m for m in model.modules()}.values():
@@ -529,6 +570,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
     unread = set(recorder.unread.values())
     sites = []
     for index, (site, out) in enumerate(zip(recorder.sites, recorder.outputs)):
+        site = site.replace(**recorder.guides.get(index, {}))
         if any(_same_tensor(out, f) for f in finals):
             site = site.replace(flags=site.flags | {"final"})
         elif index in unread:

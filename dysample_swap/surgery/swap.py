@@ -46,7 +46,7 @@ from dysample_swap.surgery.record import forget_swaps, record_swap
 from dysample_swap.surgery.replacements import build_replacement, replace_in_place
 from dysample_swap.surgery.report import REPORT_ATTRIBUTE, SwapReport, swap_report
 from dysample_swap.surgery.sites import Discovery, discover, discovery_context, join_path, module_at
-from dysample_swap.upsamplers.registry import upsampler_name
+from dysample_swap.upsamplers.registry import needs_guide, upsampler_name
 
 logger = logging.getLogger("dysample_swap")
 pytree = _torch_compat.pytree()
@@ -136,7 +136,7 @@ def _plan(model: nn.Module, variant: str, example_inputs: Any, policy_kwargs: di
     with discovery_context(model):
         discovery = _discover(model, example_inputs)  # observe
         decisions = decide_all(discovery.sites, policy, variant)  # decide what the observations allow
-        in_place = in_place_groups(model, decisions)
+        in_place = in_place_groups(model, decisions, guided=needs_guide(variant))
         mark_in_place(decisions, in_place)
         in_place_paths = frozenset(g.path for g in in_place)
         site_paths = {s.path for s in discovery.sites} | {s.owner for s in discovery.sites}
@@ -175,7 +175,7 @@ def plan_swap(
 def _warn(report: SwapReport, policy: SwapPolicy) -> None:
     problems = []
     if not report.swapped:
-        problems.append(f"no upsampling site is eligible for DySample ({len(report.sites)} found, all skipped)")
+        problems.append(f"no upsampling site is eligible for {report.variant} ({len(report.sites)} found, all skipped)")
     if policy.include is not None and not any(selects(policy.include, s.site) for s in report.sites):
         paths = ", ".join(dict.fromkeys(s.path for s in report.sites)) or "none"
         problems.append(f"include={policy.include!r} selects none of the sites (their paths: {paths})")
@@ -297,6 +297,7 @@ def swap_upsamplers(
                 n.name,
                 build_replacement(model, module, decisions[n.decision], variant, plan.policy),
                 n.size_is_int,
+                guided=needs_guide(variant),
             )
             for n in new
         ]

@@ -34,10 +34,12 @@ def test_inspect_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
         "->",
         "out",
         "scale/size",
+        "guide",
         "action",
         "how",
         "reason",
     ]
+    assert any(line.startswith("decoder.p3 ") and " add decoder.p3.skip_conv (256) " in line for line in lines)
     assert any(line.startswith("decoder.p3 ") and " swap " in line for line in lines)
     assert any(line.startswith("segmentation_head.1 ") and "final logits" in line for line in lines)
     assert "9 swapped, 1 skipped; variant dysample+ adds 61,728 parameters" in lines

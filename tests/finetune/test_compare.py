@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dysample_swap.cli import main
@@ -35,6 +36,27 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.up2(torch.relu(self.mid(self.up1(self.down(x))))))
+
+
+class FusedNet(nn.Module):
+    """A tiny U-Net: the first x2 upsampling is concatenated with the stride-2 feature (its guide); the last is not."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.enc2 = nn.Sequential(nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU())
+        self.fuse = nn.Conv2d(64, 32, 3, padding=1)
+        self.head = nn.Conv2d(32, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.enc1(x)
+        y = torch.cat([F.interpolate(self.enc2(skip), scale_factor=2.0, mode="bilinear"), skip], dim=1)
+        return self.head(F.interpolate(torch.relu(self.fuse(y)), scale_factor=2.0, mode="bilinear"))
+
+
+def fused_net(num_classes: int) -> nn.Module:
+    """The model spec ``test_compare:fused_net:num_classes=N`` builds this."""
+    return FusedNet(num_classes)
 
 
 def tiny_net(num_classes: int) -> nn.Module:
@@ -195,6 +217,17 @@ def test_a_rival_upsampler_is_an_arm_like_any_other(rival: str, tmp_path: Path, 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["arms"][rival]["swapped_sites"] == 2 and rival in summary["differences"]["arms"]
     assert not (tmp_path / f"offsets_{rival}.png").exists()  # no DySample: nothing to draw
+
+
+def test_a_guided_upsampler_is_an_arm(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """FADE at the fused site only (the unfused one is skipped, with its reason), DySample+ at both."""
+    spec = "model.spec=test_compare:fused_net:num_classes={num_classes}"
+    argv = ["compare", "demo", "--arms", "original,dysample+,fade", "--out", str(tmp_path)]
+    status = main([*argv, *_argv("train.max_steps=1", spec)])
+    assert status == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["arms"]["dysample+"]["swapped_sites"] == 2 and summary["arms"]["fade"]["swapped_sites"] == 1
+    assert {"dysample+", "fade"} <= set(summary["differences"]["arms"])
 
 
 def _files(out: Path) -> dict[str, bytes]:

@@ -327,3 +327,28 @@ def test_compile_matches_eager_at_three_sizes() -> None:
             x = torch.rand(1, 3, *size)
             eager = network(x)[0]
             torch.testing.assert_close(compiled(x)[0], eager, rtol=1e-4, atol=1e-4)
+
+
+def test_a_guided_upsampler_trains_through_yolo_train_and_reloads(tmp_path: Path) -> None:
+    """FADE gets its guide (the backbone feature the neck concatenates) through ultralytics' own ``.f`` wiring."""
+    data = write_dataset(tmp_path / "data")
+    yolo = YOLO("yolov8n.yaml")
+    swap_yolo(yolo, "fade", verbose=False)
+    report = swap_report(yolo.model)
+    assert [(d.path, d.method, d.guide_producer) for d in report.swapped] == [
+        ("model.10", "in place", "model.6"),
+        ("model.13", "in place", "model.4"),
+    ]
+    layers = {i: yolo.model.model[i] for i in UPSAMPLE_LAYERS}
+    assert [(layer.f, layer.i, type(layer.upsampler).__name__) for layer in layers.values()] == [
+        ([-1, 6], 10, "FADE"),
+        ([-1, 4], 13, "FADE"),
+    ]
+    before = {k: v.clone() for k, v in yolo.model.state_dict().items() if ".upsampler." in k}
+    yolo.train(data=str(data), project=str(tmp_path / "runs"), name="train", **TRAIN_ARGS)
+    last = YOLO(str(tmp_path / "runs" / "train" / "weights" / "last.pt")).model
+    trained = {k: v for k, v in last.state_dict().items() if ".upsampler." in k}
+    assert trained.keys() == before.keys() and trained
+    assert any(not torch.equal(trained[k].float(), before[k].float()) for k in trained)  # FADE was trained
+    with torch.no_grad():
+        assert last.eval()(torch.rand(1, 3, IMAGE, IMAGE))[0].isfinite().all()

@@ -52,5 +52,5 @@ def test_timm_features_only_fpn() -> None:
 
 def test_timm_backbone_alone_has_nothing_to_swap() -> None:
     backbone = timm.create_model("resnet18", pretrained=False, features_only=True)
-    with pytest.warns(UserWarning, match=r"no upsampling site is eligible for DySample \(0 found"):
+    with pytest.warns(UserWarning, match=r"no upsampling site is eligible for dysample\+ \(0 found"):
         assert find_upsamplers(backbone, torch.rand(1, 3, 64, 64)) == []
