@@ -203,6 +203,8 @@ class FADE(GuidedUpsampler):
         torch.Size([2, 256, 12, 10])
     """
 
+    traced_sizes_fixed = True  # the CARAFE-style reassembly slices by the traced sizes
+
     x_channels_arg: ClassVar[str | None] = "in_channels_de"
     guide_channels_arg: ClassVar[str] = "in_channels_en"
     default_factor_arg: ClassVar[str] = "output_scale_factor"

@@ -44,8 +44,10 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -173,6 +175,9 @@ class GuidedUpsampler(nn.Module):
         x_channels = None if x_arg is None else (x_arg, int(getattr(self, x_arg)))
         check_pair(x, guide, type(self).__name__, x_channels, (self.guide_channels_arg, self.guide_channels))
 
+    traced_sizes_fixed: ClassVar[bool] = False
+    """Whether a traced graph of the module holds the example's sizes (a warning says so when it is traced)."""
+
     def native(self, x: Tensor, guide: Tensor) -> Tensor:
         """The output at ``scale`` times ``x`` from a guide already at that (native) size."""
         raise NotImplementedError
@@ -191,6 +196,13 @@ class GuidedUpsampler(nn.Module):
                 or a guide whose batch size differs from ``x``'s; for a bad ``size`` / ``scale_factor``.
         """
         self.check_inputs(x, guide)
+        if self.traced_sizes_fixed and torch.jit.is_tracing():
+            warnings.warn(
+                f"{type(self).__name__}: a traced graph (torch.jit.trace, torch.onnx.export(dynamo=False)) keeps "
+                f"the example's height and width ({tuple(x.shape[-2:])}) in its reassembly: run the exported model "
+                "at that input size only; other sizes give wrong numbers",
+                stacklevel=2,
+            )
         if size is None and scale_factor is None:
             size, scale_factor = self.default_request()
         height, width = x.shape[-2:]

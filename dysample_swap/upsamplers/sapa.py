@@ -145,6 +145,8 @@ class SAPA(GuidedUpsampler):
         torch.Size([2, 256, 12, 10])
     """
 
+    traced_sizes_fixed = True  # the CARAFE-style reassembly slices by the traced sizes
+
     x_channels_arg: ClassVar[str | None] = "dim_x"
     guide_channels_arg: ClassVar[str] = "dim_y"
 

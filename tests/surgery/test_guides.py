@@ -187,3 +187,37 @@ def test_channels_an_upsampler_cannot_take_are_a_skip_with_the_reason() -> None:
     )
     (fade,) = find_upsamplers(OddChannels(), (X,), variant="fade")
     assert fade.action == "swap" and fade.method == "fx"
+
+
+def _small_unet() -> nn.Module:
+    return smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 32), classes=2)
+
+
+@pytest.mark.parametrize("variant", GUIDED)
+def test_torch_compile_of_a_guided_swap_matches_eager_at_another_size(variant: str) -> None:
+    torch.manual_seed(0)
+    model = swap_upsamplers(_small_unet(), variant, (X[:1],), verbose=False).eval()
+    other = torch.rand(1, 3, 96, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(other), model(other), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_export_of_a_guided_swap(tmp_path) -> None:
+    """IndexNet exports with dynamic height and width; FADE's traced reassembly keeps the example's sizes, and says so."""
+    import onnxruntime as ort
+
+    x, other = X[:1], torch.rand(1, 3, 96, 64)
+    axes = {"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}}
+    torch.manual_seed(0)
+    indexnet = swap_upsamplers(_small_unet(), "indexnet", (x,), verbose=False).eval()
+    torch.onnx.export(
+        indexnet, (x,), tmp_path / "i.onnx", dynamo=False, input_names=["x"], output_names=["y"], dynamic_axes=axes
+    )
+    got = ort.InferenceSession(str(tmp_path / "i.onnx")).run(None, {"x": other.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), indexnet(other), rtol=1e-4, atol=1e-4)
+    fade = swap_upsamplers(_small_unet(), "fade", (x,), verbose=False).eval()
+    with pytest.warns(UserWarning, match=r"FADE: a traced graph .* keeps the example's height and width"):
+        torch.onnx.export(
+            fade, (x,), tmp_path / "f.onnx", dynamo=False, input_names=["x"], output_names=["y"], dynamic_axes=axes
+        )
