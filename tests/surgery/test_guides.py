@@ -221,3 +221,18 @@ def test_onnx_export_of_a_guided_swap(tmp_path) -> None:
         torch.onnx.export(
             fade, (x,), tmp_path / "f.onnx", dynamo=False, input_names=["x"], output_names=["y"], dynamic_axes=axes
         )
+
+
+def test_a_guided_swap_of_smp_round_trips_through_save_pretrained(tmp_path) -> None:
+    import dysample_swap
+
+    torch.manual_seed(0)
+    model = swap_upsamplers(_small_unet(), "sapa", (X[:1],), verbose=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(tmp_path)
+    reloaded = dysample_swap.from_pretrained(tmp_path).eval()
+    assert [d.path for d in swap_report(reloaded).swapped] == [d.path for d in swap_report(model).swapped]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(X), model(X), rtol=0, atol=0)
