@@ -12,6 +12,10 @@ as contour as in the reference code); the class's boundary IoU is
 :class:`DetectionMetrics` runs pycocotools ``COCOeval`` (the official COCO protocol) on
 torchvision-format predictions, for boxes and/or masks.
 
+:class:`DepthMetrics` (monocular depth, :mod:`~dysample_swap.finetune.metrics_depth`) and
+:class:`PanopticMetrics` (COCO PQ / SQ / RQ, :mod:`~dysample_swap.finetune.metrics_panoptic`)
+live in their own modules and are re-exported here.
+
 Example:
     >>> import torch
     >>> m = SegmentationMetrics(2, class_names=["bg", "fg"])
@@ -38,6 +42,8 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from dysample_swap.finetune.data.coco_gt import build_coco, encode_masks, target_annotations
+from dysample_swap.finetune.metrics_depth import DepthMetrics as DepthMetrics
+from dysample_swap.finetune.metrics_panoptic import PanopticMetrics as PanopticMetrics
 from dysample_swap.finetune.stats import nanmean
 
 IOU_TYPES = ("bbox", "segm")
