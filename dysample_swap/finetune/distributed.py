@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -236,3 +236,27 @@ def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
     if ctx.distributed:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def world_size(process_group: Any = None) -> int:
+    """The number of ranks in ``process_group`` (1 without an initialised process group).
+
+    Example:
+        >>> world_size()
+        1
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(process_group)
+
+
+def interleave_shards(shards: Sequence[Sequence[Any]]) -> list[Any]:
+    """Rows gathered from several ranks, back in dataset order for shards dealt out round-robin (image ``i`` on
+    rank ``i % world_size``, as :class:`ShardSampler` does); other shard sizes keep every row, one from each rank
+    in turn.
+
+    Example:
+        >>> interleave_shards([[0, 2, 4], [1, 3]])
+        [0, 1, 2, 3, 4]
+    """
+    return [shard[k] for k in range(max((len(s) for s in shards), default=0)) for shard in shards if k < len(shard)]

@@ -42,6 +42,7 @@ from pycocotools.cocoeval import COCOeval
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from dysample_swap.finetune.data.coco_gt import build_coco, encode_masks, target_annotations
+from dysample_swap.finetune.distributed import world_size
 from dysample_swap.finetune.metrics_depth import DepthMetrics as DepthMetrics
 from dysample_swap.finetune.metrics_panoptic import PanopticMetrics as PanopticMetrics
 from dysample_swap.finetune.stats import nanmean
@@ -85,12 +86,6 @@ def label_boundary(labels: torch.Tensor, dilation: int) -> torch.Tensor:
 
     own = labels.float()
     return (window_max(padded) != own) | (-window_max(-padded) != own)
-
-
-def _world(process_group: Any) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(process_group)
 
 
 class SegmentationMetrics:
@@ -277,7 +272,7 @@ class SegmentationMetrics:
         """
         if self._synced:
             raise RuntimeError("sync() called twice; the statistics are already summed over ranks")
-        world = _world(process_group)
+        world = world_size(process_group)
         if world > 1:
             state = self.state_tensors()
             if dist.get_backend(process_group) == "nccl":
@@ -492,7 +487,7 @@ class DetectionMetrics:
         """
         if self._synced:
             raise RuntimeError("sync() called twice; the records are already gathered")
-        world = _world(process_group)
+        world = world_size(process_group)
         if world > 1:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, self.state_objects(), group=process_group)

@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,21 +45,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from dysample_swap.finetune.distributed import interleave_shards, world_size
+
 #: The metrics :meth:`DepthMetrics.compute` returns, in this order.
 DEPTH_METRIC_NAMES = ("delta1", "delta2", "delta3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
-
-
-def _world(process_group: Any) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(process_group)
-
-
-def _interleave(shards: Sequence[Sequence[Any]]) -> list[Any]:
-    """Rows of several ranks back in dataset order for shards dealt out round-robin (image ``i``
-    on rank ``i % world_size``, as :class:`~dysample_swap.finetune.distributed.ShardSampler`
-    does); other shard sizes keep every row, taking one from each rank in turn."""
-    return [shard[k] for k in range(max((len(s) for s in shards), default=0)) for shard in shards if k < len(shard)]
 
 
 def _as_batch(depth: torch.Tensor, name: str) -> torch.Tensor:
@@ -218,11 +206,11 @@ class DepthMetrics:
         """
         if self._synced:
             raise RuntimeError("sync() called twice; the per-image rows are already gathered")
-        world = _world(process_group)
+        world = world_size(process_group)
         if world > 1:
             shards: list[Any] = [None] * world
             dist.all_gather_object(shards, self.per_image_counts(), group=process_group)
-            rows = _interleave(shards)
+            rows = interleave_shards(shards)
             self._per_image = [torch.from_numpy(np.stack(rows))] if rows else []
         self._synced = True
 

@@ -42,32 +42,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from dysample_swap.finetune.distributed import interleave_shards, world_size
 from dysample_swap.finetune.stats import nanmean
 
 #: The metrics :meth:`PanopticMetrics.compute` returns, in this order.
 PANOPTIC_METRIC_NAMES = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st")
 #: Blocks of :meth:`PanopticMetrics.per_image_counts` (each one column per category).
 PANOPTIC_COUNT_NAMES = ("tp", "fp", "fn", "iou_sum")
-
-
-def _world(process_group: Any) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(process_group)
-
-
-def _interleave(shards: Sequence[Sequence[Any]]) -> list[Any]:
-    """Rows of several ranks back in dataset order for shards dealt out round-robin (image ``i``
-    on rank ``i % world_size``, as :class:`~dysample_swap.finetune.distributed.ShardSampler`
-    does); other shard sizes keep every row, taking one from each rank in turn."""
-    return [shard[k] for k in range(max((len(s) for s in shards), default=0)) for shard in shards if k < len(shard)]
 
 
 class PanopticMetrics:
@@ -249,7 +237,7 @@ class PanopticMetrics:
         """
         if self._synced:
             raise RuntimeError("sync() called twice; the statistics are already summed over ranks")
-        world = _world(process_group)
+        world = world_size(process_group)
         if world > 1:
             state = torch.cat([self.totals, torch.tensor([float(self.images)], dtype=torch.float64)])
             if dist.get_backend(process_group) == "nccl":
@@ -259,7 +247,7 @@ class PanopticMetrics:
             dist.all_gather_object(shards, self.per_image_counts(), group=process_group)
             state = state.cpu()
             self.totals, self.images = state[:-1].clone(), int(state[-1])
-            rows = _interleave(shards)
+            rows = interleave_shards(shards)
             self._per_image = [torch.from_numpy(np.stack(rows))] if rows else []
         self._synced = True
 
