@@ -200,7 +200,8 @@ class GuidedUpsampler(nn.Module):
             warnings.warn(
                 f"{type(self).__name__}: a traced graph (torch.jit.trace, torch.onnx.export(dynamo=False)) keeps "
                 f"the example's height and width ({tuple(x.shape[-2:])}) in its reassembly: run the exported model "
-                "at that input size only; other sizes give wrong numbers",
+                "at that input size only (other sizes give wrong numbers), or export with "
+                "torch.onnx.export(..., dynamo=True), which keeps the sizes dynamic",
                 stacklevel=2,
             )
         if size is None and scale_factor is None:

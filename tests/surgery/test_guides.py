@@ -236,3 +236,19 @@ def test_a_guided_swap_of_smp_round_trips_through_save_pretrained(tmp_path) -> N
     assert [d.path for d in swap_report(reloaded).swapped] == [d.path for d in swap_report(model).swapped]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(X), model(X), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_the_dynamo_onnx_export_of_a_fade_swap_keeps_sizes_dynamic(tmp_path) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = swap_upsamplers(_small_unet(), "fade", (X[:1],), verbose=False).eval()
+    h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
+    program = torch.onnx.export(model, (X[:1],), dynamo=True, dynamic_shapes={"x": {2: 32 * h, 3: 32 * w}})
+    program.save(str(tmp_path / "fade.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "fade.onnx"))
+    other = torch.rand(1, 3, 96, 64)
+    got = session.run(None, {session.get_inputs()[0].name: other.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(other), rtol=1e-4, atol=1e-4)
