@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -62,6 +63,30 @@ SCALE = 2
 """A2U's only ratio."""
 NEGATIVE_SLOPE = 0.01
 """``nn.LeakyReLU()``'s default slope, after each GroupNorm."""
+
+
+def adaptive_mean(x: Tensor, bins: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, bins)``; while a graph is exported it is written as box sums of an integral image
+    at bin edges computed from the input size, so the exported graph keeps that size dynamic (the exporters bake
+    adaptive pooling's bins for the example's size).
+
+    Example:
+        >>> x = torch.randn(1, 2, 13, 8)
+        >>> torch.equal(adaptive_mean(x, 6), F.adaptive_avg_pool2d(x, 6))
+        True
+    """
+    if not (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()):
+        return F.adaptive_avg_pool2d(x, bins)
+    height, width = x.shape[-2:]
+    integral = F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    edges = torch.arange(bins + 1, device=x.device)
+    top, bottom = (edges[:-1] * height) // bins, (edges[1:] * height + bins - 1) // bins
+    left, right = (edges[:-1] * width) // bins, (edges[1:] * width + bins - 1) // bins
+    lower, upper = integral.index_select(-2, bottom), integral.index_select(-2, top)
+    box = lower.index_select(-1, right) - lower.index_select(-1, left) - upper.index_select(-1, right)
+    box = box + upper.index_select(-1, left)
+    area = ((bottom - top)[:, None] * (right - left)[None, :]).to(x.dtype)
+    return box / area
 
 
 def a2u_kernels(
@@ -115,13 +140,13 @@ def a2u_kernels(
             f"a2u_kernels: pool_weight must have 4*kernel_size**2 = {4 * kernel_size**2} output channels "
             f"(kernel_size={kernel_size}), got {tuple(pool_weight.shape)}"
         )
-    p = F.conv2d(F.adaptive_avg_pool2d(guide, 1), pool_weight, pool_bias)  # (N, 4*k*k, 1, 1)
+    p = F.conv2d(guide.mean((2, 3), keepdim=True), pool_weight, pool_bias)  # (N, 4*k*k, 1, 1): the global average
     encodings = []
     for weight, bias, norm_weight, norm_bias in (
         (u_weight, u_bias, norm_u_weight, norm_u_bias),
         (v_weight, v_bias, norm_v_weight, norm_v_bias),
     ):
-        kernel = F.conv2d(F.adaptive_avg_pool2d(guide, ENCODE_KERNEL), weight, bias)  # (N, 1, 6, 6): one per sample
+        kernel = F.conv2d(adaptive_mean(guide, ENCODE_KERNEL), weight, bias)  # (N, 1, 6, 6): one per sample
         per_channel = kernel.expand(n, channels, ENCODE_KERNEL, ENCODE_KERNEL).reshape(
             n * channels, 1, ENCODE_KERNEL, ENCODE_KERNEL
         )

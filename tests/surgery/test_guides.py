@@ -239,15 +239,16 @@ def test_a_guided_swap_of_smp_round_trips_through_save_pretrained(tmp_path) -> N
 
 
 @pytest.mark.slow
-def test_the_dynamo_onnx_export_of_a_fade_swap_keeps_sizes_dynamic(tmp_path) -> None:
+@pytest.mark.parametrize("variant", ["fade", "a2u"])
+def test_the_dynamo_onnx_export_of_a_guided_swap_keeps_sizes_dynamic(variant: str, tmp_path) -> None:
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    model = swap_upsamplers(_small_unet(), "fade", (X[:1],), verbose=False).eval()
+    model = swap_upsamplers(_small_unet(), variant, (X[:1],), verbose=False).eval()
     h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
     program = torch.onnx.export(model, (X[:1],), dynamo=True, dynamic_shapes={"x": {2: 32 * h, 3: 32 * w}})
-    program.save(str(tmp_path / "fade.onnx"))
-    session = ort.InferenceSession(str(tmp_path / "fade.onnx"))
+    program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     other = torch.rand(1, 3, 96, 64)
     got = session.run(None, {session.get_inputs()[0].name: other.numpy()})[0]
     with torch.no_grad():

@@ -117,3 +117,15 @@ def test_no_tensor_larger_than_the_output_in_forward_and_backward() -> None:
         out = up(x, guide)
         out.square().sum().backward()
     assert probe.largest <= out.numel()
+
+
+@pytest.mark.parametrize("size", [(13, 8), (64, 64), (4, 5), (6, 6)])
+def test_the_exported_form_of_its_adaptive_pooling_equals_the_pooling(size, monkeypatch) -> None:
+    """While exporting, the 6x6 average pool is box sums of an integral image (sizes stay dynamic); same numbers."""
+    from dysample_swap.upsamplers.a2u import adaptive_mean
+
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    torch.testing.assert_close(
+        adaptive_mean(x, 6), torch.nn.functional.adaptive_avg_pool2d(x, 6), rtol=1e-12, atol=1e-12
+    )
