@@ -230,6 +230,16 @@ def test_a_guided_upsampler_is_an_arm(tmp_path: Path, capsys: pytest.CaptureFixt
     assert {"dysample+", "fade"} <= set(summary["differences"]["arms"])
 
 
+@pytest.mark.slow
+def test_a_guided_arm_on_the_detection_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """FADE takes Faster R-CNN's three FPN laterals as its guides, through the detection recipe's own loop."""
+    argv = ["compare", "fasterrcnn_coco", "--preset", "cpu", "--arms", "original,fade", "--out", str(tmp_path)]
+    assert main([*argv, "--set", "train.progress=never"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["arms"]["original"]["swapped_sites"] == 0 and summary["arms"]["fade"]["swapped_sites"] == 3
+    assert "fade" in summary["differences"]["arms"]
+
+
 def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
