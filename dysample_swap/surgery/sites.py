@@ -336,9 +336,10 @@ def _tensors(values: Any) -> Iterator[torch.Tensor]:
 class _Recorder(TorchFunctionMode):
     """Records interpolate calls and marks tensors derived from adaptive pooling."""
 
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], inputs: list[torch.Tensor]) -> None:
         super().__init__()
         self.names = names
+        self.inputs = inputs  # the model's example input tensors (a guide may be one)
         self.stack: list[Invocation] = []
         self.counts: dict[str, int] = {}
         self.invocations: dict[tuple[str, int], Invocation] = {}
@@ -347,7 +348,6 @@ class _Recorder(TorchFunctionMode):
         self.unread: dict[int, int] = {}  # id of a site's output -> its site index, until an op reads it
         self.pooled: dict[int, torch.Tensor] = {}
         self.learned_layer_ran = False
-        self.inputs: list[torch.Tensor] = []  # the model's example input tensors
         self.produced: dict[int, tuple[str, torch.Tensor]] = {}  # id of a module's output -> (path, tensor)
         self.guides: dict[int, dict[str, Any]] = {}  # site index -> its fusion, guide shape and producer
 
@@ -554,8 +554,7 @@ def discover(model: nn.Module, example_inputs: tuple[Any, ...] | Any) -> Discove
     names: dict[int, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(id(module), name or ROOT)
-    recorder = _Recorder(names)
-    recorder.inputs = _flat_tensors(inputs)
+    recorder = _Recorder(names, _flat_tensors(inputs))
     handles = []
     try:
         for module in {id(m): m for m in model.modules()}.values():

@@ -130,15 +130,12 @@ def test_the_deterministic_input_gradient_equals_the_atomic_one_and_repeats_bit_
 
 
 def test_the_deterministic_flag_of_the_function_equals_the_global_switch() -> None:
-    from dysample_swap.upsamplers.dysample.native_sampler import axis_tables
-    from dysample_swap.upsamplers.dysample.sampling import anchor_index
+    from dysample_swap.upsamplers.dysample.sampling import _kernel_tables
     from dysample_swap.upsamplers.dysample.triton_sampler import triton_sample
 
     x, _ = _inputs((6, 6), 2, 4, torch.float32)
     offset = _crowded_offsets((6, 6), 2, 4)
-    rows = axis_tables(6, 12, 2, 6, 36, *anchor_index(6, 12, "bilinear", None, torch.float32, DEVICE), rows=True)
-    cols = axis_tables(6, 12, 2, 1, 36, *anchor_index(6, 12, "bilinear", None, torch.float32, DEVICE), rows=False)
-    rows, cols = (type(t)(*(v.to(DEVICE) for v in vars(t).values())) for t in (rows, cols))
+    rows, cols = _kernel_tables(x, (6, 6), (12, 12), 2, None, "bilinear", "exact", torch.float32)
     upstream = torch.randn(2, 8, 12, 12, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     out = triton_sample(x, offset, rows, cols, 2, 4, 12, 12, "exact", deterministic=True)
     flagged = torch.autograd.grad(out, x, upstream)[0]
