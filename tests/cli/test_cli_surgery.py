@@ -81,6 +81,17 @@ def test_inspect_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert any(line.startswith("3 swapped, 7 skipped; variant dysample-s adds ") for line in out.splitlines())
 
 
+def test_inspect_a_guided_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", FPN, "--variant", "fade"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(
+        line.startswith("decoder.p3 ") and " add decoder.p3.skip_conv (256) " in line and " swap " in line
+        for line in lines
+    )
+    assert any(line.startswith("3 swapped, 7 skipped; variant fade adds 141,771 parameters") for line in lines)
+    assert sum("no guide: the result is not added" in line for line in lines) == 6  # the seg blocks: no fusion
+
+
 def test_swap_writes_a_file_that_load_swapped_rebuilds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fpn.pt"
     assert main(["swap", FPN, "--variant", "dysample", "--out", str(out)]) == 0

@@ -352,3 +352,12 @@ def test_a_guided_upsampler_trains_through_yolo_train_and_reloads(tmp_path: Path
     assert any(not torch.equal(trained[k].float(), before[k].float()) for k in trained)  # FADE was trained
     with torch.no_grad():
         assert last.eval()(torch.rand(1, 3, IMAGE, IMAGE))[0].isfinite().all()
+    reloaded = YOLO(str(tmp_path / "runs" / "train" / "weights" / "last.pt"))
+    with pytest.warns(UserWarning, match="FADE: a traced graph"):  # ultralytics' export traces at imgsz
+        path = reloaded.export(format="onnx", imgsz=IMAGE, simplify=False, device="cpu")
+    x = torch.rand(1, 3, IMAGE, IMAGE)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch_out = reloaded.model.eval()(x)[0]
+    np.testing.assert_allclose(onnx_out, torch_out.numpy(), rtol=1e-4, atol=1e-4)

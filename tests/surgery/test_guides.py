@@ -52,6 +52,18 @@ def test_discovery_finds_the_lateral_and_skip_each_upsampling_is_fused_with() ->
     assert last.fusion is None and last.guide_shape is None and last.guide_producer is None
 
 
+def test_the_skips_of_unet_plus_plus_are_guides_and_a_guided_swap_trains() -> None:
+    torch.manual_seed(0)
+    model = smp.UnetPlusPlus("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 32))
+    fused = [s for s in _sites(model, X[:1]) if s.fusion is not None]
+    assert fused and all(s.guide_shape[2:] == s.output_shape[2:] for s in fused)
+    swap_upsamplers(model, "fade", (X[:1],), verbose=False)
+    assert len(swap_report(model).swapped) >= 2
+    model.train()(X).mean().backward()
+    new = _new_parameters(model)
+    assert new and all(p.grad is not None for p in new.values())
+
+
 def test_discovery_finds_the_fpn_laterals_of_a_torchvision_detector() -> None:
     detector = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=128, max_size=128).eval()
     sites = [s for s in _sites(detector, [torch.rand(3, 128, 128)]) if s.path == "backbone.fpn"]
