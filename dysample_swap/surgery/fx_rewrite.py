@@ -360,16 +360,43 @@ def plan_owner(
     return OwnerPlan(owner_path, "eager fallback", direct, why_not_fx=error, in_place=in_place)
 
 
-def guided_positions(owner: nn.Module, plan: OwnerPlan) -> list[bool]:
-    """For each call position of an fx plan, whether a guided upsampler can be called there (a fusion in the graph).
+def guide_route(node: fx.Node, guide_arg: str | None) -> tuple[fx.Node, fx.Node | None] | None:
+    """Where a guided upsampler replacing ``node`` gets its guide: ``(guide, fusion)`` when the fusion is the first
+    use of the result (the call goes just before it), ``(guide, None)`` when the guide is the owner's argument
+    ``guide_arg`` (the call goes where ``node`` is), else ``None``.
 
     Example:
-        >>> guided_positions(nn.Identity(), OwnerPlan("x", "eager fallback", [[0]]))
+        >>> import torch.nn as nn, torch.nn.functional as F
+        >>> class Gated(nn.Module):
+        ...     def forward(self, x, skip):
+        ...         up = F.interpolate(x, scale_factor=2.0)
+        ...         return torch.cat([up * up.sigmoid(), skip], 1)
+        >>> graph = fx.symbolic_trace(Gated()).graph
+        >>> up = next(n for n in graph.nodes if n.target is F.interpolate)
+        >>> guide_route(up, None) is None, [n.name for n in guide_route(up, "skip") if n is not None]
+        (True, ['skip'])
+    """
+    found = fusion_and_guide(node)
+    if found is not None:
+        return found[1], found[0]
+    if guide_arg is None:
+        return None
+    guide = next((n for n in node.graph.nodes if n.op == "placeholder" and n.name == guide_arg), None)
+    return None if guide is None else (guide, None)
+
+
+def guided_positions(owner: nn.Module, plan: OwnerPlan, guide_args: list[str | None]) -> list[bool]:
+    """For each call position of an fx plan, whether a guided upsampler can be called there with its guide
+    (``guide_args``: each position's :attr:`~dysample_swap.surgery.sites.UpsampleSite.guide_arg`).
+
+    Example:
+        >>> guided_positions(nn.Identity(), OwnerPlan("x", "eager fallback", [[0]]), [None])
         [False]
     """
     if plan.graph is None:
-        return [False] * max((len(p) for p in plan.positions), default=0)
-    return [fusion_and_guide(node) is not None for node in _site_nodes(plan.graph, owner, plan.path, plan.in_place)]
+        return [False] * len(guide_args)
+    nodes = _site_nodes(plan.graph, owner, plan.path, plan.in_place)
+    return [guide_route(node, arg) is not None for node, arg in zip(nodes, guide_args)]
 
 
 def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement]) -> None:
@@ -409,12 +436,12 @@ def apply_fx(owner: nn.Module, plan: OwnerPlan, replacements: list[Replacement])
             kwargs["size"] = (size, size) if rep.size_is_int else size
         elif scale_factor is not None:
             kwargs["scale_factor"] = scale_factor
-        if rep.guided:  # called where the guide exists: just before the fusion (the guide may be computed after x)
-            found = fusion_and_guide(node)
-            if found is None:
-                raise RuntimeError(f"dysample_swap bug: {plan.path}: a guided site without a fusion in the graph")
-            fusion, guide = found
-            with graph.inserting_before(fusion):
+        if rep.guided:  # called where the guide exists: before the fusion (the guide may be computed after x)
+            route = guide_route(node, rep.guide_arg)
+            if route is None:
+                raise RuntimeError(f"dysample_swap bug: {plan.path}: a guided site without a route to its guide")
+            guide, fusion = route
+            with graph.inserting_before(fusion) if fusion is not None else graph.inserting_after(node):
                 new = graph.create_node("call_module", rep.name, (x, guide), kwargs)
             node.replace_all_uses_with(new)
             graph.erase_node(node)

@@ -58,6 +58,7 @@ class Replacement:
     module: nn.Module
     size_is_int: bool = False
     guided: bool = False  # called as module(x, guide): the guide is the tensor the result is fused with
+    guide_arg: str | None = None  # the owner's argument that is the guide, when the fusion is not the first use
 
 
 def _exec_forward(source: str, namespace: dict[str, Any], name: str) -> Callable[..., Any]:

@@ -644,7 +644,8 @@ def _assign(owner: nn.Module, plan: OwnerPlan, decisions: list[SiteDecision], gu
     for i, d in enumerate(decisions):
         if d.owner == plan.path and d.action == "swap" and d.method == "" and i not in routed:
             decisions[i] = d.skip(unroutable_reason(d, plan.path, plan.why_not_fx, groups is None))
-    fusions = guided_positions(owner, plan) if guided else []
+    guide_args = [decisions[group[0]].guide_arg for group in groups or []]
+    fusions = guided_positions(owner, plan, guide_args) if guided else []
     new: list[NewModule] = []
     for position, group in enumerate(groups or []):
         members = [decisions[i] for i in group]
@@ -679,7 +680,8 @@ def unguided_reason(plan: OwnerPlan) -> str:
         return f"guided upsamplers are called with their guide by an fx rewrite; {plan.path} runs the eager fallback ({plan.why_not_fx})"
     return (
         f"the fusion with the guide is not the first use of the result in {plan.path}'s forward (it happens in "
-        "a caller, or something reads the result first), so the guide cannot be passed"
+        "a caller, or something reads the result first and the guide is not one of its arguments), so the guide "
+        "cannot be passed"
     )
 
 

@@ -118,11 +118,16 @@ class UpsampleSite:
             (the calling Python frame is code of ``owner`` itself, so the eager fallback can
             route it), ``"per_item"`` (set by the policy's :func:`~dysample_swap.surgery.policy.mark_per_item`).
         fusion: when the first operation that reads the result fuses it with another tensor at the
-            output resolution (``"add"``, ``"cat"``...: an FPN lateral, a U-Net skip), that operation's name.
+            output resolution (``"add"``, ``"cat"``...: an FPN lateral, a U-Net skip), or the first fusion of a
+            tensor computed from it at its resolution (``guide_arg``), that operation's name.
         guide_shape: the shape of that other tensor, the *guide* a guided upsampler (FADE, SAPA, ...)
             reads (``None`` without a fusion).
         guide_producer: the path of the module whose output the guide is, ``"<input>"`` for a model
             input, or ``"<computed>"`` when code computed it outside a module.
+        guide_arg: when the fusion is not the first operation that reads the result (smp's MAnet
+            multiplies it by an attention map first, then concatenates the skip), the fusion is that
+            of a tensor computed from the result at its resolution, and this is the name of the owner's
+            forward argument that the guide is (``None`` when it is none of them).
 
     Observations only: what was decided for a site (action, reason, scale, replacement) is a
     :class:`~dysample_swap.surgery.policy.SiteDecision`.
@@ -154,6 +159,7 @@ class UpsampleSite:
     fusion: str | None = None
     guide_shape: tuple[int, ...] | None = None
     guide_producer: str | None = None
+    guide_arg: str | None = None
 
     @property
     def ratio(self) -> tuple[float, ...]:
@@ -350,6 +356,9 @@ class _Recorder(TorchFunctionMode):
         self.learned_layer_ran = False
         self.produced: dict[int, tuple[str, torch.Tensor]] = {}  # id of a module's output -> (path, tensor)
         self.guides: dict[int, dict[str, Any]] = {}  # site index -> its fusion, guide shape and producer
+        self.owners: dict[int, Invocation] = {}  # site index -> the execution of its owner
+        # tensors computed from a site's result at its resolution, while the site waits for its fusion
+        self.following: dict[int, tuple[int, torch.Tensor]] = {}
 
     # -- module stack ---------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -374,17 +383,34 @@ class _Recorder(TorchFunctionMode):
     # -- torch function mode --------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.unread and getattr(func, "__name__", "") not in _METADATA_ONLY:
+        name = getattr(func, "__name__", "")
+        first_reads: list[int] = []  # sites whose result this op reads first, without fusing it
+        follows: set[int] = set()  # sites a tensor computed from whose result this op reads
+        if (self.unread or self.following) and name not in _METADATA_ONLY:
             operands = _flat_tensors((args, kwargs))
             for t in operands:
                 index = self.unread.get(id(t))
                 if index is not None and self.outputs[index] is t:
                     del self.unread[id(t)]
-                    if getattr(func, "__name__", "") in _FUSIONS:
-                        self._note_guide(index, func.__name__, t, operands)
+                    if name in _FUSIONS:
+                        self._note_guide(index, name, [t], operands)
+                    else:
+                        first_reads.append(index)
+                        self.following[id(t)] = (index, t)  # later reads of the result itself count too
+                followed = self.following.get(id(t))
+                if followed is not None and followed[1] is t and followed[0] not in self.guides:
+                    follows.add(followed[0])
+            for index in follows:
+                if name in _FUSIONS:
+                    mine = [t for i, t in self.following.values() if i == index]
+                    self._note_guide(index, name, mine, operands, indirect=True)
         if func is F.interpolate:
             return self._interpolate(args, kwargs)
         out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and name not in _FUSIONS:
+            for index in (*first_reads, *follows):
+                if out.shape[0] == self.outputs[index].shape[0] and out.shape[2:] == self.outputs[index].shape[2:]:
+                    self.following[id(out)] = (index, out)
         if getattr(func, "__name__", "") in _POOLING_NAMES:
             for t in _tensors(out if isinstance(out, tuple) else (out,)):
                 self.pooled[id(t)] = t
@@ -396,10 +422,19 @@ class _Recorder(TorchFunctionMode):
                     break
         return out
 
-    def _note_guide(self, index: int, fusion: str, out: torch.Tensor, operands: list[torch.Tensor]) -> None:
-        """Site ``index``'s result is first read by ``fusion``: the first other operand at its resolution is the guide."""
+    def _note_guide(
+        self, index: int, fusion: str, mine: list[torch.Tensor], operands: list[torch.Tensor], indirect: bool = False
+    ) -> None:
+        """``fusion`` reads site ``index``'s result (or, ``indirect``, a tensor computed from it at its resolution,
+        ``mine``): the first other operand at that resolution is the guide."""
+        out = self.outputs[index]
         for t in operands:
-            if t is not out and t.dim() == 4 and t.shape[0] == out.shape[0] and t.shape[2:] == out.shape[2:]:
+            if (
+                not any(t is m for m in mine)
+                and t.dim() == 4
+                and t.shape[0] == out.shape[0]
+                and t.shape[2:] == out.shape[2:]
+            ):
                 produced = self.produced.get(id(t))
                 if produced is not None and produced[1] is t:
                     producer = produced[0]
@@ -411,8 +446,20 @@ class _Recorder(TorchFunctionMode):
                     "fusion": _FUSIONS[fusion],
                     "guide_shape": tuple(t.shape),
                     "guide_producer": producer,
+                    "guide_arg": self._argument_name(index, t) if indirect else None,
                 }
                 return
+
+    def _argument_name(self, index: int, guide: torch.Tensor) -> str | None:
+        """The name of the forward argument of site ``index``'s owner that ``guide`` is (``None``: none is)."""
+        inv = self.owners.get(index)
+        if inv is None:
+            return None
+        try:
+            bound = inspect.signature(inv.module.forward).bind(*inv.args, **inv.kwargs)
+        except TypeError:
+            return None
+        return next((key for key, value in bound.arguments.items() if value is guide), None)
 
     def _interpolate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
         bound = _INTERPOLATE_SIG.bind(*args, **kwargs)
@@ -479,6 +526,7 @@ class _Recorder(TorchFunctionMode):
         )
         if owner is not None:
             owner.sites.append(len(self.sites))
+            self.owners[len(self.sites)] = owner
         self.unread[id(out)] = len(self.sites)
         self.sites.append(site)
         self.outputs.append(out)

@@ -298,6 +298,7 @@ def swap_upsamplers(
                 build_replacement(model, module, decisions[n.decision], variant, plan.policy),
                 n.size_is_int,
                 guided=needs_guide(variant),
+                guide_arg=decisions[n.decision].guide_arg,
             )
             for n in new
         ]

@@ -52,11 +52,15 @@ def test_discovery_finds_the_lateral_and_skip_each_upsampling_is_fused_with() ->
     assert last.fusion is None and last.guide_shape is None and last.guide_producer is None
 
 
-def test_the_skips_of_unet_plus_plus_are_guides_and_a_guided_swap_trains() -> None:
+@pytest.mark.parametrize("arch", ["UnetPlusPlus", "MAnet"])
+def test_the_skips_of_unet_plus_plus_and_manet_are_guides_and_a_guided_swap_trains(arch: str) -> None:
+    """MAnet multiplies the upsampled tensor by an attention map before it concatenates the skip: the guide is
+    found through that product, and the guided module is called with the block's ``skip`` argument."""
     torch.manual_seed(0)
-    model = smp.UnetPlusPlus("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 32))
+    model = getattr(smp, arch)("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=(64, 32, 32))
     fused = [s for s in _sites(model, X[:1]) if s.fusion is not None]
     assert fused and all(s.guide_shape[2:] == s.output_shape[2:] for s in fused)
+    assert all(s.guide_arg == ("skip" if arch == "MAnet" else None) for s in fused)
     swap_upsamplers(model, "fade", (X[:1],), verbose=False)
     assert len(swap_report(model).swapped) >= 2
     model.train()(X).mean().backward()
