@@ -1,0 +1,171 @@
+"""Detection / instance segmentation with torchvision detectors (Faster R-CNN, RetinaNet, FCOS,
+Mask R-CNN): in train mode the model takes ``(images, targets)`` and returns a loss dict, which is
+summed.
+
+Example:
+    >>> DetectionTask(3, ["bg", "a", "b"], with_masks=False).main_metric
+    'bbox/AP'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from dysample_swap.finetune.tasks.common import PALETTE, unit_to_uint8
+
+
+class DetectionTask:
+    """Detection / instance segmentation with torchvision detectors: batches
+    ``(list of images [3,H,W] in [0,1], list of target dicts)``.
+
+    Example:
+        >>> DetectionTask(3, ["bg", "a", "b"], with_masks=True).main_metric
+        'segm/AP'
+    """
+
+    name = "detection"
+
+    def __init__(
+        self, num_classes: int, class_names: Sequence[str], *, with_masks: bool, score_threshold: float = 0.5
+    ) -> None:
+        from dysample_swap.finetune.data import detection_collate
+
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.with_masks = with_masks
+        self.score_threshold = score_threshold
+        self.collate = detection_collate
+        self.iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+        self.main_metric = "segm/AP" if with_masks else "bbox/AP"
+        self.curve_metrics = tuple(f"{kind}/AP" for kind in self.iou_types)
+
+    def example_inputs(self, dataset: Any) -> list[torch.Tensor]:
+        """One image of ``dataset`` as the list torchvision detectors take.
+
+        Example:
+            >>> len(DetectionTask(2, "ab", with_masks=False).example_inputs([(torch.zeros(3, 4, 4), {})]))
+            1
+        """
+        return [dataset[0][0]]
+
+    def to_device(self, batch: Any, device: torch.device) -> tuple[list, list]:
+        """Move images and every tensor of the targets to ``device``.
+
+        Example:
+            >>> imgs, tgts = DetectionTask(2, "ab", with_masks=False).to_device(([torch.zeros(1)], [{"boxes": torch.zeros(0, 4)}]), torch.device("cpu"))
+        """
+        images, targets = batch
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+        return images, targets
+
+    def batch_size(self, batch: Any) -> int:
+        """Number of images in a batch.
+
+        Example:
+            >>> DetectionTask(2, "ab", with_masks=False).batch_size(([1, 2], [{}, {}]))
+            2
+        """
+        return len(batch[0])
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Sum of the detector's loss dict (the model must be in train mode).
+
+        Example:
+            >>> class Toy(torch.nn.Module):
+            ...     def forward(self, images, targets): return {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
+            >>> float(DetectionTask(2, "ab", with_masks=False).loss(Toy(), ([], [])))
+            3.0
+        """
+        images, targets = batch
+        losses = model(images, targets)
+        if not isinstance(losses, dict):
+            raise TypeError(
+                f"detection model in train mode returned {type(losses).__name__}, not a "
+                "loss dict; use a torchvision detection model (FasterRCNN, RetinaNet, "
+                "FCOS, MaskRCNN)"
+            )
+        return sum(v.float() for v in losses.values())
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, batch: Any) -> list[dict[str, torch.Tensor]]:
+        """Detections per image; Mask R-CNN's soft masks ``[K,1,H,W]`` become boolean ``[K,H,W]``.
+
+        Example:
+            >>> class Toy(torch.nn.Module):
+            ...     def forward(self, images): return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}]
+            >>> DetectionTask(2, "ab", with_masks=False).predict(Toy(), ([torch.zeros(3, 2, 2)], None))[0]["boxes"].shape
+            torch.Size([0, 4])
+        """
+        outputs = model(batch[0])
+        preds = []
+        for out in outputs:
+            pred = {k: v.detach() for k, v in out.items()}
+            if "masks" in pred and pred["masks"].dim() == 4:
+                pred["masks"] = pred["masks"][:, 0] > 0.5
+            preds.append(pred)
+        return preds
+
+    def targets(self, batch: Any) -> list[dict[str, Any]]:
+        """The ground truth part of a batch, as metrics take it.
+
+        Example:
+            >>> DetectionTask(2, "ab", with_masks=False).targets(([], [{"boxes": 1}]))
+            [{'boxes': 1}]
+        """
+        return batch[1]
+
+    def new_metrics(self, dataset: Any) -> Any:
+        """Fresh COCO AP accumulator (pycocotools) against ``dataset.coco``.
+
+        Example:
+            >>> # DetectionTask(...).new_metrics(val_set).compute()["bbox/AP"]
+        """
+        from dysample_swap.finetune.metrics import DetectionMetrics
+
+        return DetectionMetrics(iou_types=self.iou_types, coco_gt=dataset.coco)
+
+    def to_cpu(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every tensor of per-image prediction/target dicts moved to the CPU.
+
+        Example:
+            >>> DetectionTask(2, "ab", with_masks=False).to_cpu([{"boxes": torch.zeros(1, 4), "image_id": 3}])[0]["image_id"]
+            3
+        """
+        return [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()} for d in value]
+
+    def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
+
+        Example:
+            >>> DetectionTask(2, "ab", with_masks=False).image_uint8(torch.ones(3, 1, 1)).flatten().tolist()
+            [255, 255, 255]
+        """
+        return unit_to_uint8(image)
+
+    def picture(self, image: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
+        """Boxes with class names (and masks, if any) drawn on the image; predictions below
+        ``eval.score_threshold`` are left out.
+
+        Example:
+            >>> t = DetectionTask(2, ["bg", "a"], with_masks=False)
+            >>> t.picture(torch.zeros(3, 8, 8), {"boxes": torch.tensor([[1., 1., 5., 5.]]), "labels": torch.tensor([1])}).shape
+            torch.Size([3, 8, 8])
+        """
+        keep = torch.ones(len(target["labels"]), dtype=torch.bool)
+        if "scores" in target:
+            keep = target["scores"].cpu() >= self.score_threshold
+        labels = target["labels"].cpu()[keep].tolist()
+        colours = [PALETTE[int(k) % len(PALETTE)] for k in labels]
+        picture = self.image_uint8(image)
+        if self.with_masks and "masks" in target and keep.any():
+            masks = target["masks"].cpu()[keep].bool()
+            picture = draw_segmentation_masks(picture, masks, alpha=0.5, colors=colours)
+        if not labels:
+            return picture
+        names = [self.class_names[int(k)] if int(k) < len(self.class_names) else str(k) for k in labels]
+        return draw_bounding_boxes(picture, target["boxes"].cpu()[keep], labels=names, colors=colours, width=1)
