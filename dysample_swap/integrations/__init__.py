@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from dysample_swap.integrations import hub_mixin, transformers
 from dysample_swap.surgery.hooks import FrameworkHooks, is_loaded_instance, register
+from dysample_swap.surgery.model_spec import register_source
 
 
 def is_ultralytics_model(obj: Any) -> bool:
@@ -84,4 +85,5 @@ register(
     )
 )
 register(FrameworkHooks("transformers", owns=transformers.owns, write_record=transformers.write_record))
+register_source("transformers", transformers.build_from_spec)
 register(FrameworkHooks("huggingface_hub", owns=hub_mixin.owns, write_record=hub_mixin.write_record))

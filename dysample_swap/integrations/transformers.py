@@ -127,3 +127,80 @@ def load_plain(directory: str | os.PathLike[str], config: dict[str, Any]) -> tup
             f"({problems}); the checkpoint and config.json do not belong together"
         )
     return model, sorted(info["unexpected_keys"])
+
+
+def _apply_config_values(config: Any, values: dict[str, Any], spec_name: str) -> Any:
+    """``config`` with ``values`` set; ``sub.key`` keys rebuild the sub-config ``sub`` (e.g.
+    ``backbone_config``) from its own values plus theirs, so it re-derives what depends on them."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        sub, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(sub, {})[rest] = value
+            continue
+        if not hasattr(config, key):
+            raise ValueError(
+                f"{spec_name}: {type(config).__name__} has no setting {key!r}; see its documentation for the keys"
+            )
+        setattr(config, key, value)
+    for sub, sub_values in nested.items():
+        current = getattr(config, sub, None)
+        if current is None or not hasattr(current, "to_dict"):
+            raise ValueError(
+                f"{spec_name}: {type(config).__name__} has no sub-config {sub!r} to set {sorted(sub_values)} in"
+            )
+        base = {k: v for k, v in current.to_dict().items() if k not in ("transformers_version", "model_type")}
+        if {"out_indices", "out_features", "depths", "num_layers", "num_hidden_layers"} & set(sub_values):
+            base.pop("out_features", None)  # re-derived from out_indices and the new depth
+            base.pop("stage_names", None)
+        base.update(sub_values)
+        setattr(config, sub, type(current)(**base))
+    return config
+
+
+def build_from_spec(name: str, values: dict[str, Any]) -> nn.Module:
+    """The model a ``transformers:CLASS:key=value,...`` spec names, with random weights.
+
+    ``CLASS`` is a transformers model class (``DPTForDepthEstimation``, ``MaskFormerForInstanceSegmentation``,
+    ...); the values set its config class's defaults (``backbone_config.depths=[1,1,1,1]`` sets a
+    sub-config's). ``weights=FOLDER`` loads a local ``save_pretrained`` folder instead, with its own
+    ``config.json`` plus these values: only ``model.safetensors`` is read (no pickle, no download, no
+    custom code).
+
+    Example:
+        >>> model = build_from_spec("GLPNForDepthEstimation", {"hidden_sizes": [8, 8, 8, 8], "depths": [1, 1, 1, 1],
+        ...     "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 8})
+        >>> type(model).__name__, model.config.decoder_hidden_size
+        ('GLPNForDepthEstimation', 8)
+        >>> build_from_spec("DPTForDepthEstimaton", {})
+        Traceback (most recent call last):
+        ...
+        ValueError: transformers has no model class 'DPTForDepthEstimaton' (did you mean DPTForDepthEstimation?)
+    """
+    import difflib
+
+    import transformers
+
+    values = dict(values)
+    model_class = getattr(transformers, name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        close = difflib.get_close_matches(name, [n for n in dir(transformers) if "For" in n], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"transformers has no model class {name!r}{hint}")
+    weights = values.pop("weights", None)
+    spec_name = f"transformers:{name}"
+    config_class: Any = model_class.config_class
+    if weights is None:
+        config = _apply_config_values(config_class(), values, spec_name)
+        return model_class(config)
+    folder = os.fspath(weights)
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        raise ValueError(
+            f"{spec_name}: weights={folder!r} is not a local folder holding model.safetensors (and config.json); "
+            "save the weights with model.save_pretrained(folder) (nothing is downloaded, and pickled .bin "
+            "weights are not read)"
+        )
+    config = _apply_config_values(config_class.from_pretrained(folder), values, spec_name)
+    return model_class.from_pretrained(
+        folder, config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False
+    )

@@ -8,11 +8,19 @@ Spec syntax, keyword arguments separated by ``,`` (values are Python literals, e
   ``weights=None`` and ``weights_backbone=None`` unless given
   (e.g. ``torchvision:fasterrcnn_resnet50_fpn:min_size=320``);
 * ``timm:NAME[:k=v,...]`` - ``timm.create_model(NAME, pretrained=False, **kwargs)``;
+* ``dysample_swap:NAME[:k=v,...]`` - a model this package ships (:data:`dysample_swap.models.MODELS`,
+  e.g. ``dysample_swap:panoptic_fpn_resnet50_fpn:num_classes=81,num_stuff=53``);
+* ``transformers:CLASS[:k=v,...]`` - a transformers model class built from its config class with
+  these config values (random weights; ``weights=FOLDER`` loads a local ``save_pretrained`` folder's
+  safetensors), registered by :mod:`dysample_swap.integrations.transformers`;
 * ``package.module:function[:k=v,...]`` - any importable function returning an ``nn.Module``,
   built only when the caller trusts the spec (``trust_spec=True``): importing a module and calling
   a function that a string names runs code, so a spec read from a shared file (a swap file, a
   checkpoint's config) must never do it unasked. The three library sources above resolve only to
-  those libraries' own model constructors and are always allowed.
+  those libraries' own model constructors and are always allowed, and so do the two sources above.
+
+A value may be a list or tuple (``neck_hidden_sizes=[16,32,64,64]``): commas inside brackets do not
+separate keys.
 
 Example:
     >>> model = build_model("torchvision:lraspp_mobilenet_v3_large:num_classes=3")
@@ -26,12 +34,32 @@ import ast
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn as nn
 
-OWNED_SOURCES = ("smp", "torchvision", "timm")
+OWNED_SOURCES = ("smp", "torchvision", "timm", "dysample_swap", "transformers")
 """Spec sources that resolve only to those libraries' own model constructors (always trusted)."""
+
+SourceBuilder = Callable[[str, dict[str, Any]], nn.Module]
+
+_SOURCES: dict[str, SourceBuilder] = {}
+
+
+def register_source(source: str, builder: SourceBuilder) -> None:
+    """Let a layer above the surgery build the specs of one of :data:`OWNED_SOURCES`
+    (:mod:`dysample_swap.integrations.transformers` registers ``transformers``).
+
+    Example:
+        >>> register_source("mine", lambda name, kwargs: nn.Identity())
+        Traceback (most recent call last):
+        ...
+        ValueError: 'mine' is not an owned spec source (smp, torchvision, timm, dysample_swap, transformers)
+    """
+    if source not in OWNED_SOURCES:
+        raise ValueError(f"{source!r} is not an owned spec source ({', '.join(OWNED_SOURCES)})")
+    _SOURCES[source] = builder
 
 
 class UntrustedSpecError(ValueError):
@@ -60,6 +88,8 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     Example:
         >>> parse_spec("smp:FPN:encoder_name=resnet18,classes=3")
         ('smp', 'FPN', {'encoder_name': 'resnet18', 'classes': 3})
+        >>> parse_spec("transformers:DPTForDepthEstimation:neck_hidden_sizes=[16,32],hidden_size=64")[2]
+        {'neck_hidden_sizes': [16, 32], 'hidden_size': 64}
     """
     parts = spec.strip().split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -70,7 +100,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
         )
     kwargs: dict[str, Any] = {}
     if len(parts) == 3 and parts[2].strip():
-        for item in parts[2].split(","):
+        for item in _split_items(parts[2]):
             key, sep, raw = item.partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"model spec {spec!r}: {item!r} is not key=value")
@@ -80,6 +110,21 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
                 value = raw.strip()
             kwargs[key.strip()] = value
     return parts[0].strip(), parts[1].strip(), kwargs
+
+
+def _split_items(text: str) -> list[str]:
+    """Split ``key=value`` items on the commas outside brackets."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -117,6 +162,16 @@ def _build_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
         raise ValueError(f"timm has no model {name!r}.{_suggest(name, list(timm.list_models()))}")
     kwargs.setdefault("pretrained", False)
     return timm.create_model(name, **kwargs)
+
+
+def _build_packaged(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    from dysample_swap.models import MODELS
+
+    if name not in MODELS:
+        raise ValueError(
+            f"dysample_swap ships no model {name!r}; it ships {', '.join(MODELS)}.{_suggest(name, list(MODELS))}"
+        )
+    return MODELS[name](**kwargs)
 
 
 def _build_function(module_name: str, function: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -159,6 +214,12 @@ def build_model(spec: str, *, trust_spec: bool = False) -> nn.Module:
         return _build_torchvision(name, kwargs)
     if source == "timm":
         return _build_timm(name, kwargs)
+    if source == "dysample_swap":
+        return _build_packaged(name, kwargs)
+    if source in _SOURCES:
+        return _SOURCES[source](name, kwargs)
+    if source in OWNED_SOURCES:  # registered when dysample_swap is imported; never imported as code
+        raise ValueError(f"no builder is registered for {source!r} specs; import dysample_swap first")
     if not trust_spec:
         raise UntrustedSpecError(
             f"the model spec {spec!r} names code to import and call ({source}:{name}), and it is not "
