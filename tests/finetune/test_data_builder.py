@@ -8,7 +8,14 @@ from dysample_swap.finetune.data import FORMATS, build_dataset, is_detection
 
 
 def test_every_documented_format_is_registered() -> None:
-    assert set(FORMATS) == {"synthetic", "folder", "voc", "ade20k", "coco"}
+    assert set(FORMATS) == {"synthetic", "folder", "voc", "ade20k", "coco", "nyu", "depth_folder", "coco_panoptic"}
+
+
+@pytest.mark.parametrize(
+    "task, expected", [("depth", "SyntheticDepth"), ("panoptic", "SyntheticPanoptic"), ("instance", "SyntheticDetection")]
+)
+def test_synthetic_data_follows_the_task(task: str, expected: str) -> None:
+    assert type(build_dataset({"format": "synthetic", "task": task, "num_samples": 2}, "train")).__name__ == expected
 
 
 def test_unknown_or_missing_format_names_the_fix() -> None:
@@ -18,7 +25,7 @@ def test_unknown_or_missing_format_names_the_fix() -> None:
         build_dataset({"root": "x"}, "train")
 
 
-@pytest.mark.parametrize("fmt", ["folder", "voc", "ade20k", "coco"])
+@pytest.mark.parametrize("fmt", ["folder", "voc", "ade20k", "coco", "nyu", "depth_folder", "coco_panoptic"])
 def test_missing_root_is_named(fmt: str) -> None:
     with pytest.raises(KeyError, match=f"data.root: required for format '{fmt}'"):
         build_dataset({"format": fmt}, "train")

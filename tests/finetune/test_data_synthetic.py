@@ -91,6 +91,6 @@ def test_config_errors_name_the_key() -> None:
     with pytest.raises(ValueError, match="1..6"):
         build_dataset(_cfg(num_classes=9), "train")
     with pytest.raises(ValueError, match="data.task"):
-        build_dataset(_cfg(task="panoptic"), "train")
+        build_dataset(_cfg(task="stereo"), "train")
     with pytest.raises(ValueError, match="unknown split 'test'"):
         build_dataset(_cfg(), "test")

@@ -292,7 +292,7 @@ def build_synthetic(config: Mapping[str, Any], split: str) -> SyntheticSegmentat
     check_split(split)
     task = config.get("task", "segmentation")
     if task not in TASKS:
-        raise ValueError(f"data.task must be one of {', '.join(TASKS)}, got {task!r}")
+        raise ValueError(f"data.task must be one of {', '.join(TASKS)}, depth, panoptic; got {task!r}")
     num_shapes = int(config.get("num_classes", 5))
     if not 1 <= num_shapes <= len(SHAPE_CLASSES):
         raise ValueError(
