@@ -65,17 +65,17 @@ def load_datasets(cfg: Config) -> tuple[Any, Any]:
     return build_dataset(data, "train"), build_dataset(data, "val")
 
 
-def model_spec(cfg: Config, num_classes: int) -> str:
-    """``model.spec`` with ``{num_classes}`` filled in.
+def model_spec(cfg: Config, num_classes: int, num_stuff: int = 0) -> str:
+    """``model.spec`` with ``{num_classes}`` (and a panoptic dataset's ``{num_stuff}``) filled in.
 
     Example:
         >>> model_spec(Config(), 6)
         'smp:Unet:encoder_name=resnet18,encoder_weights=None,classes=6'
     """
-    return cfg.model.spec.replace("{num_classes}", str(num_classes))
+    return cfg.model.spec.replace("{num_classes}", str(num_classes)).replace("{num_stuff}", str(num_stuff))
 
 
-def build_base_model(cfg: Config, num_classes: int, *, trust_spec: bool = False) -> torch.nn.Module:
+def build_base_model(cfg: Config, num_classes: int, *, num_stuff: int = 0, trust_spec: bool = False) -> torch.nn.Module:
     """The original network, randomly initialised from ``cfg.seed``.
 
     ``trust_spec``: build a ``package.module:function`` spec (it runs that module's code); pass
@@ -93,25 +93,30 @@ def build_base_model(cfg: Config, num_classes: int, *, trust_spec: bool = False)
     from dysample_swap.surgery.model_spec import build_model
 
     seed_everything(cfg.seed)
-    return build_model(model_spec(cfg, num_classes), trust_spec=trust_spec)
+    return build_model(model_spec(cfg, num_classes, num_stuff), trust_spec=trust_spec)
 
 
-def signature(cfg: Config, num_classes: int, swapped: bool, variant: str | None = None) -> dict[str, Any]:
+def signature(
+    cfg: Config, num_classes: int, swapped: bool, variant: str | None = None, num_stuff: int = 0
+) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into this recipe's model (``variant``: the
-    upsampler swapped in, default ``swap.variant``).
+    upsampler swapped in, default ``swap.variant``; ``num_stuff``: a panoptic model's stuff classes).
 
     Example:
         >>> signature(Config(), 6, swapped=False)["variant"] is None
         True
     """
-    return {
+    found = {
         "task": cfg.task,
-        "model": model_spec(cfg, num_classes),
+        "model": model_spec(cfg, num_classes, num_stuff),
         "num_classes": num_classes,
         "swapped": swapped,
         "variant": (variant or cfg.swap.variant) if swapped else None,
         "policy": dict(cfg.swap.policy) if swapped else None,
     }
+    if cfg.task == "panoptic":
+        found["num_stuff"] = num_stuff
+    return found
 
 
 def swap_model(
@@ -167,5 +172,9 @@ def make_arm(
         added = tuple(key for key, _ in model.named_parameters() if key not in before)
     model.train()
     return Arm(
-        name, model, signature(cfg, task.num_classes, swapped, variant), swapped_sites=sites, new_parameters=added
+        name,
+        model,
+        signature(cfg, task.num_classes, swapped, variant, getattr(task, "num_stuff", 0)),
+        swapped_sites=sites,
+        new_parameters=added,
     )

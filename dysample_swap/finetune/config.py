@@ -48,7 +48,8 @@ class ModelConfig:
     """What network to build.
 
     ``spec`` is a :func:`dysample_swap.surgery.model_spec.build_model` spec; the text ``{num_classes}``
-    in it is replaced by the dataset's class count (detection: including background).
+    in it is replaced by the dataset's class count (detection and panoptic: things including
+    background; depth: 1), and ``{num_stuff}`` by a panoptic dataset's stuff class count.
 
     Example:
         >>> ModelConfig().spec.startswith("smp:")
@@ -164,7 +165,7 @@ class Config:
 
     name: str = "recipe"
     description: str = ""
-    task: Literal["segmentation", "detection", "instance"] = "segmentation"
+    task: Literal["segmentation", "detection", "instance", "depth", "panoptic"] = "segmentation"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
@@ -378,7 +379,9 @@ def _check(cfg: Config) -> None:
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise ConfigError(f"train.grad_clip must be > 0 or null, got {t.grad_clip}")
     if "format" not in cfg.data:
-        raise ConfigError("data.format is missing; use one of synthetic, folder, voc, ade20k, coco")
+        raise ConfigError(
+            "data.format is missing; use one of synthetic, folder, voc, ade20k, coco, nyu, depth_folder, coco_panoptic"
+        )
     if cfg.eval.batch_size < 1 or cfg.eval.num_images < 0:
         raise ConfigError("eval.batch_size must be >= 1 and eval.num_images >= 0")
     known = known_upsamplers()

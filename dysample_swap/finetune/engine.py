@@ -300,7 +300,7 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model,
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=task.name == "detection",
+                find_unused_parameters=task.name in ("detection", "panoptic"),
             )
         self.step = self.epoch = self.batches_done = 0
         self.log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)

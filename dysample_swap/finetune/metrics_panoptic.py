@@ -42,7 +42,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,15 +120,26 @@ class PanopticMetrics:
             raise ValueError("pred and target must be integer (category id, instance id) tensors")
         return pred.long().flatten(1, 2), target.long().flatten(1, 2)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of predicted and target panoptic maps ``[N, H, W, 2]``.
+    def update(
+        self, pred: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor | Sequence[torch.Tensor]
+    ) -> None:
+        """Add a batch of predicted and target panoptic maps ``[N, H, W, 2]`` (or two equally long
+        lists of ``[H, W, 2]`` maps, for images of different sizes).
 
         Example:
             >>> m = PanopticMetrics(things={1}, stuff=set())
             >>> same = torch.tensor([[[[1, 4], [1, 4]]]])
             >>> m.update(same, same); m.per_image_counts().tolist()   # tp, fp, fn, iou sum
             [[1.0, 0.0, 0.0, 1.0]]
+            >>> m.update([same[0], same[0, :, :1]], [same[0], same[0, :, :1]]); m.images
+            3
         """
+        if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+            if len(pred) != len(target):
+                raise ValueError(f"{len(pred)} predicted maps for {len(target)} targets")
+            for one_pred, one_target in zip(pred, target):
+                self.update(one_pred.unsqueeze(0), one_target.unsqueeze(0))
+            return
         if self._synced:
             raise RuntimeError(
                 "update() after sync(): the state is already the global sum; call reset() before accumulating again"

@@ -66,7 +66,7 @@ from dysample_swap.finetune.memory import PeakMemory
 from dysample_swap.finetune.plots import plot_curves, plot_predictions
 from dysample_swap.finetune.runlog import json_safe, read_log
 from dysample_swap.finetune.stats import IMAGES_AND_SEEDS, SEEDS_ONLY, mean_std, paired_bootstrap, seed_bootstrap
-from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask, make_task
+from dysample_swap.finetune.tasks import DetectionTask, Task, make_task
 
 #: File (in each run directory) with the final evaluation's per-image sufficient statistics.
 PER_IMAGE_FILE = "per_image_counts.npy"
@@ -75,11 +75,14 @@ PER_IMAGE_FILE = "per_image_counts.npy"
 def prediction_rows(
     arms: Sequence[Arm], task: Any, val_set: Any, count: int, device: torch.device
 ) -> list[list[torch.Tensor]]:
-    """Pictures for the first ``count`` validation images: image, ground truth, each arm.
+    """Pictures for the first ``count`` validation images: image, ground truth, each arm (and, for
+    a task with an ``error_picture`` such as depth, each arm's error map after its prediction);
+    :func:`prediction_titles` names the columns.
 
     Example:
         >>> # rows = prediction_rows([arm], task, val_set, 4, torch.device("cpu"))
     """
+    errors = getattr(task, "error_picture", None)
     rows = []
     collate = task.collate or torch.utils.data.default_collate
     for index in range(min(count, len(val_set))):
@@ -90,8 +93,25 @@ def prediction_rows(
             arm.model.eval()
             pred = task.to_cpu(task.predict(arm.model, batch))[0]
             row.append(task.picture(image, pred))
+            if errors is not None:
+                row.append(errors(pred, target))
         rows.append(row)
     return rows
+
+
+def prediction_titles(task: Any, arms: Sequence[str]) -> list[str]:
+    """Column titles of :func:`prediction_rows`.
+
+    Example:
+        >>> from dysample_swap.finetune.tasks import DepthTask
+        >>> prediction_titles(DepthTask(1e-3, 10.0), ["original"])
+        ['image', 'ground truth', 'original prediction', 'original |error| / depth']
+    """
+    errors = hasattr(task, "error_picture")
+    titles = ["image", "ground truth"]
+    for arm in arms:
+        titles += [f"{arm} prediction", f"{arm} |error| / depth"] if errors else [f"{arm} prediction"]
+    return titles
 
 
 def arm_summary(
@@ -180,7 +200,9 @@ def run_finetune(cfg: Config, out_dir: Path, resume: bool = False, ctx: DistCont
         )
     train_set, val_set = load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    base = build_base_model(cfg, task.num_classes, trust_spec=True)  # the caller's own recipe
+    base = build_base_model(
+        cfg, task.num_classes, num_stuff=getattr(task, "num_stuff", 0), trust_spec=True
+    )  # the caller's own recipe
     arm = make_arm(cfg, base, task, val_set, swapped=cfg.swap.enabled, verbose=ctx.is_main)
     result, summary = _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume)
     if ctx.is_main:
@@ -209,7 +231,7 @@ def write_plots(
     plots = {"curves": str(plot_curves(logs, task.curve_metrics, out_dir / "curves.png"))}
     if cfg.eval.num_images:
         rows = prediction_rows(arms, task, val_set, cfg.eval.num_images, device)
-        titles = ["image", "ground truth", *[f"{a.name} prediction" for a in arms]]
+        titles = prediction_titles(task, [a.name for a in arms])
         plots["predictions"] = str(plot_predictions(rows, titles, out_dir / "predictions.png"))
     return plots
 
@@ -263,7 +285,9 @@ def train_one(
     """
     train_set, val_set = data or load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    base = build_base_model(cfg, task.num_classes, trust_spec=True)  # the caller's own recipe
+    base = build_base_model(
+        cfg, task.num_classes, num_stuff=getattr(task, "num_stuff", 0), trust_spec=True
+    )  # the caller's own recipe
     arm = make_arm(cfg, base, task, val_set, swapped=arm_name != ORIGINAL, verbose=verbose, variant=arm_name)
     return _train_arm(cfg, arm, task, train_set, val_set, ctx, out_dir, resume)[1]
 
@@ -332,7 +356,7 @@ def _run_all(
 
 def _headline(summary: Mapping[str, Any]) -> str:
     metrics = summary["metrics"]
-    name = next((k for k in ("mIoU", "segm/AP", "bbox/AP") if k in metrics), next(iter(metrics)))
+    name = next((k for k in ("mIoU", "segm/AP", "bbox/AP", "PQ", "abs_rel") if k in metrics), next(iter(metrics)))
     value = metrics[name]
     return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
 
@@ -354,7 +378,7 @@ def summarize_compare(
     arm against ``original`` the difference with its paired bootstrap interval.
 
     The interval resamples validation images and seeds where per-image statistics exist
-    (segmentation, ``statistic`` recomputing the metrics from summed counts), else seeds alone
+    (segmentation, depth, panoptic: ``statistic`` recomputing the metrics from summed rows), else seeds alone
     (detection: COCO AP is not a sum over images), which needs two seeds or more.
 
     Example:
@@ -452,10 +476,12 @@ def load_arm(cfg: Config, checkpoint: Path, task: Any, val_set: Any, state: Mapp
     found = state.get("signature", {})
     swapped = bool(found.get("swapped", cfg.swap.enabled))
     variant = found.get("variant") if swapped else None
-    check_signature(checkpoint, found, signature(cfg, task.num_classes, swapped, variant))
+    check_signature(
+        checkpoint, found, signature(cfg, task.num_classes, swapped, variant, getattr(task, "num_stuff", 0))
+    )
     arm = make_arm(
         cfg,
-        build_base_model(cfg, task.num_classes, trust_spec=True),
+        build_base_model(cfg, task.num_classes, num_stuff=getattr(task, "num_stuff", 0), trust_spec=True),
         task,
         val_set,
         swapped=swapped,
@@ -559,7 +585,8 @@ def run_compare(
         return {}
     train_set, val_set = load_datasets(cfg)
     task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
-    statistic = task.new_metrics(val_set).scores if isinstance(task, SegmentationTask) else None
+    # per-image sums: segmentation, depth and panoptic; detection's AP is not a sum over images
+    statistic = None if isinstance(task, DetectionTask) else task.new_metrics(val_set).scores
     summary = summarize_compare(cfg, out_dir, arms, seeds, statistic)
     first = dataclasses.replace(cfg, seed=seeds[0])
     models = [
@@ -598,7 +625,7 @@ def run_evaluate(
     ctx = ctx or init_distributed(cfg.train.device)
     state = load_checkpoint(checkpoint)
     train_set, val_set = load_datasets(cfg)
-    task: SegmentationTask | DetectionTask = make_task(cfg.task, train_set, cfg.eval.score_threshold)
+    task: Task = make_task(cfg.task, train_set, cfg.eval.score_threshold)
     arm = load_arm(cfg, checkpoint, task, val_set, state)
     arm.model.to(ctx.device)
     metrics = evaluate(arm.model, task, val_set, cfg, ctx)
@@ -614,9 +641,7 @@ def run_evaluate(
             rows = prediction_rows([arm], task, val_set, cfg.eval.num_images, ctx.device)
             result["plots"] = {
                 "predictions": str(
-                    plot_predictions(
-                        rows, ["image", "ground truth", f"{arm.name} prediction"], out_dir / "predictions.png"
-                    )
+                    plot_predictions(rows, prediction_titles(task, [arm.name]), out_dir / "predictions.png")
                 )
             }
         _write_json(out_dir / "eval.json", result)

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from dysample_swap.finetune.tasks import DetectionTask, SegmentationTask
+from dysample_swap.finetune.tasks import DepthTask, DetectionTask, PanopticTask, SegmentationTask, Task
 from dysample_swap.upsamplers.dysample import sampling
 from dysample_swap.upsamplers.dysample.module import DySample
 
@@ -212,16 +212,24 @@ def dysample_sites(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, DySample)]
 
 
-def _task_for(task: str, num_classes: int, score_threshold: float = 0.5) -> SegmentationTask | DetectionTask:
+def _task_for(task: str, num_classes: int, score_threshold: float = 0.5, num_stuff: int = 1) -> Task:
+    """A task adapter for pictures and inputs only, from what a checkpoint's signature records."""
     names = [f"class{k}" for k in range(num_classes)]
     if task == "segmentation":
         return SegmentationTask(num_classes, 255, names)
+    if task == "depth":
+        return DepthTask(1e-3, 10.0)
+    if task == "panoptic":
+        return PanopticTask(range(1, num_classes), range(num_classes, num_classes + num_stuff), {})
     return DetectionTask(num_classes, names, with_masks=task == "instance", score_threshold=score_threshold)
 
 
-def load_image_input(
-    path: str | Path, task: SegmentationTask | DetectionTask, image_size: int | Sequence[int] | None = None
-) -> Tensor:
+def _takes_image_lists(task: Any) -> bool:
+    """Whether the task's model takes a list of ``[0, 1]`` images (torchvision detectors, Panoptic FPN)."""
+    return isinstance(task, (DetectionTask, PanopticTask))
+
+
+def load_image_input(path: str | Path, task: Task, image_size: int | Sequence[int] | None = None) -> Tensor:
     """An image file as the model input ``[3, H, W]`` of ``task``: ImageNet-normalised for
     segmentation (resized to ``image_size`` if given), ``[0, 1]`` for detection.
 
@@ -234,7 +242,7 @@ def load_image_input(
     from dysample_swap.finetune.data.common import image_to_unit_tensor, load_image, normalize_image, parse_image_size
 
     image = load_image(Path(path))
-    if isinstance(task, DetectionTask):
+    if _takes_image_lists(task):
         return image_to_unit_tensor(image)
     if image_size is not None:
         height, width = parse_image_size(image_size)
@@ -244,7 +252,7 @@ def load_image_input(
 
 def load_checkpoint_model(
     checkpoint: str | Path, image: Tensor | None = None, *, trust_spec: bool = False
-) -> tuple[nn.Module, SegmentationTask | DetectionTask, Any]:
+) -> tuple[nn.Module, Task, Any]:
     """Rebuild the model of a training checkpoint (the engine's ``last.pt``) from the recipe it
     records, without its dataset; returns ``(model in eval mode, task, config)``.
 
@@ -275,9 +283,10 @@ def load_checkpoint_model(
         )
     cfg = build_config(raw)
     num_classes = int(found.get("num_classes", 0))
-    task = _task_for(cfg.task, num_classes, cfg.eval.score_threshold)
+    num_stuff = int(found.get("num_stuff", 0))
+    task = _task_for(cfg.task, num_classes, cfg.eval.score_threshold, num_stuff)
     try:
-        model = build_base_model(cfg, num_classes, trust_spec=trust_spec)
+        model = build_base_model(cfg, num_classes, num_stuff=num_stuff, trust_spec=trust_spec)
     except UntrustedSpecError as err:
         raise UntrustedSpecError(
             f"{checkpoint}: its config's model spec {cfg.model.spec!r} imports and runs a Python "
@@ -326,7 +335,7 @@ def visualize_offsets(
     *,
     group: int | None = None,
     arrows: int = 24,
-    task: SegmentationTask | DetectionTask | None = None,
+    task: Task | None = None,
     title: str | None = None,
     trust_spec: bool = False,
 ) -> OffsetField:
@@ -389,7 +398,7 @@ def visualize_offsets(
     handles = [modules[name].register_forward_hook(hook(name), with_kwargs=True) for name in candidates]
     frame: dict[str, tuple[int, int, float, float]] = {}
     transform = getattr(model, "transform", None)
-    if isinstance(task, DetectionTask) and isinstance(transform, nn.Module):
+    if _takes_image_lists(task) and isinstance(transform, nn.Module):
 
         def resized(module: nn.Module, args: tuple, output: Any) -> None:
             batch = output[0]
@@ -403,7 +412,7 @@ def visualize_offsets(
     try:
         with torch.no_grad():
             x = inputs.to(device)
-            model([x]) if isinstance(task, DetectionTask) else model(x[None])
+            model([x]) if _takes_image_lists(task) else model(x[None])
     finally:
         for handle in handles:
             handle.remove()

@@ -15,7 +15,15 @@ from dysample_swap.finetune.config import ConfigError, load_config, packaged_rec
 from dysample_swap.finetune.runner import run_finetune
 
 ROOT = Path(__file__).resolve().parents[2]
-PAPER = ("segformer_b1_ade20k", "fasterrcnn_coco", "maskrcnn_coco")
+PAPER = (
+    "segformer_b1_ade20k",
+    "fasterrcnn_coco",
+    "maskrcnn_coco",
+    "nyu_depth_dpt",
+    "depth_folder",
+    "panoptic_fpn_coco",
+    "maskformer_ade20k",
+)
 
 
 def test_packaged_recipes_are_the_top_level_recipes() -> None:
@@ -73,7 +81,7 @@ def test_paper_recipe_cpu_preset_trains_two_steps(name: str, tmp_path: Path) -> 
     cfg = load_config(name, ["train.progress=never", "swap.policy.verbose=false"], preset="cpu")
     summary = run_finetune(cfg, tmp_path / "run")
     assert summary["steps"] == 2 and summary["swapped_sites"] >= 3 and summary["completed"]
-    assert summary["arm"] == "dysample+" and summary["metrics"]
+    assert summary["arm"] == cfg.swap.variant and summary["metrics"]
 
 
 @pytest.mark.slow

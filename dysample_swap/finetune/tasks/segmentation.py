@@ -1,6 +1,7 @@
 """Semantic segmentation: any model returning logits ``[N, K, H, W]`` (smp) or a dict with ``"out"``
 (torchvision segmentation models; an ``"aux"`` head adds ``0.5 x`` its loss, as in torchvision's
-reference recipe). Loss: cross-entropy with the dataset's ignore index.
+reference recipe). Loss: cross-entropy with the dataset's ignore index. transformers' MaskFormer and
+Mask2Former train and predict their own way (:mod:`.mask_classification`).
 
 Example:
     >>> task = SegmentationTask(num_classes=3, ignore_index=255, class_names=["a", "b", "c"])
@@ -19,6 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from dysample_swap.finetune.tasks.common import PALETTE, normalized_to_uint8
+from dysample_swap.finetune.tasks.mask_classification import (
+    is_mask_classifier,
+    mask_classification_loss,
+    semantic_prediction,
+)
 
 
 def _segmentation_logits(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -105,6 +111,8 @@ class SegmentationTask:
             True
         """
         images, masks = batch
+        if is_mask_classifier(model):
+            return mask_classification_loss(model, images, masks, self.ignore_index)
         logits, aux = self._logits(model, images)
         if bool((masks == self.ignore_index).all()):
             return logits.sum() * 0.0  # keeps the graph (DDP) while contributing nothing
@@ -121,6 +129,8 @@ class SegmentationTask:
             >>> SegmentationTask(2, 255, "ab").predict(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 2, 2), None)).shape
             torch.Size([1, 2, 2])
         """
+        if is_mask_classifier(model):
+            return semantic_prediction(model, batch[0])
         return self._logits(model, batch[0])[0].argmax(1)
 
     def targets(self, batch: Any) -> torch.Tensor:
