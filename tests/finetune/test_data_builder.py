@@ -12,7 +12,8 @@ def test_every_documented_format_is_registered() -> None:
 
 
 @pytest.mark.parametrize(
-    "task, expected", [("depth", "SyntheticDepth"), ("panoptic", "SyntheticPanoptic"), ("instance", "SyntheticDetection")]
+    "task, expected",
+    [("depth", "SyntheticDepth"), ("panoptic", "SyntheticPanoptic"), ("instance", "SyntheticDetection")],
 )
 def test_synthetic_data_follows_the_task(task: str, expected: str) -> None:
     assert type(build_dataset({"format": "synthetic", "task": task, "num_samples": 2}, "train")).__name__ == expected

@@ -158,3 +158,20 @@ def test_named_recipe_resolves_from_a_non_editable_install(tmp_path: Path) -> No
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (elsewhere / "run" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["nyu_depth_dpt", "depth_folder", "panoptic_fpn_coco", "maskformer_ade20k"])
+def test_inspect_shows_the_swap_of_each_new_recipes_model(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from dysample_swap.cli import main
+    from dysample_swap.finetune.builders import load_datasets, model_spec
+    from dysample_swap.finetune.tasks import make_task
+
+    cfg = load_config(name, preset="cpu")
+    task = make_task(cfg.task, load_datasets(cfg)[0])
+    spec = model_spec(cfg, task.num_classes, getattr(task, "num_stuff", 0))
+    assert "{num_" not in spec
+    args = ["inspect", spec, "--input-shape", "1x3x64x64", "--variant", cfg.swap.variant]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    swapped = [line for line in out.splitlines() if " swap " in f" {line} "]
+    assert len(swapped) >= 3, out

@@ -27,8 +27,9 @@ map is either
   ``depth_scale`` (default 1.0: the array holds metres). NaN and +/-inf mean "no measurement" and
   become 0; a negative value is an error naming the file.
 
-Depth 0 means "no measurement" everywhere: losses and metrics use only pixels with
-``min_depth < depth < max_depth``. Depths outside that range are kept as read (not clipped).
+Depth 0 means "no measurement" everywhere: the loss uses every pixel with a depth above 0, the
+metrics only pixels with ``min_depth < depth < max_depth`` (as the depth toolbox does). Depths
+outside that range are kept as read (not clipped).
 
 In layout B the stems are sorted, shuffled with ``seed`` and the first ``round(val_fraction * N)``
 (at least 1) form ``val``; the rest form ``train`` (as the ``folder`` format does).

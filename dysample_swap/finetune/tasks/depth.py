@@ -7,11 +7,15 @@ The model may return depth ``[N, 1, H, W]`` or ``[N, H, W]``, a dict with ``"out
 any resolution: it is resized to the ground truth bilinearly, as the Monocular-Depth-Estimation-Toolbox
 does before its loss and its metrics.
 
+The depth is the model's output through ``max(x, 0) + min_depth``: what the toolbox's depth heads
+compute (``ReLU`` then ``+ min_depth``), so that every prediction has a logarithm. transformers'
+depth heads end in a plain ReLU (the maximum changes nothing there) and smp models in a linear
+layer; a clamp at ``min_depth`` instead would stop every gradient while a freshly initialised
+head still outputs ~0.
+
 Loss: the toolbox's scale-invariant log loss (``SigLoss``, Eigen et al. 2014, as the toolbox trains
 DepthFormer with): over the batch's pixels with a measurement, ``g = log(pred) - log(gt)`` and
-``loss = sqrt(var(g) + 0.15 * mean(g) ** 2)`` (``var`` unbiased, as ``torch.var``). The
-prediction is clamped at ``min_depth`` before the log (the toolbox's heads add ``min_depth`` after
-a ReLU; transformers' heads end in a plain ReLU, whose 0 has no log).
+``loss = sqrt(var(g) + 0.15 * mean(g) ** 2)`` (``var`` unbiased, as ``torch.var``).
 
 Evaluation: :class:`~dysample_swap.finetune.metrics_depth.DepthMetrics` over ``[min_depth,
 max_depth]``; for NYU (``eval_crop="eigen"``) only the Eigen crop counts: rows 45..470 and
@@ -24,8 +28,8 @@ Example:
     >>> images, depth = torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), 2.0)
     >>> class Half(torch.nn.Module):
     ...     def forward(self, x): return torch.ones(x.shape[0], 1, 2, 2)    # 1 m everywhere, half size
-    >>> round(float(task.loss(Half(), (images, depth))), 4)    # sqrt(0.15) * |log 1 - log 2|
-    0.2685
+    >>> round(float(task.loss(Half(), (images, depth))), 4)    # sqrt(0.15) * |log 1.001 - log 2|
+    0.2681
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ def silog_loss(
 ) -> torch.Tensor:
     """The toolbox's scale-invariant log loss over the pixels with ``target > 0`` (see the module docstring).
 
-    ``pred`` and ``target`` are ``[N, H, W]`` (same size); a batch without a measured pixel gives
-    a zero that keeps the graph.
+    ``pred`` (positive; clamped at ``min_depth`` as a guard) and ``target`` are ``[N, H, W]``
+    (same size); a batch without a measured pixel gives a zero that keeps the graph.
 
     Example:
         >>> pred, target = torch.tensor([[[1.0, 2.0, 5.0]]]), torch.tensor([[[2.0, 4.0, 0.0]]])
@@ -141,13 +145,13 @@ class DepthTask:
         return len(batch[0])
 
     def _depth(self, model: torch.nn.Module, images: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        depth = depth_output(model(images))
+        depth = depth_output(model(images)).float()
         if depth.shape[-2:] != size:
-            depth = F.interpolate(depth.float(), size=size, mode="bilinear", align_corners=False)
-        return depth[:, 0]
+            depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
+        return depth[:, 0].clamp(min=0.0) + self.min_depth
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """SigLoss (float32) of the prediction resized to the ground truth.
+        """SigLoss (float32) of the depth (``max(output, 0) + min_depth``) resized to the ground truth.
 
         Example:
             >>> t = DepthTask(1e-3, 10.0)

@@ -170,7 +170,7 @@ class PanopticTask:
     def picture(self, image: torch.Tensor, target: torch.Tensor | Mapping[str, Any]) -> torch.Tensor:
         """Every segment of a panoptic map (a target dict's ``panoptic`` or a prediction) in its
         category's colour over the image, instances of a thing in shades of it and boxed with its
-        category name; stuff is coloured without a box; void pixels keep the image.
+        category name; stuff is named at its top left corner, without a box; void pixels keep the image.
 
         Example:
             >>> t = PanopticTask([1], [2], {1: "disc", 2: "sky"})
@@ -192,13 +192,15 @@ class PanopticTask:
             colours.append(tuple(int(c * shade) for c in base))
             names.append(self.names.get(category, str(category)))
         picture = draw_segmentation_masks(picture, masks, alpha=0.6, colors=colours)
-        things = [k for k, (category, instance) in enumerate(pairs.tolist()) if instance > 0]
-        if not things:
-            return picture
-        return draw_bounding_boxes(
-            picture,
-            masks_to_boxes(masks[things]),
-            labels=[names[k] for k in things],
-            colors=[colours[k] for k in things],
-            width=1,
-        )
+        boxes = masks_to_boxes(masks)
+        for is_thing, width in ((False, 0), (True, 1)):  # stuff: its name only; things: box and name
+            chosen = [k for k, pair in enumerate(pairs.tolist()) if (pair[1] > 0) == is_thing]
+            if chosen:
+                picture = draw_bounding_boxes(
+                    picture,
+                    boxes[chosen],
+                    labels=[names[k] for k in chosen],
+                    colors=[colours[k] for k in chosen],
+                    width=width,
+                )
+        return picture
