@@ -300,7 +300,7 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model,
                 device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=task.name in ("detection", "panoptic"),
+                find_unused_parameters=may_skip_parameters(self.model, task),
             )
         self.step = self.epoch = self.batches_done = 0
         self.log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
@@ -533,6 +533,22 @@ class Trainer:
             checkpoint=self.checkpoint_path,
             per_image_counts=self.per_image_counts,
         )
+
+
+def may_skip_parameters(model: torch.nn.Module, task: Any) -> bool:
+    """Whether a step may leave some of the model's parameters without a gradient, which DDP must
+    then look for (``find_unused_parameters``): torchvision detectors and Panoptic FPN (heads that
+    a batch without boxes skips) and transformers models (DPT's first fusion layer never uses its
+    residual branch; MaskFormer's auxiliary outputs).
+
+    Example:
+        >>> class Seg: name = "segmentation"
+        >>> may_skip_parameters(torch.nn.Conv2d(3, 3, 1), Seg())
+        False
+    """
+    from dysample_swap.integrations.transformers import owns
+
+    return task.name in ("detection", "panoptic") or owns(model)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -17,17 +17,23 @@ RELEASE = Path(__file__).resolve().parent / "fixtures" / "release_0_1_0"
 X = (torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),)
 
 
+def _same(output: torch.Tensor, recorded: torch.Tensor) -> None:
+    """Equal to the recorded output up to float32 rounding: the convolutions' last bit depends on
+    the CPU that runs them (oneDNN picks kernels by instruction set), not on the loaded file."""
+    torch.testing.assert_close(output, recorded, rtol=0.0, atol=1e-6)
+
+
 def test_a_swap_file_loads_and_computes_what_it_did() -> None:
     model = dysample_swap.load_swapped(RELEASE / "usernet.pt", model=UserNet(width=4))
     assert isinstance(model.up, dysample_swap.DySample)
     with torch.no_grad():
-        assert torch.equal(model(*X), torch.load(RELEASE / "usernet_output.pt"))
+        _same(model(*X), torch.load(RELEASE / "usernet_output.pt"))
 
 
 def test_a_pickled_swapped_model_loads_and_computes_what_it_did() -> None:
     model = torch.load(RELEASE / "usernet_pickled.pt", weights_only=False)  # a pickle: trusted, our own file
     with torch.no_grad():
-        assert torch.equal(model(*X), torch.load(RELEASE / "usernet_output.pt"))
+        _same(model(*X), torch.load(RELEASE / "usernet_output.pt"))
     assert dysample_swap.swap_report(model).swapped
 
 
@@ -35,7 +41,7 @@ def test_a_save_pretrained_directory_loads_and_computes_what_it_did() -> None:
     model = dysample_swap.from_pretrained(RELEASE / "dpt")
     assert any(isinstance(m, dysample_swap.DySample) for m in model.modules())
     with torch.no_grad():
-        assert torch.equal(model(*X).predicted_depth, torch.load(RELEASE / "dpt_output.pt"))
+        _same(model(*X).predicted_depth, torch.load(RELEASE / "dpt_output.pt"))
 
 
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
