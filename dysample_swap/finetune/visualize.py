@@ -44,6 +44,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from dysample_swap.finetune.tasks import DepthTask, DetectionTask, PanopticTask, SegmentationTask, Task
+from dysample_swap.finetune.tasks.common import ImageListBatches
 from dysample_swap.upsamplers.dysample import sampling
 from dysample_swap.upsamplers.dysample.module import DySample
 
@@ -226,7 +227,7 @@ def _task_for(task: str, num_classes: int, score_threshold: float = 0.5, num_stu
 
 def _takes_image_lists(task: Any) -> bool:
     """Whether the task's model takes a list of ``[0, 1]`` images (torchvision detectors, Panoptic FPN)."""
-    return isinstance(task, (DetectionTask, PanopticTask))
+    return isinstance(task, ImageListBatches)
 
 
 def load_image_input(path: str | Path, task: Task, image_size: int | Sequence[int] | None = None) -> Tensor:

@@ -37,6 +37,9 @@ DEFAULT_IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 #: The split names every loader understands.
 SPLITS = ("train", "val")
+
+#: The random stream of each split of the synthetic datasets.
+SPLIT_STREAMS = {"train": 0, "val": 1}
 #: PIL modes that hold one class index per pixel.
 _INDEX_MASK_MODES = ("L", "P", "I", "I;16", "1")
 
@@ -305,3 +308,21 @@ def default_class_names(config: Mapping[str, Any], num_classes: int) -> list[str
             f"{num_classes}; give exactly one name per class"
         )
     return [str(n) for n in names]
+
+
+def sample_generator(seed: int, split: str, index: int, num_samples: int) -> np.random.Generator:
+    """The generator that renders synthetic sample ``index`` of a split of ``num_samples``: a sample
+    is a pure function of (seed, split, index).
+
+    Example:
+        >>> a, b = sample_generator(0, "val", 1, 2), sample_generator(0, "val", 1, 2)
+        >>> int(a.integers(1000)) == int(b.integers(1000))
+        True
+        >>> sample_generator(0, "val", 2, 2)
+        Traceback (most recent call last):
+        ...
+        IndexError: index 2 out of range for 2 samples
+    """
+    if not 0 <= index < num_samples:
+        raise IndexError(f"index {index} out of range for {num_samples} samples")
+    return np.random.default_rng([seed, SPLIT_STREAMS[split], index])

@@ -54,11 +54,11 @@ from dysample_swap.finetune.data.common import (
     check_split,
     normalize_image,
     parse_image_size,
+    sample_generator,
 )
 
 SHAPE_CLASSES = ("disc", "ring", "bar", "triangle", "cross", "rectangle")
 TASKS = ("segmentation", "detection", "instance")
-_SPLIT_STREAM = {"train": 0, "val": 1}
 _MIN_AREA = 6  # pixels a shape must cover to be kept
 _MAX_HIDDEN = 0.5  # a new shape may hide at most this share of an earlier one
 _PLACEMENT_TRIES = 12
@@ -195,9 +195,7 @@ class _SyntheticBase(torch.utils.data.Dataset):
             >>> bool((ds.scene(1).image == ds.scene(1).image).all())
             True
         """
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
+        rng = sample_generator(self.seed, self.split, index, self.num_samples)
         return render_scene(rng, *self.image_size, self.num_classes - 1)
 
 

@@ -55,12 +55,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dysample_swap.finetune.data.common import check_config, check_split, normalize_image, parse_image_size
+from dysample_swap.finetune.data.common import (
+    check_config,
+    check_split,
+    normalize_image,
+    parse_image_size,
+    sample_generator,
+)
 from dysample_swap.finetune.data.depth_folder import DEPTH_CLASS_NAMES, check_depth_range
 
 #: Horizontal field of view of the camera, degrees.
 FIELD_OF_VIEW = 60.0
-_SPLIT_STREAM = {"train": 0, "val": 1}
 #: Unit vector from a surface towards the light (up, left, towards the camera).
 _LIGHT = np.array([-0.4, -0.8, -0.45]) / np.linalg.norm([-0.4, -0.8, -0.45])
 _FOG_COLOUR = np.array([0.75, 0.78, 0.82])
@@ -336,9 +341,7 @@ class SyntheticDepth(torch.utils.data.Dataset):
             >>> image.dtype, depth.dtype
             (dtype('uint8'), dtype('float32'))
         """
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
+        rng = sample_generator(self.seed, self.split, index, self.num_samples)
         height, width = self.image_size
         scene = random_depth_scene(rng, height, width, self.min_depth, self.max_depth)
         image, depth = render_depth(scene, height, width, max_depth=self.max_depth)

@@ -43,12 +43,11 @@ import numpy as np
 import torch
 
 from dysample_swap.finetune.data.coco_panoptic import PanopticDataset
-from dysample_swap.finetune.data.common import check_config, check_split, parse_image_size
+from dysample_swap.finetune.data.common import check_config, check_split, parse_image_size, sample_generator
 from dysample_swap.finetune.data.synthetic import (
     _MAX_HIDDEN,
     _MIN_AREA,
     _PLACEMENT_TRIES,
-    _SPLIT_STREAM,
     SHAPE_CLASSES,
     _shape_colour,
     _shape_mask,
@@ -224,9 +223,7 @@ class SyntheticPanoptic(PanopticDataset):
             >>> bool((ds.scene(1).ids == ds.scene(1).ids).all())
             True
         """
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
+        rng = sample_generator(self.seed, self.split, index, self.num_samples)
         return render_panoptic_scene(rng, *self.image_size, self.num_shapes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -7,6 +7,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dysample_swap.finetune.data.common import IMAGENET_MEAN, IMAGENET_STD
@@ -52,3 +54,53 @@ def unit_to_uint8(image: torch.Tensor) -> torch.Tensor:
         [255, 255, 255]
     """
     return (image.float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+class ImageListBatches:
+    """What tasks whose models take lists of images share (torchvision detectors, Panoptic FPN):
+    batches ``(list of images [3, H, W] in [0, 1], list of target dicts)``.
+
+    Example:
+        >>> ImageListBatches().batch_size(([torch.zeros(3, 2, 2)] * 3, [{}] * 3))
+        3
+    """
+
+    def example_inputs(self, dataset: Any) -> list[torch.Tensor]:
+        """One image of ``dataset`` as the list the model takes.
+
+        Example:
+            >>> len(ImageListBatches().example_inputs([(torch.zeros(3, 4, 4), {})]))
+            1
+        """
+        return [dataset[0][0]]
+
+    def to_device(self, batch: Any, device: torch.device) -> tuple[list, list]:
+        """Move images and every tensor of the targets to ``device``.
+
+        Example:
+            >>> images, targets = ImageListBatches().to_device(([torch.zeros(1)], [{"boxes": torch.zeros(0, 4), "image_id": 3}]), torch.device("cpu"))
+            >>> targets[0]["image_id"]
+            3
+        """
+        images, targets = batch
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+        return images, targets
+
+    def batch_size(self, batch: Any) -> int:
+        """Number of images in a batch.
+
+        Example:
+            >>> ImageListBatches().batch_size(([1, 2], [{}, {}]))
+            2
+        """
+        return len(batch[0])
+
+    def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
+
+        Example:
+            >>> ImageListBatches().image_uint8(torch.ones(3, 1, 1)).flatten().tolist()
+            [255, 255, 255]
+        """
+        return unit_to_uint8(image)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from dysample_swap.finetune.tasks.common import PALETTE, unit_to_uint8
+from dysample_swap.finetune.tasks.common import PALETTE, ImageListBatches
 
 
-class DetectionTask:
+class DetectionTask(ImageListBatches):
     """Detection / instance segmentation with torchvision detectors: batches
     ``(list of images [3,H,W] in [0,1], list of target dicts)``.
 
@@ -42,35 +42,6 @@ class DetectionTask:
         self.iou_types = ("bbox", "segm") if with_masks else ("bbox",)
         self.main_metric = "segm/AP" if with_masks else "bbox/AP"
         self.curve_metrics = tuple(f"{kind}/AP" for kind in self.iou_types)
-
-    def example_inputs(self, dataset: Any) -> list[torch.Tensor]:
-        """One image of ``dataset`` as the list torchvision detectors take.
-
-        Example:
-            >>> len(DetectionTask(2, "ab", with_masks=False).example_inputs([(torch.zeros(3, 4, 4), {})]))
-            1
-        """
-        return [dataset[0][0]]
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[list, list]:
-        """Move images and every tensor of the targets to ``device``.
-
-        Example:
-            >>> imgs, tgts = DetectionTask(2, "ab", with_masks=False).to_device(([torch.zeros(1)], [{"boxes": torch.zeros(0, 4)}]), torch.device("cpu"))
-        """
-        images, targets = batch
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-        return images, targets
-
-    def batch_size(self, batch: Any) -> int:
-        """Number of images in a batch.
-
-        Example:
-            >>> DetectionTask(2, "ab", with_masks=False).batch_size(([1, 2], [{}, {}]))
-            2
-        """
-        return len(batch[0])
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Sum of the detector's loss dict (the model must be in train mode).
@@ -137,15 +108,6 @@ class DetectionTask:
             3
         """
         return [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in d.items()} for d in value]
-
-    def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
-        """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
-
-        Example:
-            >>> DetectionTask(2, "ab", with_masks=False).image_uint8(torch.ones(3, 1, 1)).flatten().tolist()
-            [255, 255, 255]
-        """
-        return unit_to_uint8(image)
 
     def picture(self, image: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
         """Boxes with class names (and masks, if any) drawn on the image; predictions below

@@ -24,10 +24,10 @@ import torch
 from torchvision.ops import masks_to_boxes
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from dysample_swap.finetune.tasks.common import PALETTE, unit_to_uint8
+from dysample_swap.finetune.tasks.common import PALETTE, ImageListBatches
 
 
-class PanopticTask:
+class PanopticTask(ImageListBatches):
     """Panoptic segmentation: PQ / SQ / RQ (things and stuff), pictures of coloured segments.
 
     Args:
@@ -57,35 +57,6 @@ class PanopticTask:
         self.collate = detection_collate
         #: Model class (0 void, 1..T things, T+1.. stuff) -> category id.
         self.category_of_class = torch.tensor([0, *self.thing_ids, *self.stuff_ids], dtype=torch.long)
-
-    def example_inputs(self, dataset: Any) -> list[torch.Tensor]:
-        """One image of ``dataset`` as the list the model takes.
-
-        Example:
-            >>> len(PanopticTask([1], [2], {}).example_inputs([(torch.zeros(3, 4, 4), {})]))
-            1
-        """
-        return [dataset[0][0]]
-
-    def to_device(self, batch: Any, device: torch.device) -> tuple[list, list]:
-        """Move images and every tensor of the targets to ``device``.
-
-        Example:
-            >>> imgs, tgts = PanopticTask([1], [2], {}).to_device(([torch.zeros(1)], [{"semantic": torch.zeros(1)}]), torch.device("cpu"))
-        """
-        images, targets = batch
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-        return images, targets
-
-    def batch_size(self, batch: Any) -> int:
-        """Number of images in a batch.
-
-        Example:
-            >>> PanopticTask([1], [2], {}).batch_size(([1, 2], [{}, {}]))
-            2
-        """
-        return len(batch[0])
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         """Sum of the model's loss dict (the model must be in train mode).
@@ -157,15 +128,6 @@ class PanopticTask:
             'cpu'
         """
         return [v.cpu() for v in value]
-
-    def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
-        """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
-
-        Example:
-            >>> PanopticTask([1], [2], {}).image_uint8(torch.ones(3, 1, 1)).flatten().tolist()
-            [255, 255, 255]
-        """
-        return unit_to_uint8(image)
 
     def picture(self, image: torch.Tensor, target: torch.Tensor | Mapping[str, Any]) -> torch.Tensor:
         """Every segment of a panoptic map (a target dict's ``panoptic`` or a prediction) in its
