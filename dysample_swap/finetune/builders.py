@@ -35,15 +35,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: The tasks each data format serves (``synthetic`` serves every task).
+FORMAT_TASKS = {
+    "folder": ("segmentation",),
+    "voc": ("segmentation",),
+    "ade20k": ("segmentation",),
+    "coco": ("detection", "instance"),
+    "nyu": ("depth",),
+    "depth_folder": ("depth",),
+    "coco_panoptic": ("panoptic",),
+}
+
+
 def data_config(cfg: Config) -> dict[str, Any]:
     """The ``data:`` mapping for ``build_dataset``; formats that serve several tasks (synthetic,
-    coco) get ``task`` from the recipe.
+    coco) get ``task`` from the recipe. A format that cannot serve the recipe's task is an error.
 
     Example:
         >>> data_config(Config(task="detection"))["task"]
         'detection'
+        >>> data_config(Config(task="depth", data={"format": "voc", "root": "x"}))
+        Traceback (most recent call last):
+        ...
+        dysample_swap.finetune.config.ConfigError: data.format 'voc' holds segmentation data, not depth data; for task depth use data.format nyu, depth_folder or synthetic
     """
     data = dict(cfg.data)
+    served = FORMAT_TASKS.get(str(data.get("format")))
+    if served is not None and cfg.task not in served:
+        formats = [f for f, tasks in FORMAT_TASKS.items() if cfg.task in tasks] + ["synthetic"]
+        raise ConfigError(
+            f"data.format {data['format']!r} holds {' / '.join(served)} data, not {cfg.task} data; for task "
+            f"{cfg.task} use data.format {', '.join(formats[:-1])} or {formats[-1]}"
+        )
     if data.get("format") in ("synthetic", "coco") and data.setdefault("task", cfg.task) != cfg.task:
         raise ConfigError(
             f"data.task is {data['task']!r} but task is {cfg.task!r}; drop data.task (it follows task) or make them equal"

@@ -35,3 +35,23 @@ def test_missing_root_is_named(fmt: str) -> None:
 def test_is_detection() -> None:
     assert is_detection({"format": "coco"}) and is_detection({"format": "synthetic", "task": "detection"})
     assert not is_detection({"format": "synthetic"}) and not is_detection({"format": "folder"})
+
+
+@pytest.mark.parametrize(
+    "task, fmt, fix",
+    [
+        ("depth", "folder", "nyu, depth_folder or synthetic"),
+        ("panoptic", "coco", "coco_panoptic or synthetic"),
+        ("segmentation", "nyu", "folder, voc, ade20k or synthetic"),
+        ("detection", "coco_panoptic", "coco or synthetic"),
+    ],
+)
+def test_a_format_that_cannot_serve_the_task_is_named(task: str, fmt: str, fix: str) -> None:
+    from dysample_swap.finetune.builders import data_config
+    from dysample_swap.finetune.config import ConfigError, build_config
+
+    cfg = build_config({"task": task, "data": {"format": fmt, "root": "x"}})
+    with pytest.raises(
+        ConfigError, match=f"data.format '{fmt}' holds .* data, not {task} data; .* use data.format {fix}$"
+    ):
+        data_config(cfg)
