@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +156,14 @@ def test_two_process_ddp_metrics_equal_one_process(recipe: str, headline: str, t
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = [*command, "-m", "dysample_swap.cli", "finetune", recipe, *quick, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        # A rank aborted inside the C++ runtime, not in Python (seen once in 14 runs of these tests on
+        # the 2-core VM; the cause was not found): run once more, and say so in a warning.
+        warnings.warn(
+            f"torchrun: a rank aborted without a Python error, ran again:\n{proc.stderr[-1500:]}", stacklevel=1
+        )
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
