@@ -96,6 +96,26 @@ class ImageListBatches:
         """
         return len(batch[0])
 
+    #: The models the task takes, for the error a wrong model gets.
+    model_hint = "a model that returns a loss dict in train mode"
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Sum of the model's loss dict (float32; the model must be in train mode).
+
+        Example:
+            >>> class Toy(torch.nn.Module):
+            ...     def forward(self, images, targets): return {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
+            >>> float(ImageListBatches().loss(Toy(), ([], [])))
+            3.0
+        """
+        images, targets = batch
+        losses = model(images, targets)
+        if not isinstance(losses, dict):
+            raise TypeError(
+                f"the model in train mode returned {type(losses).__name__}, not a loss dict; use {self.model_hint}"
+            )
+        return sum(v.float() for v in losses.values())
+
     def image_uint8(self, image: torch.Tensor) -> torch.Tensor:
         """``[0, 1]`` float image -> ``uint8 [3, H, W]``.
 

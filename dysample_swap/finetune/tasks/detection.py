@@ -29,6 +29,8 @@ class DetectionTask(ImageListBatches):
 
     name = "detection"
 
+    model_hint = "a torchvision detection model (FasterRCNN, RetinaNet, FCOS, MaskRCNN)"
+
     def __init__(
         self, num_classes: int, class_names: Sequence[str], *, with_masks: bool, score_threshold: float = 0.5
     ) -> None:
@@ -42,25 +44,6 @@ class DetectionTask(ImageListBatches):
         self.iou_types = ("bbox", "segm") if with_masks else ("bbox",)
         self.main_metric = "segm/AP" if with_masks else "bbox/AP"
         self.curve_metrics = tuple(f"{kind}/AP" for kind in self.iou_types)
-
-    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """Sum of the detector's loss dict (the model must be in train mode).
-
-        Example:
-            >>> class Toy(torch.nn.Module):
-            ...     def forward(self, images, targets): return {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
-            >>> float(DetectionTask(2, "ab", with_masks=False).loss(Toy(), ([], [])))
-            3.0
-        """
-        images, targets = batch
-        losses = model(images, targets)
-        if not isinstance(losses, dict):
-            raise TypeError(
-                f"detection model in train mode returned {type(losses).__name__}, not a "
-                "loss dict; use a torchvision detection model (FasterRCNN, RetinaNet, "
-                "FCOS, MaskRCNN)"
-            )
-        return sum(v.float() for v in losses.values())
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: Any) -> list[dict[str, torch.Tensor]]:

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -78,15 +79,21 @@ def mask_classification_loss(
     return output.loss.float()
 
 
+@functools.cache
+def _processor(name: str) -> Any:
+    """One image processor per class (built once, not per evaluation batch)."""
+    import transformers
+
+    return getattr(transformers, name)()
+
+
 def semantic_prediction(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Class index per pixel ``[N, H, W]`` by the model's image processor's semantic post-processing.
 
     Example:
         >>> # semantic_prediction(maskformer.eval(), images).shape == images[:, 0].shape
     """
-    import transformers
-
-    processor = getattr(transformers, PROCESSORS[_config(model).model_type])()
+    processor = _processor(PROCESSORS[_config(model).model_type])
     output = model(pixel_values=images)
     maps = processor.post_process_semantic_segmentation(output, target_sizes=[tuple(images.shape[-2:])] * len(images))
     return torch.stack(maps).long()

@@ -45,6 +45,8 @@ class PanopticTask(ImageListBatches):
     main_metric = "PQ"
     curve_metrics = ("PQ", "PQ_th", "PQ_st")
 
+    model_hint = "dysample_swap:panoptic_fpn_resnet50_fpn (a Mask R-CNN with a semantic branch)"
+
     def __init__(self, thing_ids: Sequence[int], stuff_ids: Sequence[int], names: Mapping[int, str]) -> None:
         from dysample_swap.finetune.data import detection_collate
 
@@ -57,24 +59,6 @@ class PanopticTask(ImageListBatches):
         self.collate = detection_collate
         #: Model class (0 void, 1..T things, T+1.. stuff) -> category id.
         self.category_of_class = torch.tensor([0, *self.thing_ids, *self.stuff_ids], dtype=torch.long)
-
-    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-        """Sum of the model's loss dict (the model must be in train mode).
-
-        Example:
-            >>> class Toy(torch.nn.Module):
-            ...     def forward(self, images, targets): return {"loss_mask": torch.tensor(1.0), "loss_semantic": torch.tensor(0.5)}
-            >>> float(PanopticTask([1], [2], {}).loss(Toy(), ([], [])))
-            1.5
-        """
-        images, targets = batch
-        losses = model(images, targets)
-        if not isinstance(losses, dict):
-            raise TypeError(
-                f"panoptic model in train mode returned {type(losses).__name__}, not a loss dict; use "
-                "dysample_swap:panoptic_fpn_resnet50_fpn (a Mask R-CNN with a semantic branch)"
-            )
-        return sum(v.float() for v in losses.values())
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, batch: Any) -> list[torch.Tensor]:
